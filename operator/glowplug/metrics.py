@@ -1,0 +1,63 @@
+"""Every Prometheus metric name glowplug exports, with its labels and buckets.
+
+One module so that the activator, the operator, the Grafana dashboard and the
+recording rules cannot drift apart: the dashboard test checks every query against
+``ALL_METRICS``. Components create their collectors from these constants.
+"""
+
+from __future__ import annotations
+
+PREFIX = "glowplug_"
+
+# Labels shared by every per-service series.
+SERVICE_LABELS = ("namespace", "service")
+
+# --- activator -------------------------------------------------------------------------
+REQUESTS_TOTAL = "glowplug_requests_total"  # counter {namespace, service, code, path}
+REQUEST_DURATION = "glowplug_request_duration_seconds"  # histogram {namespace, service, path}
+ACTIVATOR_OVERHEAD = "glowplug_activator_overhead_seconds"  # histogram {namespace, service}
+QUEUE_WAIT = "glowplug_queue_wait_seconds"  # histogram {namespace, service}
+QUEUED_REQUESTS = "glowplug_queued_requests"  # gauge {namespace, service}
+INFLIGHT_REQUESTS = "glowplug_inflight_requests"  # gauge {namespace, service}
+EMBEDDINGS_TOTAL = "glowplug_embeddings_total"  # counter {namespace, service}: inputs embedded
+ACTIVATOR_WAKES_TOTAL = "glowplug_activator_wakes_total"  # counter {namespace, service, outcome}
+ACTIVATOR_WAKE_DURATION = "glowplug_activator_wake_duration_seconds"  # histogram
+REJECTED_TOTAL = "glowplug_rejected_requests_total"  # counter {namespace, service, reason}
+
+# --- operator --------------------------------------------------------------------------
+GPU_SECONDS_TOTAL = "glowplug_gpu_seconds_total"  # counter {namespace, service, gpu_type}
+BASELINE_GPU_SECONDS_TOTAL = "glowplug_baseline_gpu_seconds_total"  # counter, same labels
+GPU_HOURLY_PRICE = "glowplug_gpu_hourly_price_dollars"  # gauge {namespace, service, gpu_type}
+REPLICAS = "glowplug_replicas"  # gauge {namespace, service, state=desired|ready}
+WAKE_DURATION = "glowplug_wake_duration_seconds"  # histogram {namespace, service}
+WAKES_TOTAL = "glowplug_wakes_total"  # counter {namespace, service, outcome=ready|failed}
+SERVICE_INFO = "glowplug_service_info"  # gauge {namespace, service, model, engine, gpu_type}
+AUTOSCALER_STATS_ERRORS = "glowplug_autoscaler_stats_errors_total"  # counter {activator}
+
+ALL_METRICS = (
+    REQUESTS_TOTAL,
+    REQUEST_DURATION,
+    ACTIVATOR_OVERHEAD,
+    QUEUE_WAIT,
+    QUEUED_REQUESTS,
+    INFLIGHT_REQUESTS,
+    EMBEDDINGS_TOTAL,
+    ACTIVATOR_WAKES_TOTAL,
+    ACTIVATOR_WAKE_DURATION,
+    REJECTED_TOTAL,
+    GPU_SECONDS_TOTAL,
+    BASELINE_GPU_SECONDS_TOTAL,
+    GPU_HOURLY_PRICE,
+    REPLICAS,
+    WAKE_DURATION,
+    WAKES_TOTAL,
+    SERVICE_INFO,
+    AUTOSCALER_STATS_ERRORS,
+)
+
+# Explicit buckets: prometheus-client's defaults stop at 10 s, and a GPU cold start
+# (node provisioning, image pull, weight load) takes from seconds to many minutes.
+WAKE_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1200)
+QUEUE_WAIT_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 900)
+OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
