@@ -1,0 +1,1 @@
+"""The EmbeddingService operator: rendering, kopf handlers, autoscaler and GPU-hour ledger."""
