@@ -354,10 +354,15 @@ def parse(obj: Mapping[str, Any]) -> EmbeddingService:
     if cache_raw:
         pvc = r.section(cache_raw, "persistentVolumeClaim", "spec.engine.cacheVolume")
         host = r.section(cache_raw, "hostPath", "spec.engine.cacheVolume")
-        if bool(pvc) == bool(host):
+        has_pvc = cache_raw.get("persistentVolumeClaim") is not None
+        if has_pvc == (cache_raw.get("hostPath") is not None):
             r.errors.append(
                 "spec.engine.cacheVolume: exactly one of persistentVolumeClaim, hostPath"
             )
+        elif has_pvc and not pvc.get("claimName"):
+            r.errors.append("spec.engine.cacheVolume.persistentVolumeClaim.claimName: required")
+        elif not has_pvc and not str(host.get("path", "")).startswith("/"):
+            r.errors.append("spec.engine.cacheVolume.hostPath.path: must be an absolute path")
         cache = CacheVolume(
             claim_name=str(pvc.get("claimName", "")), host_path=str(host.get("path", ""))
         )
