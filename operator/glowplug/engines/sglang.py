@@ -1,0 +1,76 @@
+"""SGLang (sgl-project/sglang) as an embedding server.
+
+Pinned to 0.5.23, the first release whose ``/ready`` endpoint exists and whose
+``/v1/embeddings`` honours ``encoding_format: base64``; flags changed a lot between
+0.5.5 and 0.5.23, so the flags below are the 0.5.23 ones.
+"""
+
+from __future__ import annotations
+
+import json
+
+from glowplug.api.spec import EmbeddingService
+from glowplug.engines.base import Engine, HttpProbe, Manifest, Probes
+
+IMAGE = "lmsysorg/sglang:v0.5.23-cu129"
+PORT = 30000
+# SGLang checks Matryoshka support in the model config; Qwen3-Embedding's does not say so.
+MATRYOSHKA_OVERRIDE = json.dumps({"is_matryoshka": True})
+# Startup is probed every second (a closed port answers at once, so this is cheap) so a
+# wake is not delayed by a coarse probe period; 1800 failures = 30 minutes for the
+# largest weight loads from slow disks plus graph capture.
+STARTUP_PERIOD = 1
+STARTUP_FAILURES = 1800
+
+
+class SGLang(Engine):
+    name = "sglang"
+    port = PORT
+    readiness_path = "/ready"
+
+    def default_image(self, svc: EmbeddingService) -> str:
+        return IMAGE
+
+    def command(self, svc: EmbeddingService) -> list[str]:
+        return ["python3", "-m", "sglang.launch_server"]
+
+    def default_args(self, svc: EmbeddingService) -> list[str]:
+        args = [
+            "--model-path",
+            self.model_path(svc),
+            "--is-embedding",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(PORT),
+            "--served-model-name",
+            svc.model.served_name,
+            "--enable-metrics",
+        ]
+        if svc.resources.gpus > 0:
+            args += ["--tp-size", str(svc.resources.gpus)]
+        if svc.model.revision and not svc.model.source.is_local:
+            args += ["--revision", svc.model.revision]
+        if svc.model.matryoshka:
+            args += ["--json-model-override-args", MATRYOSHKA_OVERRIDE]
+        return args
+
+    def probes(self, svc: EmbeddingService) -> Probes:
+        return Probes(
+            startup=HttpProbe("/ready", period=STARTUP_PERIOD, failure_threshold=STARTUP_FAILURES),
+            # /ready is cheap (no forward pass): probe it every second so a woken pod
+            # takes traffic as soon as it can, and leaves rotation quickly if paused.
+            readiness=HttpProbe("/ready", period=1, failure_threshold=3, timeout=2),
+            # /health runs a one-token request with a 20 s internal timeout: a busy pod
+            # may answer slowly, so allow 30 s per try and 5 misses (~2.5 min) before a
+            # restart, which only a hung scheduler should ever cause.
+            liveness=HttpProbe("/health", period=30, failure_threshold=5, timeout=30),
+        )
+
+    def engine_env(self, svc: EmbeddingService) -> list[Manifest]:
+        cache = self.cache_dir(svc, "sglang")
+        # Triton/Inductor/FlashInfer compile caches on the volume: compiled once, not per wake.
+        return [{"name": "SGLANG_CACHE_DIR", "value": cache}] if cache else []
+
+
+ENGINE = SGLang()
