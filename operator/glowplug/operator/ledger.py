@@ -1,0 +1,149 @@
+"""The GPU-hour ledger: GPU-seconds held by a service's pods, and the always-on baseline.
+
+Pure accounting: observations (time, the pods bound to a node at that time) in, seconds
+out. The live loop feeds it one observation per tick and checkpoints it into status; the
+unit tests feed it scripted pod lifetimes.
+
+Rules (DESIGN.md section 3.5):
+
+- A pod holds ``gpus`` GPUs from the moment it is bound to a node (Pending included:
+  the GPU is allocated while the image pulls and the model loads) until it is gone from
+  the API. A pod that vanished between two observations is charged up to the later one
+  (the moment we learned it was gone): never less than it held.
+- The baseline is what ``max(actual, cost.baselineReplicas)`` always-on replicas would
+  hold over the same time: at each instant max(GPUs held, baselineReplicas x gpus).
+- Totals are cumulative and cover the time up to ``as_of``. The checkpoint in status is
+  (gpuSeconds, baselineGpuSeconds, ledgerTime) written together in one patch, so after
+  a restart the ledger continues from ledgerTime: a re-listed pod is charged from
+  max(bound time, ledgerTime), never twice. What cannot be known after a restart is a
+  pod that came and went while no operator ran; the checkpoint interval bounds that.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from glowplug.operator import timefmt
+
+
+@dataclass(frozen=True)
+class PodHold:
+    """A pod that holds GPUs: bound to a node at ``bound_at``, still in the API."""
+
+    uid: str
+    bound_at: float
+    gpus: int
+
+
+@dataclass(frozen=True)
+class Delta:
+    gpu_seconds: float
+    baseline_gpu_seconds: float
+
+
+@dataclass
+class Ledger:
+    gpu_seconds: float = 0.0
+    baseline_gpu_seconds: float = 0.0
+    as_of: float = 0.0  # the totals cover everything up to this instant
+    # Pods seen at ``as_of``; None when unknown (fresh after a restart).
+    seen: dict[str, PodHold] | None = field(default=None)
+
+    def advance(self, now: float, pods: Iterable[PodHold], baseline_gpus: float) -> Delta:
+        """Account the interval (as_of, now] given the pods bound to nodes at ``now``."""
+        current = {p.uid: p for p in pods}
+        if now <= self.as_of:
+            # Time did not move (or a clock went backwards): nothing to charge, but
+            # remember the pods so that a later gone pod is charged from as_of.
+            self.seen = {**(self.seen or {}), **current}
+            return Delta(0.0, 0.0)
+        start = self.as_of
+        intervals: list[tuple[float, float, int]] = []
+        for pod in current.values():
+            begin = min(max(pod.bound_at, start), now)
+            intervals.append((begin, now, pod.gpus))
+        for uid, pod in (self.seen or {}).items():
+            if uid not in current:
+                intervals.append((start, now, pod.gpus))  # gone in (as_of, now]
+        held, baseline = integrate(intervals, start, now, baseline_gpus)
+        self.gpu_seconds += held
+        self.baseline_gpu_seconds += baseline
+        self.as_of = now
+        self.seen = current
+        return Delta(held, baseline)
+
+    # --- the checkpoint in status --------------------------------------------------------
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The status fields that persist the ledger (one patch, so they agree)."""
+        return {
+            "gpuSeconds": round(self.gpu_seconds, 3),
+            "baselineGpuSeconds": round(self.baseline_gpu_seconds, 3),
+            "ledgerTime": timefmt.format_time(self.as_of),
+            "gpuHours": round(self.gpu_seconds / 3600.0, 2),
+            "savedPercent": saved_percent(self.gpu_seconds, self.baseline_gpu_seconds),
+        }
+
+    @classmethod
+    def restore(cls, status: Mapping[str, Any] | None, created: float, now: float) -> Ledger:
+        """Continue from the checkpoint in ``status``; a new service starts at ``created``.
+
+        Without a ledgerTime (a service the ledger never saw) the totals are taken as
+        they are and accounting starts at ``created``, or at ``now`` when totals exist
+        but their time is unknown (counting from creation again would double count).
+        """
+        status = status or {}
+        gpu = _number(status.get("gpuSeconds"))
+        base = _number(status.get("baselineGpuSeconds"))
+        when = timefmt.parse_time(status.get("ledgerTime"))
+        if when is None:
+            when = now if (gpu or base) else min(created, now)
+        return cls(gpu_seconds=gpu, baseline_gpu_seconds=base, as_of=min(when, now), seen=None)
+
+
+def integrate(
+    intervals: Iterable[tuple[float, float, int]], start: float, end: float, baseline: float
+) -> tuple[float, float]:
+    """GPU-seconds held and baseline GPU-seconds over [start, end].
+
+    ``intervals`` are (begin, end, gpus) pieces inside [start, end]; the baseline rate at
+    each instant is max(GPUs held, ``baseline``).
+    """
+    events: list[tuple[float, int]] = []
+    for begin, stop, gpus in intervals:
+        if stop > begin and gpus > 0:
+            events.append((begin, gpus))
+            events.append((stop, -gpus))
+    events.sort()
+    held_total = 0.0
+    base_total = 0.0
+    level = 0
+    t = start
+    for when, change in events:
+        if when > t:
+            held_total += level * (when - t)
+            base_total += max(level, baseline) * (when - t)
+            t = when
+        level += change
+    if end > t:
+        held_total += level * (end - t)
+        base_total += max(level, baseline) * (end - t)
+    return held_total, base_total
+
+
+def saved_percent(used: float, baseline: float) -> float:
+    """Percent of the baseline not spent, for the SAVED column (0 when no baseline yet)."""
+    if baseline <= 0:
+        return 0.0
+    return round(100.0 * (1.0 - used / baseline), 1)
+
+
+def _number(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return number if math.isfinite(number) and number >= 0 else 0.0

@@ -1,0 +1,194 @@
+"""The GPU-hour ledger core: scripted pod lifetimes, restarts, re-lists."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import pytest
+
+from glowplug.operator.ledger import Ledger, PodHold, integrate, saved_percent
+from glowplug.operator.timefmt import format_time, parse_time
+
+T0 = 1_780_000_000.0  # an arbitrary real epoch, so checkpoints round-trip as RFC 3339
+
+
+@dataclass(frozen=True)
+class Life:
+    uid: str
+    bound: float
+    gone: float
+    gpus: int = 1
+
+
+def bound_at(lives: Sequence[Life], t: float) -> list[PodHold]:
+    return [PodHold(p.uid, T0 + p.bound, p.gpus) for p in lives if p.bound <= t < p.gone]
+
+
+def replay(ledger: Ledger, lives: Sequence[Life], ticks: Iterable[float], base: float) -> None:
+    for t in ticks:
+        ledger.advance(T0 + t, bound_at(lives, t), base)
+
+
+def exact(lives: Sequence[Life], end: float, base: float) -> tuple[float, float]:
+    return integrate(
+        [(T0 + p.bound, T0 + min(p.gone, end), p.gpus) for p in lives if p.bound < end],
+        T0,
+        T0 + end,
+        base,
+    )
+
+
+SCENARIO = [
+    Life("a", 10, 70),
+    Life("b", 20, 45, gpus=2),  # a burst replica with two GPUs
+    Life("c", 100, 160),
+    Life("d", 150, 200),
+]
+
+
+def test_integrate_held_and_baseline() -> None:
+    held, base = integrate([(0, 10, 1), (5, 15, 2)], 0, 20, 1)
+    assert held == 10 + 20
+    # 0-5: 1 ; 5-10: 3 ; 10-15: 2 ; 15-20: max(0,1)=1
+    assert base == 5 + 15 + 10 + 5
+
+
+def test_scripted_lifetimes_match_exactly_with_ticks_on_the_edges() -> None:
+    ledger = Ledger(as_of=T0)
+    replay(ledger, SCENARIO, range(1, 241), 1.0)
+    held, base = exact(SCENARIO, 240, 1.0)
+    assert held == 60 + 50 + 60 + 50
+    assert ledger.gpu_seconds == pytest.approx(held)
+    assert ledger.baseline_gpu_seconds == pytest.approx(base)
+    # baseline: 240 s of one always-on replica, plus what ran above it
+    assert base == 240 + 50 + 10
+
+
+def test_coarse_ticks_charge_a_gone_pod_up_to_the_tick_that_saw_it_gone() -> None:
+    ledger = Ledger(as_of=T0)
+    replay(ledger, [Life("a", 10, 71.5)], [5, 30, 60, 90], 0.0)
+    # bound at 10 (charged from its binding, not from the tick), gone seen at 90
+    assert ledger.gpu_seconds == pytest.approx(80)
+
+
+def test_pending_pods_count_from_binding() -> None:
+    ledger = Ledger(as_of=T0)
+    ledger.advance(T0 + 3, [PodHold("p", T0 + 1.25, 1)], 0.0)
+    assert ledger.gpu_seconds == pytest.approx(1.75)
+
+
+def test_relisting_the_same_pods_never_double_counts() -> None:
+    ledger = Ledger(as_of=T0)
+    pods = [PodHold("a", T0, 1), PodHold("b", T0 + 5, 2)]
+    ledger.advance(T0 + 10, pods, 1.0)
+    for _ in range(3):
+        ledger.advance(T0 + 10, pods, 1.0)  # the same list again, same instant
+        ledger.advance(T0 + 10, list(reversed(pods)), 1.0)
+    assert ledger.gpu_seconds == pytest.approx(10 + 10)
+    ledger.advance(T0 + 20, pods, 1.0)
+    assert ledger.gpu_seconds == pytest.approx(20 + 30)
+
+
+@pytest.mark.parametrize("kill_at", [30, 44, 45, 80, 155])
+@pytest.mark.parametrize("down_for", [0, 1, 4])
+def test_restart_mid_scenario_changes_nothing(kill_at: int, down_for: int) -> None:
+    # The operator checkpoints every 5 s, dies at kill_at (losing what it had in memory
+    # since the last checkpoint), and a new one starts down_for seconds later.
+    first = Ledger(as_of=T0)
+    status: dict[str, object] = {}
+    for t in range(1, kill_at + 1):
+        first.advance(T0 + t, bound_at(SCENARIO, t), 1.0)
+        if t % 5 == 0:
+            status = first.checkpoint()
+    restart = kill_at + down_for
+    # No pod comes or goes while no operator runs (the ledger cannot see those).
+    if any(kill_at < p.gone <= restart for p in SCENARIO):
+        pytest.skip("a pod vanished while no operator ran")
+    second = Ledger.restore(status, created=T0, now=T0 + restart)
+    replay(second, SCENARIO, range(restart, 241), 1.0)
+    held, base = exact(SCENARIO, 240, 1.0)
+    assert second.gpu_seconds == pytest.approx(held, abs=0.01)
+    assert second.baseline_gpu_seconds == pytest.approx(base, abs=0.01)
+
+
+def test_restart_from_a_stale_checkpoint_recounts_only_after_it() -> None:
+    first = Ledger(as_of=T0)
+    replay(first, SCENARIO, range(1, 31), 1.0)
+    status = first.checkpoint()  # at t=30
+    # Counted in memory, never persisted. (No pod comes or goes here: the live loop
+    # checkpoints at once whenever the set of pods changes.)
+    replay(first, SCENARIO, range(31, 44), 1.0)
+    second = Ledger.restore(status, created=T0, now=T0 + 44)
+    replay(second, SCENARIO, range(44, 241), 1.0)
+    held, base = exact(SCENARIO, 240, 1.0)
+    assert second.gpu_seconds == pytest.approx(held, abs=0.01)
+    assert second.baseline_gpu_seconds == pytest.approx(base, abs=0.01)
+
+
+def test_restart_twice_in_a_row_without_ticks() -> None:
+    first = Ledger(as_of=T0)
+    replay(first, SCENARIO, range(1, 51), 1.0)
+    status = first.checkpoint()
+    second = Ledger.restore(status, created=T0, now=T0 + 50)
+    second.advance(T0 + 50, bound_at(SCENARIO, 50), 1.0)
+    third = Ledger.restore(second.checkpoint(), created=T0, now=T0 + 50)
+    replay(third, SCENARIO, range(51, 241), 1.0)
+    assert third.gpu_seconds == pytest.approx(exact(SCENARIO, 240, 1.0)[0], abs=0.01)
+
+
+def test_a_pod_gone_while_no_operator_ran_is_charged_up_to_the_checkpoint() -> None:
+    lives = [Life("a", 0, 20)]
+    first = Ledger(as_of=T0)
+    replay(first, lives, range(1, 11), 0.0)
+    second = Ledger.restore(first.checkpoint(), created=T0, now=T0 + 30)
+    replay(second, lives, range(30, 40), 0.0)
+    # It held 20 s; 10 s were seen. The loss is bounded by the downtime (documented).
+    assert second.gpu_seconds == pytest.approx(10)
+
+
+def test_new_service_starts_at_creation_and_baseline_runs_while_at_zero() -> None:
+    ledger = Ledger.restore(None, created=T0, now=T0 + 100)
+    ledger.advance(T0 + 100, [], 2.0)
+    assert ledger.gpu_seconds == 0
+    assert ledger.baseline_gpu_seconds == pytest.approx(200)
+
+
+def test_totals_without_a_ledger_time_continue_from_now() -> None:
+    ledger = Ledger.restore({"gpuSeconds": 50, "baselineGpuSeconds": 90}, T0, T0 + 1000)
+    ledger.advance(T0 + 1010, [PodHold("a", T0, 1)], 1.0)
+    assert ledger.gpu_seconds == pytest.approx(60)
+    assert ledger.baseline_gpu_seconds == pytest.approx(100)
+
+
+def test_garbage_in_status_is_ignored() -> None:
+    ledger = Ledger.restore(
+        {"gpuSeconds": "x", "baselineGpuSeconds": -5, "ledgerTime": "yesterday"}, T0, T0 + 10
+    )
+    assert (ledger.gpu_seconds, ledger.baseline_gpu_seconds, ledger.as_of) == (0, 0, T0)
+
+
+def test_checkpoint_fields_round_trip() -> None:
+    ledger = Ledger(as_of=T0)
+    ledger.advance(T0 + 7200.5, [PodHold("a", T0, 1)], 2.0)
+    cp = ledger.checkpoint()
+    assert cp["gpuSeconds"] == pytest.approx(7200.5)
+    assert cp["baselineGpuSeconds"] == pytest.approx(14401)
+    assert cp["gpuHours"] == 2.0
+    assert cp["savedPercent"] == 50.0
+    assert parse_time(cp["ledgerTime"]) == pytest.approx(T0 + 7200.5)
+    assert parse_time(format_time(T0 + 0.123456)) == pytest.approx(T0 + 0.123456)
+
+
+def test_saved_percent() -> None:
+    assert saved_percent(0, 0) == 0.0
+    assert saved_percent(25, 100) == 75.0
+    assert saved_percent(120, 100) == -20.0
+
+
+def test_clock_going_backwards_charges_nothing() -> None:
+    ledger = Ledger(as_of=T0 + 10)
+    assert ledger.advance(T0 + 5, [PodHold("a", T0, 1)], 1.0).gpu_seconds == 0
+    assert ledger.as_of == T0 + 10
+    ledger.advance(T0 + 12, [], 1.0)  # "a" gone: charged from as_of
+    assert ledger.gpu_seconds == pytest.approx(2)
