@@ -76,10 +76,3 @@ app.kubernetes.io/component: {{ .component }}
 {{ include "glowplug.labels" .ctx }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
-
-{{- define "glowplug.annotations" -}}
-{{- with .Values.commonAnnotations }}
-annotations:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- end -}}

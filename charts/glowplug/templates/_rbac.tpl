@@ -1,0 +1,83 @@
+{{/*
+RBAC rules: the least each component needs, every verb and resource spelled out. The
+same rule lists back the ClusterRoles (cluster-wide mode) and the per-namespace Roles
+(watchNamespaces mode).
+*/}}
+
+{{/* Operator rules for the namespaces it serves. */}}
+{{- define "glowplug.operator.namespacedRules" -}}
+# The resource it reconciles; patch/update for kopf's finalizer and annotations.
+- apiGroups: [glowplug.dev]
+  resources: [embeddingservices]
+  verbs: [get, list, watch, patch, update]
+# status: phase, conditions, ledger. scale: the autoscaler's compare-and-swap writes.
+- apiGroups: [glowplug.dev]
+  resources: [embeddingservices/status, embeddingservices/scale]
+  verbs: [get, patch, update]
+# The rendered engine Deployment and Service (owner references cascade deletes).
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, list, watch, create, patch, update, delete]
+# Engine pods: wake failures (Unschedulable, ImagePullBackOff, ...) and the GPU-hour ledger.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+# Only to check that spec.model.source.huggingFace.tokenSecretRef exists (SecretNotFound).
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, watch]
+# Events on EmbeddingServices (kopf posts through the core API).
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+# Engine endpoints (readiness) and, in the release namespace, the activator pods.
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch]
+{{- end -}}
+
+{{/* kopf peering in namespaced mode: one KopfPeering per watched namespace. */}}
+{{- define "glowplug.operator.peeringRules" -}}
+- apiGroups: [kopf.dev]
+  resources: [kopfpeerings]
+  verbs: [get, list, watch, patch]
+{{- end -}}
+
+{{/* Cluster-scoped extras of cluster-wide mode. */}}
+{{- define "glowplug.operator.clusterRules" -}}
+- apiGroups: [kopf.dev]
+  resources: [clusterkopfpeerings]
+  verbs: [get, list, watch, patch]
+# kopf's cluster-wide mode follows namespaces as they come and go.
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
+{{- end -}}
+
+{{/* The activator reads and wakes; it writes nothing but the scale subresource. */}}
+{{- define "glowplug.activator.rules" -}}
+- apiGroups: [glowplug.dev]
+  resources: [embeddingservices]
+  verbs: [get, list, watch]
+# Wake: spec.replicas 0 -> 1 through the scale subresource (compare-and-swap).
+- apiGroups: [glowplug.dev]
+  resources: [embeddingservices/scale]
+  verbs: [get, patch, update]
+# Wake failures land in status.conditions.
+- apiGroups: [glowplug.dev]
+  resources: [embeddingservices/status]
+  verbs: [get]
+# Ready, non-terminating engine endpoints to route to.
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+{{- end -}}
