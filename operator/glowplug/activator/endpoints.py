@@ -1,0 +1,209 @@
+"""Endpoint tracking: EndpointSlices and pods of each service, reduced to what routing needs.
+
+Pure functions over raw API objects plus ``EndpointTracker``, which keeps every slice
+and pod it was told about and answers, per service, the ready addresses and the reason
+a wake cannot succeed (if any).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+SERVICE_LABEL = "glowplug.dev/service"
+PORT_NAME = "http"
+
+# Container waiting/terminated reasons that mean the pod will not become ready by itself.
+# Unschedulable is deliberately absent: with a cluster autoscaler a pending GPU pod is
+# expected to wait minutes for a node, so that verdict belongs to the operator (which
+# reports it as the Failed condition on the EmbeddingService).
+POD_FAILURE_REASONS = frozenset(
+    {
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CrashLoopBackOff",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "OOMKilled",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a service cannot become ready."""
+
+    reason: str
+    message: str
+
+
+def ready_addresses(slice_obj: Mapping[str, Any]) -> list[str]:
+    """``ip:port`` of every ready, non-terminating endpoint in one EndpointSlice."""
+    ports = slice_obj.get("ports") or []
+    port = None
+    for p in ports:
+        if p.get("name") == PORT_NAME or port is None:
+            port = p.get("port")
+    if port is None:
+        return []
+    out = []
+    for ep in slice_obj.get("endpoints") or []:
+        cond = ep.get("conditions") or {}
+        # A nil `ready` means ready (EndpointSlice API semantics); terminating pods never.
+        if cond.get("ready") is False or cond.get("terminating") is True:
+            continue
+        for addr in ep.get("addresses") or []:
+            host = f"[{addr}]" if ":" in addr else addr
+            out.append(f"{host}:{port}")
+    return out
+
+
+def pod_failure(pod: Mapping[str, Any]) -> Failure | None:
+    """The reason a pod cannot start (ImagePullBackOff, CrashLoopBackOff, OOMKilled, ...)."""
+    status = pod.get("status") or {}
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return None
+    name = (pod.get("metadata") or {}).get("name", "?")
+    statuses = list(status.get("initContainerStatuses") or []) + list(
+        status.get("containerStatuses") or []
+    )
+    for cs in statuses:
+        if cs.get("ready"):
+            continue
+        state = cs.get("state") or {}
+        waiting = state.get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason in POD_FAILURE_REASONS:
+            last = (cs.get("lastState") or {}).get("terminated") or {}
+            # A crash loop caused by the OOM killer is reported as OOMKilled.
+            if reason == "CrashLoopBackOff" and last.get("reason") == "OOMKilled":
+                reason = "OOMKilled"
+            detail = waiting.get("message") or last.get("message") or ""
+            return Failure(reason, _message(name, cs.get("name", "?"), reason, detail))
+        term = state.get("terminated") or {}
+        if term.get("reason") == "OOMKilled":
+            return Failure(
+                "OOMKilled", _message(name, cs.get("name", "?"), "OOMKilled", term.get("message"))
+            )
+    return None
+
+
+def _message(pod: str, container: str, reason: str, detail: str | None) -> str:
+    text = f"pod {pod} container {container}: {reason}"
+    return f"{text}: {detail}" if detail else text
+
+
+def condition_failure(obj: Mapping[str, Any]) -> Failure | None:
+    """The EmbeddingService's ``Failed`` condition, when its status is True."""
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Failed" and cond.get("status") == "True":
+            reason = str(cond.get("reason") or "Failed")
+            return Failure(reason, str(cond.get("message") or reason))
+    return None
+
+
+class EndpointTracker:
+    """Slices and pod failures per service, keyed by ``namespace/name``."""
+
+    def __init__(self) -> None:
+        self._slices: dict[str, dict[str, list[str]]] = {}  # ref -> slice name -> addresses
+        self._slice_owner: dict[str, str] = {}  # "namespace/slice" -> ref
+        self._pods: dict[str, dict[str, Failure]] = {}  # ref -> pod name -> failure
+        self._pod_owner: dict[str, str] = {}  # "namespace/pod" -> ref
+
+    def apply_slice(self, obj: Mapping[str, Any]) -> str | None:
+        """Record one slice; return the service ref it belongs to (None if unowned)."""
+        meta = obj.get("metadata") or {}
+        ns = meta.get("namespace", "")
+        slice_key = f"{ns}/{meta.get('name', '')}"
+        svc = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+        if not svc:
+            return self.delete_slice(obj)
+        ref = f"{ns}/{svc}"
+        self._slice_owner[slice_key] = ref
+        self._slices.setdefault(ref, {})[slice_key] = ready_addresses(obj)
+        return ref
+
+    def delete_slice(self, obj: Mapping[str, Any]) -> str | None:
+        meta = obj.get("metadata") or {}
+        slice_key = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+        ref = self._slice_owner.pop(slice_key, None)
+        if ref is not None:
+            slices = self._slices.get(ref, {})
+            slices.pop(slice_key, None)
+            if not slices:
+                self._slices.pop(ref, None)
+        return ref
+
+    def set_static(self, ref: str, addresses: list[str]) -> None:
+        """Addresses given directly (tests, ``--static-config``), as one synthetic slice."""
+        slice_key = f"{ref}-static"
+        self._slice_owner[slice_key] = ref
+        self._slices.setdefault(ref, {})[slice_key] = list(addresses)
+
+    def addresses(self, ref: str) -> list[str]:
+        seen: dict[str, None] = {}
+        for addrs in self._slices.get(ref, {}).values():
+            for a in addrs:
+                seen[a] = None
+        return list(seen)
+
+    def slice_refs(self) -> list[str]:
+        return list(self._slices)
+
+    def apply_pod(self, obj: Mapping[str, Any]) -> str | None:
+        meta = obj.get("metadata") or {}
+        ns = meta.get("namespace", "")
+        pod_key = f"{ns}/{meta.get('name', '')}"
+        svc = (meta.get("labels") or {}).get(SERVICE_LABEL)
+        if not svc:
+            return self.delete_pod(obj)
+        ref = f"{ns}/{svc}"
+        self._pod_owner[pod_key] = ref
+        failure = pod_failure(obj)
+        pods = self._pods.setdefault(ref, {})
+        if failure is None:
+            pods.pop(pod_key, None)
+            if not pods:
+                self._pods.pop(ref, None)
+        else:
+            pods[pod_key] = failure
+        return ref
+
+    def delete_pod(self, obj: Mapping[str, Any]) -> str | None:
+        meta = obj.get("metadata") or {}
+        pod_key = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+        ref = self._pod_owner.pop(pod_key, None)
+        if ref is not None:
+            pods = self._pods.get(ref, {})
+            pods.pop(pod_key, None)
+            if not pods:
+                self._pods.pop(ref, None)
+        return ref
+
+    def pod_failure(self, ref: str) -> Failure | None:
+        pods = self._pods.get(ref)
+        if not pods:
+            return None
+        return pods[min(pods)]
+
+    def clear_slices(self, namespace: str | None = None) -> list[str]:
+        """Forget the slices of one namespace (None: all) before a re-list; return their refs."""
+        return _clear(self._slices, self._slice_owner, namespace)
+
+    def clear_pods(self, namespace: str | None = None) -> list[str]:
+        return _clear(self._pods, self._pod_owner, namespace)
+
+
+def _clear(by_ref: dict[str, Any], owner: dict[str, str], namespace: str | None) -> list[str]:
+    prefix = f"{namespace}/" if namespace is not None else ""
+    refs = [r for r in by_ref if r.startswith(prefix)]
+    for r in refs:
+        del by_ref[r]
+    for key in [k for k, r in owner.items() if r.startswith(prefix)]:
+        del owner[key]
+    return refs

@@ -1,0 +1,155 @@
+"""Run the activator: an OpenAI-compatible embeddings proxy that holds requests while it
+wakes EmbeddingServices from zero.
+
+Routes POST /v1/embeddings by the request's `model` (servedName, or namespace/servedName)
+to ready pods of the EmbeddingService, read from the Kubernetes API ($KUBECONFIG, or the
+in-cluster service account), or from --static-config for runs without a cluster. Also
+serves GET /v1/models, /stats, /metrics, /healthz and /readyz.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from typing import Any
+
+from glowplug.activator.server import (
+    DEFAULT_DRAIN_SECONDS,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_INPUTS,
+)
+
+log = logging.getLogger("glowplug.activator")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        metavar="NS",
+        help="route EmbeddingServices of this namespace (repeatable; default: all namespaces)",
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="largest request body accepted (larger: 413)",
+    )
+    parser.add_argument(
+        "--max-inputs",
+        type=int,
+        default=DEFAULT_MAX_INPUTS,
+        help="most inputs in one embeddings request (more: 400)",
+    )
+    parser.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=DEFAULT_DRAIN_SECONDS,
+        help="on SIGTERM, keep serving this long with /readyz failing before closing the port",
+    )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=120.0,
+        help="on SIGTERM, longest wait for in-flight and queued requests after the drain",
+    )
+    parser.add_argument(
+        "--static-config",
+        metavar="FILE",
+        help="read services and endpoints from this YAML file instead of the Kubernetes API",
+    )
+    parser.add_argument(
+        "--log-level", default=os.environ.get("GLOWPLUG_LOG_LEVEL", "INFO"), help="log level"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        import uvloop  # type: ignore[import-not-found]  # optional, faster event loop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    return asyncio.run(serve(args))
+
+
+async def serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from glowplug.activator import static
+    from glowplug.activator.metrics import Metrics
+    from glowplug.activator.server import Activator, Config
+    from glowplug.activator.services import Services
+    from glowplug.activator.waker import KubeScaler, Waker
+    from glowplug.activator.watch import KubeSource, kube_client
+
+    metrics = Metrics()
+    services = Services(metrics)
+    activator = Activator(
+        services,
+        metrics=metrics,
+        config=Config(
+            max_body_bytes=args.max_body_bytes,
+            max_inputs=args.max_inputs,
+            drain_seconds=args.drain_seconds,
+        ),
+    )
+    source: KubeSource | None = None
+    api_client: Any = None
+    waker: Waker
+    if args.static_config:
+        scaler = static.StaticScaler(services)
+        waker = Waker(scaler, metrics)
+        services.set_waker(waker)
+        static.load(args.static_config, services, scaler)
+        activator.synced.set()
+    else:
+        from kubernetes_asyncio import client
+
+        api_client = await kube_client()
+        waker = Waker(KubeScaler(client.CustomObjectsApi(api_client)), metrics)
+        services.set_waker(waker)
+        source = KubeSource(api_client, services, args.namespaces)
+        source.start()
+
+        async def mark_synced() -> None:
+            assert source is not None
+            await source.wait_synced()
+            activator.synced.set()
+            log.info("synced: routing %d EmbeddingServices", len(services.table))
+
+        synced_task = asyncio.create_task(mark_synced())
+
+    runner = web.AppRunner(activator.app(), access_log=None, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port, backlog=1024)
+    await site.start()
+    log.info("listening on %s:%d", args.host, args.port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("shutting down")
+    await activator.drain(args.shutdown_timeout)
+    await runner.cleanup()
+    await waker.close()
+    if source is not None:
+        synced_task.cancel()
+        await source.close()
+    if api_client is not None:
+        await api_client.close()
+    await activator.close()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,381 @@
+"""The HTTP app: OpenAI endpoints, health, stats and metrics, and graceful shutdown.
+
+The request path is: validate the body, resolve ``model`` (dictionary lookups), take a
+slot from the service's hold queue (waiting, and waking the service, if none is free),
+POST to the pod over a pooled connection, rewrite the answer. No Kubernetes API call and
+no logging on success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from glowplug.activator import openai as oai
+from glowplug.activator.forwarder import (
+    BrokenResponse,
+    ConnectFailed,
+    DroppedBeforeResponse,
+    Forwarder,
+    UpstreamTimeout,
+)
+from glowplug.activator.holdqueue import HoldTimeout, QueueFull, ServiceFailed, ServiceGone
+from glowplug.activator.metrics import Metrics
+from glowplug.activator.services import Route, Services
+from glowplug.activator.stats import stats
+
+log = logging.getLogger("glowplug.activator")
+
+JSON = "application/json"
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_INPUTS = 2048
+DEFAULT_DRAIN_SECONDS = 5.0
+RETRY_AFTER_QUEUE_FULL = "2"
+RETRY_AFTER_FAILED = "30"
+CONNECT_RETRY_DELAY = 0.05
+
+
+@dataclass
+class Config:
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_inputs: int = DEFAULT_MAX_INPUTS
+    drain_seconds: float = DEFAULT_DRAIN_SECONDS
+    name: str = field(default_factory=socket.gethostname)
+
+
+def _error(err: oai.APIError) -> web.Response:
+    return web.Response(status=err.status, body=err.body(), content_type=JSON, headers=err.headers)
+
+
+class Activator:
+    """The aiohttp application and the request path."""
+
+    def __init__(
+        self,
+        services: Services,
+        *,
+        metrics: Metrics,
+        forwarder: Forwarder | None = None,
+        config: Config | None = None,
+    ) -> None:
+        self.services = services
+        self.metrics = metrics
+        self.forwarder = forwarder or Forwarder()
+        self.config = config or Config()
+        self.synced = asyncio.Event()  # the sources have listed everything once
+        self.draining = False
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.max_body_bytes)
+        r = app.router
+        r.add_route("*", "/v1/embeddings", self.embeddings)
+        r.add_route("*", "/embeddings", self.embeddings)
+        r.add_get("/v1/models", self.models)
+        r.add_get("/stats", self.stats)
+        r.add_get("/metrics", self.prometheus)
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/readyz", self.readyz)
+        r.add_route("*", "/{tail:.*}", self.not_found)
+        return app
+
+    # --- small endpoints ----------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return web.Response(status=503, text="draining\n")
+        if not self.synced.is_set():
+            return web.Response(status=503, text="not synced with the API server yet\n")
+        return web.Response(text="ok\n")
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response(stats(self.services, self.config.name))
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
+        )
+
+    async def models(self, request: web.Request) -> web.Response:
+        table = self.services.table
+        data = []
+        for svc in table:
+            short = svc.model.served_name
+            try:
+                unique = table.resolve(short) is svc
+            except oai.APIError:
+                unique = False
+            route = self.services.routes.get(f"{svc.namespace}/{svc.name}")
+            data.append(
+                {
+                    "id": short if unique else svc.key,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": svc.namespace,
+                    "glowplug": {
+                        "namespace": svc.namespace,
+                        "name": svc.name,
+                        "servedName": short,
+                        "unambiguousName": svc.key,
+                        "model": svc.model.id,
+                        "matryoshka": svc.model.matryoshka,
+                        "dimensions": svc.model.dimensions,
+                        "ready": bool(route and route.state.has_ready),
+                    },
+                }
+            )
+        return web.json_response({"object": "list", "data": data})
+
+    async def not_found(self, request: web.Request) -> web.Response:
+        return _error(
+            oai.APIError(
+                404, f"no such endpoint: {request.method} {request.path}", code="not_found"
+            )
+        )
+
+    # --- the request path ---------------------------------------------------------------
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        t0 = time.monotonic()
+        try:
+            req, route, payload = await self._admit(request)
+        except oai.APIError as err:
+            return _error(err)
+        return await self._serve(req, route, payload, t0)
+
+    async def _admit(self, request: web.Request) -> tuple[oai.EmbeddingRequest, Route, bytes]:
+        if request.method != "POST":
+            raise oai.APIError(
+                405,
+                f"method {request.method} is not allowed on {request.path}; use POST",
+                code="method_not_allowed",
+                headers={"Allow": "POST"},
+            )
+        ctype = request.headers.get("Content-Type")
+        if ctype is not None:
+            main = ctype.split(";", 1)[0].strip().lower()
+            if main != JSON and not main.endswith("+json"):
+                raise oai.APIError(
+                    415,
+                    f"Content-Type must be application/json, got {main!r}",
+                    code="unsupported_media_type",
+                )
+        limit = self.config.max_body_bytes
+        length = request.content_length
+        if length is not None and length > limit:
+            raise self._too_large(length)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise self._too_large(None) from None
+        req = oai.parse_request(body, max_inputs=self.config.max_inputs)
+        route = self.services.resolve(req.model)
+        oai.check_dimensions(req, route.spec)
+        return req, route, oai.upstream_body(req, route.spec, body)
+
+    def _too_large(self, length: int | None) -> oai.APIError:
+        size = f" ({length} bytes)" if length is not None else ""
+        return oai.APIError(
+            413,
+            f"request body{size} is larger than the limit of {self.config.max_body_bytes} bytes",
+            code="request_too_large",
+        )
+
+    async def _serve(
+        self, req: oai.EmbeddingRequest, route: Route, payload: bytes, t0: float
+    ) -> web.Response:
+        state, sm, spec = route.state, route.metrics, route.spec
+        path = "warm" if state.has_ready else "cold"
+        deadline = t0 + spec.scaling.activation_timeout
+        request_timeout = spec.engine.request_timeout
+        waited = upstream = 0.0
+        retried_drop = False
+        try:
+            while True:
+                b = state.try_acquire()
+                if b is None:
+                    tw = time.monotonic()
+                    b = await state.acquire(max(0.0, deadline - tw))
+                    waited += time.monotonic() - tw
+                tu = time.monotonic()
+                completed = False
+                try:
+                    status, body = await self.forwarder.post(b.url, payload, request_timeout)
+                    completed = True
+                except ConnectFailed:
+                    state.cool_down(b)
+                    if time.monotonic() >= deadline:
+                        raise
+                    await asyncio.sleep(CONNECT_RETRY_DELAY)
+                    continue
+                except DroppedBeforeResponse:
+                    if retried_drop:
+                        raise
+                    retried_drop = True
+                    continue
+                except (BrokenResponse, UpstreamTimeout):
+                    completed = True
+                    raise
+                finally:
+                    upstream += time.monotonic() - tu
+                    state.release(b, completed=completed)
+                break
+        except oai.APIError as err:
+            return self._reject(route, path, err, None)
+        except QueueFull:
+            return self._reject(
+                route,
+                path,
+                oai.APIError(
+                    503,
+                    f"model {spec.model.served_name!r} has {state.max_queue} requests queued"
+                    f" (spec.scaling.maxQueuedRequests); retry later",
+                    type="service_unavailable",
+                    code="queue_full",
+                    headers={"Retry-After": RETRY_AFTER_QUEUE_FULL},
+                ),
+                "queue_full",
+            )
+        except HoldTimeout:
+            what = "was not ready" if not state.has_ready else "had no free slot"
+            return self._reject(
+                route,
+                path,
+                oai.APIError(
+                    504,
+                    f"model {spec.model.served_name!r} {what} within the activation timeout"
+                    f" of {spec.scaling.activation_timeout:g}s",
+                    type="timeout",
+                    code="activation_timeout",
+                ),
+                "activation_timeout",
+            )
+        except ServiceFailed as err:
+            f = err.failure
+            return self._reject(
+                route,
+                path,
+                oai.APIError(
+                    503,
+                    f"model {spec.model.served_name!r} cannot start: {f.reason}: {f.message}",
+                    type="service_unavailable",
+                    code=f.reason,
+                    headers={"Retry-After": RETRY_AFTER_FAILED},
+                ),
+                "wake_failed",
+            )
+        except ServiceGone:
+            return self._reject(
+                route,
+                path,
+                oai.APIError(
+                    404,
+                    f"model {spec.model.served_name!r} was deleted while the request waited",
+                    code="model_not_found",
+                ),
+                "service_deleted",
+            )
+        except (ConnectFailed, DroppedBeforeResponse, BrokenResponse) as err:
+            return self._reject(
+                route,
+                path,
+                oai.APIError(
+                    502,
+                    f"model {spec.model.served_name!r}: the engine failed: {err}",
+                    type="upstream_error",
+                    code="upstream_error",
+                ),
+                "upstream_error",
+            )
+        except UpstreamTimeout as err:
+            return self._reject(
+                route,
+                path,
+                oai.APIError(
+                    504,
+                    f"model {spec.model.served_name!r}: {err} (spec.engine.requestTimeout)",
+                    type="timeout",
+                    code="upstream_timeout",
+                ),
+                "upstream_error",
+            )
+
+        if waited:
+            sm.queue_wait.observe(waited)
+        if status == 200:
+            try:
+                out = oai.rewrite_response(body, spec.model.served_name, req.encoding_format)
+            except oai.UpstreamFormatError as err:
+                return self._reject(
+                    route,
+                    path,
+                    oai.APIError(502, str(err), type="upstream_error", code="upstream_error"),
+                    "upstream_error",
+                )
+            sm.embeddings.inc(req.n_inputs)
+            resp = web.Response(body=out, content_type=JSON)
+        else:
+            resp = web.Response(status=status, body=_engine_error(status, body), content_type=JSON)
+        total = time.monotonic() - t0
+        sm.requests(status, path).inc()
+        sm.duration[path].observe(total)
+        sm.overhead.observe(max(0.0, total - waited - upstream))
+        return resp
+
+    def _reject(
+        self, route: Route, path: str, err: oai.APIError, reason: str | None
+    ) -> web.Response:
+        sm = route.metrics
+        sm.requests(err.status, path).inc()
+        if reason is not None:
+            sm.rejected[reason].inc()
+        return _error(err)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def idle(self) -> bool:
+        return all(
+            r.state.inflight == 0 and r.state.queued == 0 for r in self.services.routes.values()
+        )
+
+    async def drain(self, max_wait: float) -> None:
+        """Fail readiness, keep serving ``drain_seconds``, then wait for in-flight and queued."""
+        self.draining = True
+        log.info(
+            "draining: serving %.1fs more, then finishing in-flight requests",
+            self.config.drain_seconds,
+        )
+        await asyncio.sleep(self.config.drain_seconds)
+        end = time.monotonic() + max_wait
+        # Polling is fine here: it runs once, at shutdown, for a few seconds.
+        while not self.idle() and time.monotonic() < end:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        await self.forwarder.close()
+
+
+def _engine_error(status: int, body: bytes) -> bytes:
+    """Pass an engine error through, in OpenAI's shape if it is not already."""
+    try:
+        doc: Any = json.loads(body)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+        return body
+    message = ""
+    if isinstance(doc, dict):
+        message = str(doc.get("message") or doc.get("detail") or "")
+    if not message:
+        message = body[:500].decode("utf-8", "replace") or f"engine answered {status}"
+    kind = "invalid_request_error" if 400 <= status < 500 else "upstream_error"
+    return oai.error_body(f"engine: {message}", type=kind, code=str(status))

@@ -1,0 +1,193 @@
+"""The services the activator routes: spec, hold queue and metrics per EmbeddingService.
+
+Sources (the Kubernetes watches, or a static file for tests) feed raw objects in; the
+request path reads ``resolve`` (two dictionary lookups). Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from glowplug.activator.endpoints import EndpointTracker, Failure, condition_failure
+from glowplug.activator.holdqueue import ServiceState
+from glowplug.activator.metrics import Metrics, ServiceMetrics
+from glowplug.activator.routing import RoutingTable
+from glowplug.api import EmbeddingService, SpecError, parse
+
+log = logging.getLogger("glowplug.activator.services")
+
+
+@dataclass
+class Route:
+    """Everything the request path needs about one service."""
+
+    spec: EmbeddingService
+    state: ServiceState
+    metrics: ServiceMetrics
+    condition: Failure | None = None  # the operator's Failed condition
+
+
+class Services:
+    def __init__(
+        self, metrics: Metrics, on_wake: Callable[[ServiceState], None] | None = None
+    ) -> None:
+        self.metrics = metrics
+        self.table = RoutingTable()
+        self.tracker = EndpointTracker()
+        self.routes: dict[str, Route] = {}  # "namespace/name" -> Route
+        self._on_wake = on_wake
+
+    def set_waker(self, on_wake: Callable[[ServiceState], None]) -> None:
+        self._on_wake = on_wake
+        for route in self.routes.values():
+            route.state._on_wake = on_wake
+
+    # --- request path -------------------------------------------------------------------
+
+    def resolve(self, model: str) -> Route:
+        svc = self.table.resolve(model)
+        return self.routes[f"{svc.namespace}/{svc.name}"]
+
+    # --- EmbeddingServices ----------------------------------------------------------------
+
+    def apply_service(self, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        ref = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+        try:
+            svc = parse(obj)
+        except SpecError as err:
+            # The API server validates specs; one that still does not parse is not routed.
+            log.warning("not routing %s: %s", ref, err)
+            self.delete_service(obj)
+            return
+        self.table.upsert(svc)
+        route = self.routes.get(ref)
+        s = svc.scaling
+        if route is None:
+            state = ServiceState(
+                svc.namespace,
+                svc.name,
+                limit=s.target_concurrency,
+                max_queue=s.max_queued_requests,
+                replicas=svc.replicas,
+                on_wake=self._on_wake,
+                on_ready=self._on_ready,
+            )
+            sm = self.metrics.service(svc.namespace, svc.name)
+            sm.bind_gauges(lambda: float(state.queued), lambda: float(state.inflight))
+            route = Route(svc, state, sm)
+            self.routes[ref] = route
+            route.condition = condition_failure(obj)
+            self._update_failure(ref)
+            state.set_endpoints(self.tracker.addresses(ref))
+            return
+        route.spec = svc
+        route.condition = condition_failure(obj)
+        route.state.configure(
+            limit=s.target_concurrency, max_queue=s.max_queued_requests, replicas=svc.replicas
+        )
+        self._update_failure(ref)
+
+    def delete_service(self, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        ns, name = meta.get("namespace", ""), meta.get("name", "")
+        self.table.remove(ns, name)
+        route = self.routes.pop(f"{ns}/{name}", None)
+        if route is not None:
+            route.state.close()
+            route.metrics.remove()
+
+    def resync_services(
+        self, objs: Iterable[Mapping[str, Any]], namespace: str | None = None
+    ) -> None:
+        """Replace what is known in ``namespace`` (None: everywhere) by a fresh list."""
+        seen = set()
+        for obj in objs:
+            meta = obj.get("metadata") or {}
+            seen.add(f"{meta.get('namespace', '')}/{meta.get('name', '')}")
+            self.apply_service(obj)
+        for ref in list(self.routes):
+            if ref not in seen and _in_scope(ref, namespace):
+                ns, name = ref.split("/", 1)
+                self.delete_service({"metadata": {"namespace": ns, "name": name}})
+
+    # --- EndpointSlices -------------------------------------------------------------------
+
+    def apply_slice(self, obj: Mapping[str, Any]) -> None:
+        self._endpoints_changed(self.tracker.apply_slice(obj))
+
+    def delete_slice(self, obj: Mapping[str, Any]) -> None:
+        self._endpoints_changed(self.tracker.delete_slice(obj))
+
+    def resync_slices(
+        self, objs: Iterable[Mapping[str, Any]], namespace: str | None = None
+    ) -> None:
+        refs = set(self.tracker.clear_slices(namespace))
+        for obj in objs:
+            ref = self.tracker.apply_slice(obj)
+            if ref is not None:
+                refs.add(ref)
+        for ref in refs:
+            self._endpoints_changed(ref)
+
+    def set_endpoints(self, namespace: str, name: str, addresses: list[str]) -> None:
+        """Static endpoints (tests and ``--static-config``), as one synthetic slice."""
+        ref = f"{namespace}/{name}"
+        self.tracker.set_static(ref, addresses)
+        self._endpoints_changed(ref)
+
+    def _endpoints_changed(self, ref: str | None) -> None:
+        if ref is None:
+            return
+        route = self.routes.get(ref)
+        if route is not None:
+            route.state.set_endpoints(self.tracker.addresses(ref))
+            self._update_failure(ref)
+
+    # --- pods -----------------------------------------------------------------------------
+
+    def apply_pod(self, obj: Mapping[str, Any]) -> None:
+        self._update_failure(self.tracker.apply_pod(obj))
+
+    def delete_pod(self, obj: Mapping[str, Any]) -> None:
+        self._update_failure(self.tracker.delete_pod(obj))
+
+    def resync_pods(self, objs: Iterable[Mapping[str, Any]], namespace: str | None = None) -> None:
+        refs = set(self.tracker.clear_pods(namespace))
+        for obj in objs:
+            ref = self.tracker.apply_pod(obj)
+            if ref is not None:
+                refs.add(ref)
+        for ref in refs:
+            self._update_failure(ref)
+
+    def _update_failure(self, ref: str | None) -> None:
+        if ref is None:
+            return
+        route = self.routes.get(ref)
+        if route is None:
+            return
+        failure = route.condition or self.tracker.pod_failure(ref)
+        state = route.state
+        if failure != state.failure:
+            if failure is not None and not state.has_ready and state.wake_started is not None:
+                route.metrics.wakes["failed"].inc()
+            if failure is not None:
+                log.warning("%s cannot become ready: %s", ref, failure.message)
+            state.set_failure(failure)
+
+    # --- callbacks from the hold queue ----------------------------------------------------
+
+    def _on_ready(self, state: ServiceState, seconds: float) -> None:
+        route = self.routes.get(state.ref)
+        if route is not None:
+            route.metrics.wakes["ready"].inc()
+            route.metrics.wake_duration.observe(seconds)
+        log.info("%s ready %.2fs after the wake", state.ref, seconds)
+
+
+def _in_scope(ref: str, namespace: str | None) -> bool:
+    return namespace is None or ref.startswith(f"{namespace}/")

@@ -1,0 +1,136 @@
+"""The wake: raise ``spec.replicas`` from 0 to 1 through the EmbeddingService scale subresource.
+
+Every write is a compare-and-swap on ``metadata.resourceVersion``: a 409 means someone
+else wrote (another activator woke it, or the autoscaler changed it), so the scale is
+read again and written only if it is still 0. One wake task runs per service at a time
+(``ServiceState.wake_pending``), so a burst of requests makes exactly one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from glowplug.activator.holdqueue import ServiceState
+from glowplug.activator.metrics import Metrics
+from glowplug.api import GROUP, PLURAL, VERSION
+
+log = logging.getLogger("glowplug.activator.waker")
+
+MAX_CAS_ATTEMPTS = 10
+
+
+class Scaler(Protocol):
+    async def raise_from_zero(self, namespace: str, name: str) -> bool:
+        """Make ``spec.replicas`` at least 1; return True when this call wrote it."""
+        ...
+
+
+class KubeScaler:
+    """``Scaler`` against the Kubernetes API (kubernetes_asyncio CustomObjectsApi)."""
+
+    def __init__(self, api: Any) -> None:
+        self.api = api  # kubernetes_asyncio.client.CustomObjectsApi
+
+    async def raise_from_zero(self, namespace: str, name: str) -> bool:
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        for _ in range(MAX_CAS_ATTEMPTS):
+            scale = await self.api.get_namespaced_custom_object_scale(
+                GROUP, VERSION, namespace, PLURAL, name
+            )
+            if int((scale.get("spec") or {}).get("replicas") or 0) >= 1:
+                return False
+            rv = scale["metadata"]["resourceVersion"]
+            body = {"metadata": {"resourceVersion": rv}, "spec": {"replicas": 1}}
+            try:
+                await self.api.patch_namespaced_custom_object_scale(
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    PLURAL,
+                    name,
+                    body,
+                    _content_type="application/merge-patch+json",
+                )
+            except ApiException as err:
+                if err.status == 409:
+                    continue  # someone else wrote: read again
+                raise
+            await self._mark_wake_started(namespace, name)
+            return True
+        raise RuntimeError(f"scale of {namespace}/{name}: {MAX_CAS_ATTEMPTS} conflicting writes")
+
+    async def _mark_wake_started(self, namespace: str, name: str) -> None:
+        """Best effort: the operator measures wake duration from this stamp."""
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            await self.api.patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"status": {"wakeStartedTime": now}},
+                _content_type="application/merge-patch+json",
+            )
+        except ApiException as err:
+            log.info("could not stamp wakeStartedTime on %s/%s: %s", namespace, name, err.reason)
+
+
+class Waker:
+    """Runs one wake task per service; retries API errors while requests still wait."""
+
+    def __init__(self, scaler: Scaler, metrics: Metrics | None = None) -> None:
+        self.scaler = scaler
+        self.metrics = metrics
+        self.writes = 0  # scale writes this activator made (tests and logs)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self, state: ServiceState) -> None:
+        task = asyncio.get_running_loop().create_task(self._wake(state))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _wake(self, state: ServiceState) -> None:
+        delay = 0.2
+        raised = False
+        first = True  # the first attempt runs even if its requester already left
+        try:
+            while first or (state.waiters and not state.has_ready and state.failure is None):
+                first = False
+                if state.gone:
+                    break
+                try:
+                    wrote = await self.scaler.raise_from_zero(state.namespace, state.name)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as err:
+                    log.warning("wake of %s failed, retrying: %s", state.ref, err)
+                    self._count(state, "error")
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                raised = True
+                if wrote:
+                    self.writes += 1
+                    log.info("woke %s: spec.replicas 0 -> 1", state.ref)
+                break
+        finally:
+            state.wake_done(raised=raised)
+
+    def _count(self, state: ServiceState, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.wakes.labels(state.namespace, state.name, outcome).inc()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

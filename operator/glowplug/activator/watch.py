@@ -1,0 +1,202 @@
+"""Kubernetes watches that feed ``Services``: EmbeddingServices, EndpointSlices and pods.
+
+Each kind runs a list-then-watch loop: list everything (replacing what was known, so
+deletions missed while disconnected are applied), then watch from the list's
+resourceVersion with bookmarks; a 410 Gone or any error goes back to listing. Objects are
+handled as raw JSON dicts (no model classes) to keep the watch cheap.
+
+EndpointSlices and pods are selected by the ``glowplug.dev/service`` label, which the
+operator puts on each Service (the EndpointSlice controller copies Service labels onto
+its slices) and on each pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from glowplug.activator.endpoints import SERVICE_LABEL
+from glowplug.activator.services import Services
+from glowplug.api import GROUP, PLURAL, VERSION
+
+log = logging.getLogger("glowplug.activator.watch")
+
+WATCH_TIMEOUT_SECONDS = 300
+RETRY_DELAY = 1.0
+
+Apply = Callable[[Mapping[str, Any]], None]
+Resync = Callable[[Iterable[Mapping[str, Any]], str | None], None]
+
+
+class _Gone(Exception):
+    """The watch's resourceVersion expired: list again."""
+
+
+class Kind:
+    """How to list and watch one kind, and where its events go."""
+
+    def __init__(
+        self,
+        name: str,
+        path: Callable[[str | None], str],
+        apply: Apply,
+        delete: Apply,
+        resync: Resync,
+        label_selector: str | None = None,
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.apply = apply
+        self.delete = delete
+        self.resync = resync
+        self.label_selector = label_selector
+
+
+def kinds(services: Services) -> list[Kind]:
+    def es_path(ns: str | None) -> str:
+        scope = f"/namespaces/{ns}" if ns else ""
+        return f"/apis/{GROUP}/{VERSION}{scope}/{PLURAL}"
+
+    def slice_path(ns: str | None) -> str:
+        scope = f"/namespaces/{ns}" if ns else ""
+        return f"/apis/discovery.k8s.io/v1{scope}/endpointslices"
+
+    def pod_path(ns: str | None) -> str:
+        scope = f"/namespaces/{ns}" if ns else ""
+        return f"/api/v1{scope}/pods"
+
+    s = services
+    return [
+        Kind("EmbeddingService", es_path, s.apply_service, s.delete_service, s.resync_services),
+        Kind(
+            "EndpointSlice",
+            slice_path,
+            s.apply_slice,
+            s.delete_slice,
+            s.resync_slices,
+            SERVICE_LABEL,
+        ),
+        Kind("Pod", pod_path, s.apply_pod, s.delete_pod, s.resync_pods, SERVICE_LABEL),
+    ]
+
+
+class KubeSource:
+    """Runs the list/watch loops for every kind and namespace scope."""
+
+    def __init__(
+        self, api_client: Any, services: Services, namespaces: list[str] | None = None
+    ) -> None:
+        self.api = api_client  # kubernetes_asyncio.client.ApiClient
+        self.services = services
+        self.namespaces: list[str | None] = list(namespaces) if namespaces else [None]
+        self._tasks: list[asyncio.Task[None]] = []
+        self._synced: dict[tuple[str, str | None], asyncio.Event] = {}
+
+    def start(self) -> None:
+        for kind in kinds(self.services):
+            for ns in self.namespaces:
+                ev = asyncio.Event()
+                self._synced[(kind.name, ns)] = ev
+                self._tasks.append(asyncio.create_task(self._run(kind, ns, ev)))
+
+    async def wait_synced(self) -> None:
+        await asyncio.gather(*(ev.wait() for ev in self._synced.values()))
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _get(self, path: str, query: list[tuple[str, str]], limit_s: float) -> Any:
+        return await self.api.call_api(
+            path,
+            "GET",
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=limit_s,
+        )
+
+    async def _run(self, kind: Kind, ns: str | None, synced: asyncio.Event) -> None:
+        while True:
+            try:
+                rv = await self._list(kind, ns)
+                synced.set()
+                while True:
+                    rv = await self._watch(kind, ns, rv)
+            except asyncio.CancelledError:
+                raise
+            except _Gone:
+                log.info("%s watch expired, listing again", kind.name)
+            except Exception as err:
+                log.warning(
+                    "%s watch failed (%s), listing again in %.0fs", kind.name, err, RETRY_DELAY
+                )
+                await asyncio.sleep(RETRY_DELAY)
+
+    async def _list(self, kind: Kind, ns: str | None) -> str:
+        query = [("labelSelector", kind.label_selector)] if kind.label_selector else []
+        resp = await self._get(kind.path(ns), query, 60)
+        async with resp:
+            if resp.status != 200:
+                raise RuntimeError(f"list {kind.path(ns)}: HTTP {resp.status}: {await resp.text()}")
+            doc = await resp.json()
+        # A re-list replaces what is known in this scope only (one namespace, or all).
+        kind.resync(doc.get("items") or [], ns)
+        return str((doc.get("metadata") or {}).get("resourceVersion", ""))
+
+    async def _watch(self, kind: Kind, ns: str | None, rv: str) -> str:
+        query = [
+            ("watch", "true"),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(WATCH_TIMEOUT_SECONDS)),
+        ]
+        if rv:
+            query.append(("resourceVersion", rv))
+        if kind.label_selector:
+            query.append(("labelSelector", kind.label_selector))
+        resp = await self._get(kind.path(ns), query, WATCH_TIMEOUT_SECONDS + 30)
+        async with resp:
+            if resp.status == 410:
+                raise _Gone()
+            if resp.status != 200:
+                raise RuntimeError(f"watch {kind.path(ns)}: HTTP {resp.status}")
+            buf = b""
+            async for chunk in resp.content.iter_any():
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if line.strip():
+                        rv = self._event(kind, json.loads(line), rv)
+        return rv
+
+    def _event(self, kind: Kind, event: Mapping[str, Any], rv: str) -> str:
+        typ = event.get("type")
+        obj = event.get("object") or {}
+        if typ == "ERROR":
+            if obj.get("code") == 410:
+                raise _Gone()
+            raise RuntimeError(f"watch error: {obj.get('message')}")
+        new_rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
+        if typ in ("ADDED", "MODIFIED"):
+            kind.apply(obj)
+        elif typ == "DELETED":
+            kind.delete(obj)
+        return new_rv
+
+
+async def kube_client() -> Any:
+    """An ApiClient from $KUBECONFIG / ~/.kube/config, or the in-cluster service account."""
+    import os
+
+    from kubernetes_asyncio import client, config
+
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    else:
+        await config.load_kube_config()
+    return client.ApiClient()
