@@ -28,8 +28,19 @@ def test_fields_ranges_lists_steps_and_names() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "* * * *", "60 * * * *", "* 24 * * *", "* * 0 * *", "* * * 13 *", "* * * * 8",
-     "5-1 * * * *", "*/0 * * * *", "x * * * *", "* * * * * *"],
+    [
+        "",
+        "* * * *",
+        "60 * * * *",
+        "* 24 * * *",
+        "* * 0 * *",
+        "* * * 13 *",
+        "* * * * 8",
+        "5-1 * * * *",
+        "*/0 * * * *",
+        "x * * * *",
+        "* * * * * *",
+    ],
 )
 def test_bad_schedules_are_refused(bad: str) -> None:
     with pytest.raises(CronError):
@@ -91,4 +102,6 @@ def test_floor_is_the_largest_open_window() -> None:
     assert floor(windows, now) == 3
     assert floor(windows, now + 1800) == 1  # 09:30: only the first is open
     assert floor([], now) == 0
-    assert floor([PrewarmWindow(schedule="0 8 * * *", duration=60, time_zone="Nowhere/X")], now) == 0
+    assert (
+        floor([PrewarmWindow(schedule="0 8 * * *", duration=60, time_zone="Nowhere/X")], now) == 0
+    )
