@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 .PHONY: help install lint test unit binaries cluster-up cluster-down operator activator bench demo clean
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ binaries: ## build or reuse the test-bed binaries (cached outside the repo)
 unit: install ## unit tests only (no cluster)
 	$(PY) -m pytest -q operator/tests
 
-test: install lint binaries ## everything CI runs: lint, unit, integration and end-to-end tests
+test: install lint binaries promtool ## everything CI runs: lint, unit, integration and end-to-end tests
 	$(PY) -m pytest -q -rs
 
 cluster-up: install binaries ## start the local control plane and node agent; prints export KUBECONFIG=...
@@ -43,6 +43,46 @@ operator: install ## run the operator against the cluster in $$KUBECONFIG
 
 activator: install ## run the activator against the cluster in $$KUBECONFIG
 	$(VENV)/bin/glowplug activator
+
+# --- shipping: chart, image, demo, kind ------------------------------------------------
+.PHONY: chart-crds chart-lint promtool crd-docs image kind-up kind-load deploy e2e-kind kind-down
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= glowplug/glowplug:$(VERSION)
+KIND_CLUSTER ?= glowplug
+
+demo: install binaries ## wake, answer and scale to zero an example service (local cluster unless $$KUBECONFIG is set)
+	$(PY) -m e2e.demo
+
+chart-crds: ## copy crds/ into the chart (the chart ships byte-identical copies)
+	rm -f charts/glowplug/crds/*.yaml
+	cp crds/*.yaml charts/glowplug/crds/
+
+chart-lint: install binaries promtool ## helm lint --strict, helm template, promtool on the recording rules
+	$(PY) -m pytest -q operator/tests/test_chart_static.py operator/tests/test_dashboard.py
+
+promtool: ## extract promtool (Debian package prometheus) into ~/.cache/glowplug/tools when missing
+	bash scripts/install-promtool.sh || echo "promtool unavailable: the promtool tests will skip"
+
+crd-docs: install ## regenerate docs/crd-reference.md from the CRD schema
+	$(PY) scripts/gen-crd-reference.py
+
+image: ## docker build the glowplug image ($(IMAGE))
+	docker build -f images/glowplug/Dockerfile --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+
+kind-up: ## create a kind cluster named $(KIND_CLUSTER) (needs kind and Docker)
+	bash e2e/kind/kind.sh up
+
+kind-load: image ## load the glowplug image into the kind cluster
+	bash e2e/kind/kind.sh load
+
+deploy: ## helm upgrade --install the chart into the kind cluster
+	bash e2e/kind/kind.sh deploy
+
+e2e-kind: install ## the Helm end-to-end suite on kind with the tei CPU engine
+	bash e2e/kind/kind.sh e2e
+
+kind-down: ## delete the kind cluster
+	bash e2e/kind/kind.sh down
 
 clean: ## remove the virtualenv and caches in the repo
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,384 @@
+"""The Helm chart, checked without a cluster: `helm lint --strict`, `helm template` in both
+install modes with every opt-in on and off, the security context of every pod, RBAC rule by
+rule, the CRD copies, and the recording rules through promtool.
+
+helm comes from the test-bed binaries (``make binaries``) or $PATH; promtool from Debian's
+``prometheus`` package (``make promtool``). Each test that needs one skips, saying why,
+when it is missing.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "glowplug"
+
+ALL_OPT_INS = (
+    "metrics.serviceMonitor.enabled=true",
+    "metrics.podMonitor.enabled=true",
+    "metrics.prometheusRule.enabled=true",
+    "dashboards.enabled=true",
+    "networkPolicy.enabled=true",
+)
+OPT_IN_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "NetworkPolicy", "ConfigMap"}
+
+# (apiGroup, resource) -> verbs: the whole of what each component may do.
+NAMESPACED_OPERATOR = {
+    ("glowplug.dev", "embeddingservices"): {"get", "list", "watch", "patch", "update"},
+    ("glowplug.dev", "embeddingservices/status"): {"get", "patch", "update"},
+    ("glowplug.dev", "embeddingservices/scale"): {"get", "patch", "update"},
+    ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    ("", "pods"): {"get", "list", "watch"},
+    ("", "secrets"): {"get", "list", "watch"},
+    ("", "events"): {"create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+    ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
+}
+CLUSTER_OPERATOR = {
+    **NAMESPACED_OPERATOR,
+    ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
+    ("", "namespaces"): {"list", "watch"},
+}
+ROLE_OPERATOR = {
+    **NAMESPACED_OPERATOR,
+    ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
+}
+ACTIVATOR = {
+    ("glowplug.dev", "embeddingservices"): {"get", "list", "watch"},
+    ("glowplug.dev", "embeddingservices/scale"): {"get", "patch", "update"},
+    ("glowplug.dev", "embeddingservices/status"): {"get"},
+    ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
+    ("", "pods"): {"get", "list", "watch"},
+}
+
+
+def find_tool(name: str) -> str | None:
+    env = os.environ.get(name.upper())
+    if env:
+        return env
+    found = shutil.which(name)
+    if found:
+        return found
+    bin_dir = os.environ.get("GLOWPLUG_BIN_DIR")
+    candidates = [Path(bin_dir)] if bin_dir else []
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "glowplug"
+    candidates.append(cache / "tools")  # scripts/install-promtool.sh
+    candidates += sorted((cache / "bin").glob("*"), reverse=True)  # make binaries
+    for d in candidates:
+        if (d / name).is_file():
+            return str(d / name)
+    return None
+
+
+def helm() -> str:
+    path = find_tool("helm")
+    if path is None:
+        pytest.skip("helm not found: run `make binaries` (or put helm on PATH, or set HELM)")
+    return path
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, check=False, timeout=120)
+
+
+@functools.cache
+def _render(sets: tuple[str, ...]) -> tuple[dict[str, Any], ...]:
+    args = [helm(), "template", "gp", str(CHART), "--namespace", "glowplug-system"]
+    for s in sets:
+        args += ["--set", s]
+    out = run(*args)
+    assert out.returncode == 0, out.stderr
+    return tuple(d for d in yaml.safe_load_all(out.stdout) if d)
+
+
+def render(*sets: str) -> list[dict[str, Any]]:
+    return list(_render(tuple(sets)))
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def by_name(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    [doc] = [d for d in of_kind(docs, kind) if d["metadata"]["name"] == name]
+    return doc
+
+
+def rule_table(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    table: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                assert "*" not in (group, resource, *rule["verbs"]), rule
+                table.setdefault((group, resource), set()).update(rule["verbs"])
+    return table
+
+
+# --- CRDs -------------------------------------------------------------------------------
+
+
+def test_chart_crds_are_byte_identical_copies() -> None:
+    source = {p.name: p.read_bytes() for p in (REPO / "crds").glob("*.yaml")}
+    chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
+    assert source, "no CRDs in crds/"
+    assert chart.keys() == source.keys(), "run `make chart-crds`"
+    for name, data in source.items():
+        assert chart[name] == data, f"charts/glowplug/crds/{name} is stale: run `make chart-crds`"
+
+
+def test_chart_app_version_is_the_package_version() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert chart["appVersion"] == project["version"]
+
+
+# --- lint and render ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [(), ALL_OPT_INS, (*ALL_OPT_INS, "watchNamespaces={search,team-b}")],
+    ids=["defaults", "cluster-wide-all-opt-ins", "namespaced-all-opt-ins"],
+)
+def test_helm_lint_strict(sets: tuple[str, ...]) -> None:
+    args = [helm(), "lint", "--strict", str(CHART)]
+    for s in sets:
+        args += ["--set", s]
+    out = run(*args)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "[WARNING]" not in out.stdout and "[ERROR]" not in out.stdout, out.stdout
+
+
+def test_schema_refuses_unknown_and_bad_values() -> None:
+    for bad in ("operatr.replicas=2", "activator.replicas=0", "image.pullPolicy=Sometimes"):
+        out = run(helm(), "template", "gp", str(CHART), "--set", bad)
+        assert out.returncode != 0, bad
+
+
+def test_opt_ins_are_off_by_default() -> None:
+    kinds = {d["kind"] for d in render()}
+    assert not kinds & OPT_IN_KINDS
+    assert kinds == {
+        "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment",
+        "PodDisruptionBudget", "ClusterKopfPeering",
+    }  # fmt: skip
+
+
+def test_all_opt_ins_render() -> None:
+    docs = render(*ALL_OPT_INS, "networkPolicy.namespaces={search}")
+    kinds = {d["kind"] for d in docs}
+    assert kinds >= OPT_IN_KINDS
+
+
+def test_network_policy_needs_namespaces() -> None:
+    out = run(helm(), "template", "gp", str(CHART), "--set", "networkPolicy.enabled=true")
+    assert out.returncode != 0 and "NetworkPolicies are namespaced" in out.stderr
+
+
+# --- workloads ----------------------------------------------------------------------------
+
+
+def pod_specs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in of_kind(docs, "Deployment")
+    }
+
+
+def test_pods_are_locked_down() -> None:
+    specs = pod_specs(render())
+    assert set(specs) == {"gp-glowplug-operator", "gp-glowplug-activator"}
+    for name, spec in specs.items():
+        psc = spec["securityContext"]
+        assert psc["runAsNonRoot"] is True and psc["runAsUser"] == 65532, name
+        assert psc["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["capabilities"] == {"drop": ["ALL"]}, name
+            assert c["resources"]["requests"] and c["resources"]["limits"]["memory"], name
+            assert c["livenessProbe"]["httpGet"]["path"] == "/healthz", name
+            assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"], name
+            assert c["image"] == "glowplug/glowplug:0.1.0", name
+
+
+def test_operator_runs_two_peered_replicas() -> None:
+    docs = render()
+    op = by_name(docs, "Deployment", "gp-glowplug-operator")
+    assert op["spec"]["replicas"] == 2
+    [c] = op["spec"]["template"]["spec"]["containers"]
+    assert c["command"] == ["glowplug"] and c["args"][0] == "operator"
+    assert "--peering=glowplug" in c["args"] and "--all-namespaces" in c["args"]
+    assert by_name(docs, "ClusterKopfPeering", "glowplug")
+
+
+def test_activator_two_replicas_pdb_service_and_drain() -> None:
+    docs = render()
+    act = by_name(docs, "Deployment", "gp-glowplug-activator")
+    assert act["spec"]["replicas"] == 2
+    assert act["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    spec = act["spec"]["template"]["spec"]
+    [c] = spec["containers"]
+    assert c["command"] == ["glowplug"] and c["args"][0] == "activator"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert c["lifecycle"]["preStop"]
+    assert spec["terminationGracePeriodSeconds"] > 30
+    pdb = by_name(docs, "PodDisruptionBudget", "gp-glowplug-activator")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == act["spec"]["selector"]["matchLabels"]
+    svc = by_name(docs, "Service", "gp-glowplug-activator")
+    assert svc["spec"]["ports"] == [
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+    ]
+    assert svc["spec"]["selector"] == act["spec"]["selector"]["matchLabels"]
+
+
+def test_image_is_configurable() -> None:
+    docs = render("image.repository=registry.example/glowplug", "image.tag=dev")
+    for spec in pod_specs(docs).values():
+        assert spec["containers"][0]["image"] == "registry.example/glowplug:dev"
+
+
+# --- RBAC ---------------------------------------------------------------------------------
+
+
+def test_cluster_wide_rbac_is_exactly_what_each_needs() -> None:
+    docs = render()
+    assert not of_kind(docs, "Role")
+    op = by_name(docs, "ClusterRole", "gp-glowplug-operator")
+    act = by_name(docs, "ClusterRole", "gp-glowplug-activator")
+    assert rule_table(op["rules"]) == CLUSTER_OPERATOR
+    assert rule_table(act["rules"]) == ACTIVATOR
+    bindings = {b["metadata"]["name"]: b for b in of_kind(docs, "ClusterRoleBinding")}
+    for comp in ("operator", "activator"):
+        b = bindings[f"gp-glowplug-{comp}"]
+        assert b["roleRef"]["name"] == f"gp-glowplug-{comp}"
+        assert b["subjects"] == [
+            {
+                "kind": "ServiceAccount",
+                "name": f"gp-glowplug-{comp}",
+                "namespace": "glowplug-system",
+            }
+        ]
+    sas = {d["metadata"]["name"] for d in of_kind(docs, "ServiceAccount")}
+    assert sas == {"gp-glowplug-operator", "gp-glowplug-activator"}
+    for spec in pod_specs(docs).values():
+        assert spec["serviceAccountName"] in sas
+
+
+def test_namespaced_rbac_has_one_role_per_namespace_and_no_cluster_roles() -> None:
+    docs = render("watchNamespaces={search,team-b}")
+    assert not of_kind(docs, "ClusterRole") and not of_kind(docs, "ClusterRoleBinding")
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in of_kind(docs, "Role")}
+    for ns in ("search", "team-b"):
+        assert rule_table(roles[(ns, "gp-glowplug-operator")]["rules"]) == ROLE_OPERATOR
+        assert rule_table(roles[(ns, "gp-glowplug-activator")]["rules"]) == ACTIVATOR
+    # The activator Service lives in the release namespace, outside the watched ones.
+    endpoints = roles[("glowplug-system", "gp-glowplug-operator-activator-endpoints")]
+    assert rule_table(endpoints["rules"]) == {
+        ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"}
+    }
+    assert len(of_kind(docs, "RoleBinding")) == len(roles)
+    peerings = {
+        (p["metadata"]["namespace"], p["metadata"]["name"]) for p in of_kind(docs, "KopfPeering")
+    }
+    assert peerings == {("search", "glowplug"), ("team-b", "glowplug")}
+    for spec in pod_specs(docs).values():
+        args = spec["containers"][0]["args"]
+        assert "--namespace=search" in args and "--namespace=team-b" in args
+        assert "--all-namespaces" not in args
+
+
+# --- opt-ins ------------------------------------------------------------------------------
+
+
+def test_monitors_carry_additional_labels() -> None:
+    docs = render(
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.serviceMonitor.additionalLabels.release=prom",
+        "metrics.podMonitor.enabled=true",
+        "metrics.podMonitor.additionalLabels.release=prom",
+        "metrics.prometheusRule.enabled=true",
+        "metrics.prometheusRule.additionalLabels.release=prom",
+    )
+    for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule"):
+        [doc] = of_kind(docs, kind)
+        assert doc["metadata"]["labels"]["release"] == "prom", kind
+    # The ServiceMonitor's operator endpoint needs the operator metrics Service.
+    svc = by_name(docs, "Service", "gp-glowplug-operator-metrics")
+    assert svc["spec"]["ports"][0]["name"] == "metrics"
+
+
+def test_prometheus_rule_is_the_rules_file() -> None:
+    [rule] = of_kind(render("metrics.prometheusRule.enabled=true"), "PrometheusRule")
+    source = yaml.safe_load((CHART / "rules" / "glowplug.rules.yaml").read_text())
+    assert rule["spec"]["groups"] == source["groups"]
+
+
+def test_dashboard_configmap_is_the_json_file_with_a_configurable_label() -> None:
+    docs = render(
+        "dashboards.enabled=true",
+        "dashboards.label=my_dashboards",
+        "dashboards.labelValue=yes",
+        "dashboards.namespace=monitoring",
+    )
+    [cm] = of_kind(docs, "ConfigMap")
+    assert cm["metadata"]["namespace"] == "monitoring"
+    assert cm["metadata"]["labels"]["my_dashboards"] == "yes"
+    dashboard = json.loads((CHART / "dashboards" / "glowplug.json").read_text())
+    assert json.loads(cm["data"]["glowplug.json"]) == dashboard
+    [cm] = of_kind(render("dashboards.enabled=true"), "ConfigMap")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+def test_network_policy_admits_only_the_activator() -> None:
+    docs = render("networkPolicy.enabled=true", "watchNamespaces={search}")
+    [np] = of_kind(docs, "NetworkPolicy")
+    assert np["metadata"]["namespace"] == "search"
+    assert np["spec"]["podSelector"] == {
+        "matchExpressions": [{"key": "glowplug.dev/service", "operator": "Exists"}]
+    }
+    assert np["spec"]["policyTypes"] == ["Ingress"]
+    [rule] = np["spec"]["ingress"]
+    [peer] = rule["from"]
+    act = by_name(docs, "Deployment", "gp-glowplug-activator")
+    assert peer["podSelector"]["matchLabels"] == act["spec"]["selector"]["matchLabels"]
+    assert peer["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "glowplug-system"
+    }
+
+
+# --- recording rules through promtool ---------------------------------------------------
+
+
+def promtool() -> str:
+    path = find_tool("promtool")
+    if path is None:
+        pytest.skip(
+            "promtool not found: run `make promtool` (or put it on PATH, or set PROMTOOL)"
+        )
+    return path
+
+
+def test_promtool_check_rules() -> None:
+    out = run(promtool(), "check", "rules", str(CHART / "rules" / "glowplug.rules.yaml"))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_promtool_test_rules() -> None:
+    out = run(promtool(), "test", "rules", str(CHART / "rules" / "glowplug.rules.test.yaml"))
+    assert out.returncode == 0, out.stdout + out.stderr
