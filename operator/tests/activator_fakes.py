@@ -1,0 +1,232 @@
+"""Test doubles for the activator's tests: a fake engine, a fake scaler, a harness.
+
+``FakeEngine`` is a TEST DOUBLE of an embeddings engine (not SGLang): a real aiohttp
+server on 127.0.0.1 that can delay, drop connections before or after the response
+headers, and counts requests and peak concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiohttp import web
+
+from glowplug.activator.holdqueue import ServiceState
+from glowplug.activator.metrics import Metrics
+from glowplug.activator.server import Activator, Config
+from glowplug.activator.services import Services
+from glowplug.activator.waker import Waker
+
+DIMS = 8
+
+
+def vector(i: int, dims: int) -> list[float]:
+    """The fake engine's deterministic embedding for input ``i`` (float32-exact values)."""
+    return [i + k / 4 for k in range(dims)]
+
+
+class FakeEngine:
+    """TEST DOUBLE of an engine's /v1/embeddings endpoint."""
+
+    def __init__(self, *, delay: float = 0.0, native_base64: bool = False) -> None:
+        self.delay = delay
+        self.native_base64 = native_base64
+        self.drop_before_headers = 0  # next N requests: close the connection, no response
+        self.drop_after_headers = 0  # next N requests: send headers, then close mid-body
+        self.status = 200
+        self.requests = 0  # requests received
+        self.bodies: list[dict[str, Any]] = []
+        self.concurrent = 0
+        self.max_concurrent = 0
+        self.gate: asyncio.Event | None = None  # when set, requests wait for it
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> FakeEngine:
+        app = web.Application()
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        self.concurrent += 1
+        self.max_concurrent = max(self.max_concurrent, self.concurrent)
+        try:
+            body = await request.json()
+            self.bodies.append(body)
+            if self.gate is not None:
+                await self.gate.wait()
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            if self.drop_before_headers > 0:
+                self.drop_before_headers -= 1
+                assert request.transport is not None
+                request.transport.abort()
+                return web.Response()
+            if self.status != 200:
+                return web.json_response(
+                    {"object": "error", "message": "engine says no", "code": self.status},
+                    status=self.status,
+                )
+            inputs = body["input"]
+            n = 1 if isinstance(inputs, str) or isinstance(inputs[0], int) else len(inputs)
+            dims = body.get("dimensions") or DIMS
+            data: list[dict[str, Any]] = []
+            for i in range(n):
+                emb: Any = vector(i, dims)
+                if self.native_base64 and body.get("encoding_format") == "base64":
+                    from glowplug.activator.openai import floats_to_base64
+
+                    emb = floats_to_base64(emb)
+                data.append({"object": "embedding", "index": i, "embedding": emb})
+            payload = json.dumps(
+                {
+                    "object": "list",
+                    "data": data,
+                    "model": "/models/fake-engine-path",
+                    "usage": {"prompt_tokens": n, "total_tokens": n},
+                }
+            ).encode()
+            if self.drop_after_headers > 0:
+                self.drop_after_headers -= 1
+                resp = web.StreamResponse()
+                resp.content_length = len(payload)
+                resp.content_type = "application/json"
+                await resp.prepare(request)
+                await resp.write(payload[:10])
+                assert request.transport is not None
+                request.transport.abort()
+                return resp
+            return web.Response(body=payload, content_type="application/json")
+        finally:
+            self.concurrent -= 1
+
+
+class FakeScaler:
+    """TEST DOUBLE of the scale subresource: counts writes, optionally publishes endpoints."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self.calls = 0
+        self.replicas: dict[str, int] = {}
+        self.on_wake: list[str] | None = None  # addresses to publish on wake
+        self.services: Services | None = None
+        self.wake_delay = 0.0
+        self.fail_with: Exception | None = None
+
+    async def raise_from_zero(self, namespace: str, name: str) -> bool:
+        self.calls += 1
+        await asyncio.sleep(0.01)  # an API round trip: lets more requests pile up
+        if self.fail_with is not None:
+            raise self.fail_with
+        ref = f"{namespace}/{name}"
+        if self.replicas.get(ref, 0) >= 1:
+            return False
+        self.replicas[ref] = 1
+        self.writes += 1
+        if self.on_wake is not None and self.services is not None:
+            services, addresses = self.services, self.on_wake
+
+            async def publish() -> None:
+                await asyncio.sleep(self.wake_delay)
+                services.set_endpoints(namespace, name, addresses)
+
+            asyncio.get_running_loop().create_task(publish())
+        return True
+
+
+def service_obj(
+    name: str = "emb",
+    namespace: str = "ns1",
+    *,
+    served: str | None = None,
+    replicas: int = 1,
+    scaling: dict[str, Any] | None = None,
+    model: dict[str, Any] | None = None,
+    conditions: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A raw EmbeddingService object as the API server would return it."""
+    m: dict[str, Any] = {"id": "Qwen/Qwen3-Embedding-0.6B", "source": {"huggingFace": {}}}
+    if served is not None:
+        m["servedName"] = served
+    m.update(model or {})
+    obj: dict[str, Any] = {
+        "apiVersion": "glowplug.dev/v1alpha1",
+        "kind": "EmbeddingService",
+        "metadata": {"name": name, "namespace": namespace, "resourceVersion": "1"},
+        "spec": {"model": m, "replicas": replicas, "scaling": scaling or {}},
+    }
+    if conditions is not None:
+        obj["status"] = {"conditions": conditions}
+    return obj
+
+
+class Harness:
+    """An activator on 127.0.0.1 with a FakeScaler, fed directly (no API server)."""
+
+    def __init__(self, config: Config | None = None) -> None:
+        self.metrics = Metrics()
+        self.scaler = FakeScaler()
+        self.waker = Waker(self.scaler, self.metrics)
+        self.services = Services(self.metrics, self.waker)
+        self.scaler.services = self.services
+        self.activator = Activator(self.services, metrics=self.metrics, config=config)
+        self.activator.synced.set()
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    def state(self, name: str = "emb", namespace: str = "ns1") -> ServiceState:
+        return self.services.routes[f"{namespace}/{name}"].state
+
+    async def start(self) -> None:
+        self.runner = web.AppRunner(
+            self.activator.app(), access_log=None, handler_cancellation=True
+        )
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+        await self.waker.close()
+        await self.activator.close()
+
+
+@asynccontextmanager
+async def harness(config: Config | None = None) -> AsyncIterator[Harness]:
+    h = Harness(config)
+    await h.start()
+    try:
+        yield h
+    finally:
+        await h.stop()
+
+
+@asynccontextmanager
+async def engines(n: int = 1, **kwargs: Any) -> AsyncIterator[list[FakeEngine]]:
+    started = [await FakeEngine(**kwargs).start() for _ in range(n)]
+    try:
+        yield started
+    finally:
+        for e in started:
+            await e.stop()

@@ -1,0 +1,324 @@
+"""Component tests: the activator over real HTTP on 127.0.0.1, with FakeEngine backends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+from activator_fakes import DIMS, FakeEngine, engines, harness, service_obj, vector
+
+from glowplug.activator.endpoints import Failure
+from glowplug.activator.openai import base64_to_floats
+from glowplug.activator.server import Config
+
+
+async def post(
+    session: aiohttp.ClientSession, url: str, body: Any, **kw: Any
+) -> tuple[int, dict[str, Any], Any]:
+    async with session.post(f"{url}/v1/embeddings", json=body, **kw) as resp:
+        return resp.status, json.loads(await resp.read()), resp.headers
+
+
+def emb(model: str = "emb", inp: Any = "hello", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "input": inp, **extra}
+
+
+async def test_warm_request_is_forwarded_and_model_rewritten() -> None:
+    async with harness() as h, engines(1) as (e,), aiohttp.ClientSession() as s:
+        h.services.apply_service(service_obj(served="small"))
+        h.services.set_endpoints("ns1", "emb", [e.address])
+        status, body, _ = await post(s, h.url, emb("small", ["a", "b"]))
+        assert status == 200, body
+        assert body["model"] == "small"
+        assert [d["embedding"] for d in body["data"]] == [vector(0, DIMS), vector(1, DIMS)]
+        # namespace/servedName works too, and the engine sees the served name
+        status, body, _ = await post(s, h.url, emb("ns1/small"))
+        assert status == 200 and body["model"] == "small"
+        assert e.bodies[-1]["model"] == "small"
+        assert h.state().inflight == 0 and h.state().last_finished is not None
+
+
+async def test_hold_wake_and_release() -> None:
+    """A request at zero triggers one wake, is held, and is served once endpoints appear."""
+    async with harness() as h, engines(1) as (e,), aiohttp.ClientSession() as s:
+        h.services.apply_service(service_obj(replicas=0))
+        h.scaler.on_wake = [e.address]
+        h.scaler.wake_delay = 0.2
+        results = await asyncio.gather(*(post(s, h.url, emb()) for _ in range(30)))
+        assert [r[0] for r in results] == [200] * 30
+        assert h.scaler.writes == 1
+        assert h.state().inflight == 0 and h.state().queued == 0
+        metrics = h.metrics.render().decode()
+        assert 'glowplug_activator_wakes_total{namespace="ns1",outcome="ready",service="emb"} 1.0' in metrics
+        assert 'path="cold"' in metrics
+
+
+async def test_burst_released_through_per_pod_limit() -> None:
+    async with harness() as h, engines(2, delay=0.05) as es, aiohttp.ClientSession() as s:
+        h.services.apply_service(service_obj(scaling={"targetConcurrency": 3}))
+        h.services.set_endpoints("ns1", "emb", [e.address for e in es])
+        results = await asyncio.gather(*(post(s, h.url, emb()) for _ in range(40)))
+        assert all(r[0] == 200 for r in results)
+        for e in es:
+            assert e.max_concurrent <= 3
+            assert e.requests > 0
+        assert sum(e.requests for e in es) == 40
+        assert h.state().inflight == 0 and h.state().queued == 0
+
+
+async def test_queue_full_is_503_with_retry_after() -> None:
+    async with harness() as h, engines(1) as (e,), aiohttp.ClientSession() as s:
+        e.gate = asyncio.Event()
+        h.services.apply_service(
+            service_obj(scaling={"targetConcurrency": 1, "maxQueuedRequests": 2})
+        )
+        h.services.set_endpoints("ns1", "emb", [e.address])
+        tasks = [asyncio.create_task(post(s, h.url, emb())) for _ in range(3)]
+        while h.state().queued < 2 or h.state().inflight < 1:
+            await asyncio.sleep(0.01)
+        status, body, headers = await post(s, h.url, emb())
+        assert status == 503
+        assert body["error"]["code"] == "queue_full"
+        assert "maxQueuedRequests" in body["error"]["message"]
+        assert headers["Retry-After"]
+        e.gate.set()
+        assert [r[0] for r in await asyncio.gather(*tasks)] == [200, 200, 200]
+
+
+async def test_activation_timeout_is_504() -> None:
+    async with harness() as h, aiohttp.ClientSession() as s:
+        h.services.apply_service(service_obj(replicas=0, scaling={"activationTimeout": "1s"}))
+        status, body, _ = await post(s, h.url, emb())
+        assert status == 504
+        assert body["error"]["code"] == "activation_timeout"
+        assert "1s" in body["error"]["message"]
+        assert h.scaler.writes == 1  # the wake happened; only the request gave up
+        assert h.state().queued == 0 and h.state().inflight == 0
+
+
+async def test_disconnecting_clients_leak_no_slot_or_counter() -> None:
+    async with harness() as h, engines(1) as (e,), aiohttp.ClientSession() as s:
+        h.services.apply_service(service_obj(replicas=0))
+        # Held while waking: clients give up; their places are freed, the wake goes on.
+        tasks = [
+            asyncio.create_task(post(s, h.url, emb(), timeout=aiohttp.ClientTimeout(total=0.3)))
+            for _ in range(5)
+        ]
+        for t in tasks:
+            with pytest.raises(asyncio.TimeoutError):
+                await t
+        for _ in range(100):
+            if h.state().queued == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert h.state().queued == 0
+        assert h.scaler.writes == 1
+        # In flight on a backend: the client gives up mid-request; the slot comes back.
+        h.services.set_endpoints("ns1", "emb", [e.address])
+        e.gate = asyncio.Event()
+        t = asyncio.create_task(post(s, h.url, emb(), timeout=aiohttp.ClientTimeout(total=0.3)))
+        with pytest.raises(asyncio.TimeoutError):
+            await t
+        for _ in range(100):
+            if h.state().inflight == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert h.state().inflight == 0
+        assert all(b.inflight == 0 for b in h.state().backends.values())
+        e.gate.set()
+        status, _, _ = await post(s, h.url, emb())
+        assert status == 200
+
+
+async def test_retry_when_dropped_before_response_but_not_after() -> None:
+    async with harness() as h, engines(1) as (e,), aiohttp.ClientSession() as s:
+        h.services.apply_service(service_obj())
+        h.services.set_endpoints("ns1", "emb", [e.address])
+        e.drop_before_headers = 1
+        status, _, _ = await post(s, h.url, emb())
+        assert status == 200
+        assert e.requests == 2  # retried once
+        e.drop_before_headers = 2
+        status, body, _ = await post(s, h.url, emb())
+        assert status == 502  # retried once only
+        assert e.requests == 4
+        e.drop_after_headers = 1
+        before = e.requests
+        status, body, _ = await post(s, h.url, emb())
+        assert status == 502, body
+        assert e.requests == before + 1  # never retried after the response started
+        assert h.state().inflight == 0
+
+
+async def test_connect_errors_retry_on_another_endpoint() -> None:
+    async with harness() as h, engines(1) as (e,), aiohttp.ClientSession() as s:
+        dead = FakeEngine()
+        await dead.start()
+        dead_addr = dead.address
+        await dead.stop()  # a port that refuses connections
+        h.services.apply_service(service_obj())
+        h.services.set_endpoints("ns1", "emb", [dead_addr, e.address])
+        results = await asyncio.gather(*(post(s, h.url, emb()) for _ in range(10)))
+        assert [r[0] for r in results] == [200] * 10
+        assert e.requests == 10
+
+
+async def test_base64_whatever_the_engine_returns() -> None:
+    for native in (False, True):
+        async with harness() as h, engines(1, native_base64=native) as (e,):
+            async with aiohttp.ClientSession() as s:
+                h.services.apply_service(service_obj())
+                h.services.set_endpoints("ns1", "emb", [e.address])
+                status, body, _ = await post(s, h.url, emb(inp=["x", "y"], encoding_format="base64"))
+                assert status == 200
+                for i, d in enumerate(body["data"]):
+                    assert isinstance(d["embedding"], str)
+                    assert base64_to_floats(d["embedding"]) == vector(i, DIMS)
+
+
+async def test_dimensions_pass_through_and_refusals() -> None:
+    async with harness() as h, engines(1) as (e,), aiohttp.ClientSession() as s:
+        h.services.apply_service(
+            service_obj(model={"matryoshka": True, "dimensions": 64, "minDimensions": 4})
+        )
+        h.services.apply_service(service_obj(name="plain", served="plain"))
+        h.services.set_endpoints("ns1", "emb", [e.address])
+        h.services.set_endpoints("ns1", "plain", [e.address])
+        status, body, _ = await post(s, h.url, emb(dimensions=16))
+        assert status == 200 and len(body["data"][0]["embedding"]) == 16
+        assert e.bodies[-1]["dimensions"] == 16
+        for dims in (2, 65):
+            status, body, _ = await post(s, h.url, emb(dimensions=dims))
+            assert status == 400 and body["error"]["param"] == "dimensions"
+            assert "[4, 64]" in body["error"]["message"]
+        status, body, _ = await post(s, h.url, emb("plain", dimensions=16))
+        assert status == 400 and "Matryoshka" in body["error"]["message"]
+
+
+async def test_input_type_query_applies_instruction_and_is_stripped() -> None:
+    async with harness() as h, engines(1) as (e,), aiohttp.ClientSession() as s:
+        h.services.apply_service(service_obj(model={"queryInstruction": "Find passages"}))
+        h.services.set_endpoints("ns1", "emb", [e.address])
+        status, _, _ = await post(s, h.url, emb(inp=["what is x"], input_type="query"))
+        assert status == 200
+        assert e.bodies[-1]["input"] == ["Instruct: Find passages\nQuery:what is x"]
+        assert "input_type" not in e.bodies[-1]
+        status, _, _ = await post(s, h.url, emb(inp="doc text", input_type="document"))
+        assert status == 200
+        assert e.bodies[-1]["input"] == "doc text" and "input_type" not in e.bodies[-1]
+
+
+async def test_fail_fast_names_the_reason() -> None:
+    async with harness() as h, aiohttp.ClientSession() as s:
+        h.services.apply_service(service_obj(replicas=0))
+        held = asyncio.create_task(post(s, h.url, emb()))
+        while h.state().queued == 0:
+            await asyncio.sleep(0.01)
+        h.services.apply_pod(
+            {
+                "metadata": {
+                    "name": "emb-abc",
+                    "namespace": "ns1",
+                    "labels": {"glowplug.dev/service": "emb"},
+                },
+                "status": {
+                    "containerStatuses": [
+                        {
+                            "name": "engine",
+                            "ready": False,
+                            "state": {
+                                "waiting": {
+                                    "reason": "ImagePullBackOff",
+                                    "message": "Back-off pulling image nope:1",
+                                }
+                            },
+                        }
+                    ]
+                },
+            }
+        )
+        status, body, headers = await held
+        assert status == 503 and "ImagePullBackOff" in body["error"]["message"]
+        assert headers["Retry-After"]
+        status, body, _ = await post(s, h.url, emb())  # later requests fail fast
+        assert status == 503 and body["error"]["code"] == "ImagePullBackOff"
+        # the operator's Failed condition works the same way, and clearing it recovers
+        h.services.delete_pod({"metadata": {"name": "emb-abc", "namespace": "ns1"}})
+        assert h.state().failure is None
+        cond = {"type": "Failed", "status": "True", "reason": "Unschedulable", "message": "0/1"}
+        h.services.apply_service(service_obj(replicas=0, conditions=[cond]))
+        status, body, _ = await post(s, h.url, emb())
+        assert status == 503 and "Unschedulable" in body["error"]["message"]
+        assert h.state().failure == Failure("Unschedulable", "0/1")
+
+
+async def test_models_stats_metrics_health() -> None:
+    async with harness() as h, aiohttp.ClientSession() as s:
+        h.services.apply_service(service_obj("a", "ns1", served="shared", replicas=0))
+        h.services.apply_service(service_obj("b", "ns2", served="shared", replicas=0))
+        h.services.apply_service(service_obj("c", "ns2", served="solo", replicas=0))
+        async with s.get(f"{h.url}/v1/models") as r:
+            models = await r.json()
+        ids = {(m["id"], m["owned_by"]) for m in models["data"]}
+        assert ids == {("ns1/shared", "ns1"), ("ns2/shared", "ns2"), ("solo", "ns2")}
+        status, body, _ = await post(s, h.url, emb("shared"))
+        assert status == 400 and body["error"]["code"] == "model_ambiguous"
+        assert "ns1/shared" in body["error"]["message"]
+        assert "ns2/shared" in body["error"]["message"]
+        async with s.get(f"{h.url}/stats") as r:
+            st = await r.json()
+        assert set(st) == {"activator", "time", "services"}
+        assert st["services"]["ns2/c"] == {
+            "namespace": "ns2",
+            "name": "c",
+            "inFlight": 0,
+            "queued": 0,
+            "waking": False,
+            "lastRequestFinished": None,
+        }
+        async with s.get(f"{h.url}/metrics") as r:
+            text = await r.text()
+        # children exist at zero as soon as a service appears
+        assert 'glowplug_requests_total{code="200",namespace="ns2",path="warm",service="c"} 0.0' in text
+        assert 'glowplug_queued_requests{namespace="ns2",service="c"} 0.0' in text
+        for path in ("/healthz", "/readyz"):
+            async with s.get(f"{h.url}{path}") as r:
+                assert r.status == 200
+        h.activator.draining = True
+        async with s.get(f"{h.url}/readyz") as r:
+            assert r.status == 503
+
+
+async def test_engine_errors_pass_through_openai_shaped() -> None:
+    async with harness() as h, engines(1) as (e,), aiohttp.ClientSession() as s:
+        h.services.apply_service(service_obj())
+        h.services.set_endpoints("ns1", "emb", [e.address])
+        e.status = 400
+        status, body, _ = await post(s, h.url, emb())
+        assert status == 400 and "engine says no" in body["error"]["message"]
+
+
+async def test_endpoint_removed_under_load_requests_still_succeed() -> None:
+    async with harness() as h, engines(2, delay=0.02) as (e1, e2), aiohttp.ClientSession() as s:
+        h.services.apply_service(service_obj(scaling={"targetConcurrency": 4}))
+        h.services.set_endpoints("ns1", "emb", [e1.address, e2.address])
+        tasks = [asyncio.create_task(post(s, h.url, emb())) for _ in range(60)]
+        await asyncio.sleep(0.05)
+        h.services.set_endpoints("ns1", "emb", [e2.address])  # e1 leaves (terminating)
+        results = await asyncio.gather(*tasks)
+        assert [r[0] for r in results] == [200] * 60
+        assert "127.0.0.1" in e2.address and e2.requests > 0
+        assert h.state().inflight == 0 and e1.address not in h.state().backends
+
+
+async def test_body_limits() -> None:
+    async with harness(Config(max_body_bytes=1000, max_inputs=3)) as h:
+        async with aiohttp.ClientSession() as s:
+            h.services.apply_service(service_obj())
+            status, body, _ = await post(s, h.url, emb(inp="x" * 2000))
+            assert status == 413 and "1000 bytes" in body["error"]["message"]
+            status, body, _ = await post(s, h.url, emb(inp=["a", "b", "c", "d"]))
+            assert status == 400 and "at most 3" in body["error"]["message"]
