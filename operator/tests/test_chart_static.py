@@ -58,7 +58,8 @@ ROLE_OPERATOR = {
 ACTIVATOR = {
     ("glowplug.dev", "embeddingservices"): {"get", "list", "watch"},
     ("glowplug.dev", "embeddingservices/scale"): {"get", "patch", "update"},
-    ("glowplug.dev", "embeddingservices/status"): {"get"},
+    # wakeStartedTime: stamped by whoever raises replicas 0 -> 1.
+    ("glowplug.dev", "embeddingservices/status"): {"get", "patch"},
     ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
     ("", "pods"): {"get", "list", "watch"},
 }
@@ -301,6 +302,8 @@ def test_namespaced_rbac_has_one_role_per_namespace_and_no_cluster_roles() -> No
         args = spec["containers"][0]["args"]
         assert "--namespace=search" in args and "--namespace=team-b" in args
         assert "--all-namespaces" not in args
+    for spec in pod_specs(render()).values():
+        assert not [a for a in spec["containers"][0]["args"] if a.startswith("--namespace")]
 
 
 # --- opt-ins ------------------------------------------------------------------------------

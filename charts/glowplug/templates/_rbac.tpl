@@ -69,10 +69,10 @@ same rule lists back the ClusterRoles (cluster-wide mode) and the per-namespace 
 - apiGroups: [glowplug.dev]
   resources: [embeddingservices/scale]
   verbs: [get, patch, update]
-# Wake failures land in status.conditions.
+# Wake failures are read from status.conditions; a wake stamps status.wakeStartedTime.
 - apiGroups: [glowplug.dev]
   resources: [embeddingservices/status]
-  verbs: [get]
+  verbs: [get, patch]
 # Ready, non-terminating engine endpoints to route to.
 - apiGroups: [discovery.k8s.io]
   resources: [endpointslices]
