@@ -168,3 +168,55 @@ def replica_conditions(
 def status_equal(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """Whether writing ``new`` over ``old`` would change any key ``new`` sets."""
     return all(old.get(k) == v for k, v in new.items())
+
+
+def replica_status(
+    current: Mapping[str, Any],
+    *,
+    desired: int,
+    replicas: int,
+    ready: int,
+    selector: str,
+    observed_generation: int | None,
+    clear_spec_failures: bool,
+    now: str | None = None,
+) -> dict[str, Any] | None:
+    """The status keys to write after observing the Deployment; None when nothing changed.
+
+    ``current`` is the EmbeddingService as last read; ``desired`` the replicas the
+    operator asked the Deployment for. ``clear_spec_failures``: the spec was applied, so
+    an InvalidSpec/SecretNotFound failure is over (wake failures are left alone).
+    """
+    status = current.get("status") or {}
+    conds: list[Condition] = [dict(x) for x in status.get("conditions") or []]
+    if clear_spec_failures:
+        conds = clear_failed(conds, SPEC_REASONS, now=now)
+    conds = replica_conditions(conds, desired, replicas, ready, now=now)
+    new: dict[str, Any] = {
+        "phase": phase(conds, desired, ready),
+        "replicas": replicas,
+        "readyReplicas": ready,
+        "selector": selector,
+        "conditions": conds,
+    }
+    if observed_generation is not None:
+        new["observedGeneration"] = observed_generation
+    return None if status_equal(status, new) else new
+
+
+def failed_status(
+    current: Mapping[str, Any],
+    *,
+    reason: str,
+    message: str,
+    selector: str,
+    observed_generation: int | None,
+    now: str | None = None,
+) -> dict[str, Any] | None:
+    """Status keys for a failure the operator found (InvalidSpec, SecretNotFound)."""
+    status = current.get("status") or {}
+    conds = set_condition(status.get("conditions") or [], FAILED, True, reason, message, now=now)
+    new: dict[str, Any] = {"phase": FAILED_PHASE, "selector": selector, "conditions": conds}
+    if observed_generation is not None:
+        new["observedGeneration"] = observed_generation
+    return None if status_equal(status, new) else new

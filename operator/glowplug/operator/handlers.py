@@ -1,0 +1,350 @@
+"""kopf handlers: watch events in, server-side applies and status writes out.
+
+Why ``@kopf.on.event`` rather than kopf's create/update/resume handlers: the wake path
+(``spec.replicas`` 0 -> 1 through the scale subresource) must reach the Deployment within
+a second. Change-detection handlers make kopf write its diff-base and progress
+annotations back on every change (an extra write racing the activator's and the
+autoscaler's compare-and-swap), and a failed handler retries after kopf's back-off. An
+event handler does neither: every ADDED/MODIFIED event (the initial listing at start-up
+included, which is the "resume") is reconciled at once, idempotently, with server-side
+apply. Events of a generation already applied (our own status writes, the ledger's) are
+skipped without an API call.
+
+Deletion needs no handler and no finalizer: the Deployment and Service carry an owner
+reference to the EmbeddingService, so the garbage collector removes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from prometheus_client import Gauge
+
+from glowplug import metrics
+from glowplug.api.spec import GROUP, PLURAL, VERSION, EmbeddingService, SpecError, parse
+from glowplug.operator import conditions as cond
+from glowplug.operator import render
+from glowplug.operator.kube import Kube, new_api_client
+
+log = logging.getLogger(__name__)
+
+# How often a Secret that is missing is looked for again (no watch on Secrets: the
+# operator needs only `get` on them).
+SECRET_RECHECK_SECONDS = 5.0
+# Back-off for API errors while reconciling: 1 s doubling to 30 s.
+RETRY_MIN_SECONDS = 1.0
+RETRY_MAX_SECONDS = 30.0
+
+Emit = Callable[[Mapping[str, Any], str, str, str], None]
+Key = tuple[str, str]
+
+REPLICAS = Gauge(
+    metrics.REPLICAS,
+    "Replicas of each EmbeddingService: desired (what the Deployment is asked for) and ready.",
+    ["namespace", "service", "state"],
+)
+SERVICE_INFO = Gauge(
+    metrics.SERVICE_INFO,
+    "One series per EmbeddingService, value 1, carrying its model, engine and GPU type.",
+    ["namespace", "service", "model", "engine", "gpu_type"],
+)
+
+
+def kopf_emit(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    """Post a Kubernetes Event on the EmbeddingService through kopf's event poster."""
+    kopf.event(dict(body), type=type_, reason=reason, message=message)  # type: ignore[arg-type]
+
+
+def ref_of(body: Mapping[str, Any]) -> dict[str, Any]:
+    """Just enough of the object to post an Event on it."""
+    meta = body.get("metadata") or {}
+    return {
+        "apiVersion": body.get("apiVersion", f"{GROUP}/{VERSION}"),
+        "kind": body.get("kind", "EmbeddingService"),
+        "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid")},
+    }
+
+
+@dataclass
+class _State:
+    """What the reconciler remembers about one EmbeddingService (lost on restart; the
+    initial listing rebuilds it)."""
+
+    applied_generation: int | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    retry: asyncio.Task[None] | None = None
+    backoff: float = RETRY_MIN_SECONDS
+    last_warning: tuple[str, str] | None = None
+    info_labels: tuple[str, ...] | None = None
+
+
+class Reconciler:
+    """EmbeddingService -> Deployment + Service, and Deployment -> status."""
+
+    def __init__(self, kube: Kube, emit: Emit = kopf_emit) -> None:
+        self.kube = kube
+        self.emit = emit
+        self.states: dict[Key, _State] = {}
+
+    def state(self, key: Key) -> _State:
+        return self.states.setdefault(key, _State())
+
+    # --- EmbeddingService events -------------------------------------------------------
+    async def on_embsvc_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        if event_type == "DELETED":
+            self.forget(key)
+            return
+        if meta.get("deletionTimestamp"):
+            return  # the garbage collector takes the rest
+        st = self.state(key)
+        if st.applied_generation == meta.get("generation") and st.retry is None:
+            return  # a status-only change (ours or the ledger's)
+        await self.reconcile(copy.deepcopy(dict(body)))
+
+    def forget(self, key: Key) -> None:
+        st = self.states.pop(key, None)
+        if st and st.retry:
+            st.retry.cancel()
+        if st and st.info_labels:
+            SERVICE_INFO.remove(*st.info_labels)
+        for state in ("desired", "ready"):
+            with contextlib.suppress(KeyError):
+                REPLICAS.remove(key[0], key[1], state)
+
+    async def reconcile(self, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        st = self.state(key)
+        async with st.lock:
+            try:
+                await self._reconcile(body, st)
+            except Exception as err:  # API errors, timeouts: try again, never give up
+                delay = st.backoff
+                st.backoff = min(st.backoff * 2, RETRY_MAX_SECONDS)
+                log.warning("reconcile %s/%s failed (%s); retry in %.0fs", *key, err, delay)
+                self.schedule(key, delay)
+            else:
+                st.backoff = RETRY_MIN_SECONDS
+
+    def schedule(self, key: Key, delay: float) -> None:
+        """Reconcile ``key`` again after ``delay`` (one pending retry per object)."""
+        st = self.state(key)
+        if st.retry is not None and not st.retry.done():
+            return
+        st.retry = asyncio.create_task(self._retry(key, delay), name=f"reconcile {key}")
+
+    async def _retry(self, key: Key, delay: float) -> None:
+        await asyncio.sleep(delay)
+        st = self.state(key)
+        st.retry = None
+        try:
+            body = await self.kube.get_embsvc(*key)
+        except Exception as err:
+            log.warning("re-reading %s/%s failed (%s)", *key, err)
+            self.schedule(key, min(delay * 2, RETRY_MAX_SECONDS))
+            return
+        if body is None:
+            self.forget(key)
+            return
+        st.applied_generation = None
+        await self.reconcile(body)
+
+    async def _reconcile(self, body: dict[str, Any], st: _State) -> None:
+        meta = body["metadata"]
+        namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation")
+        selector = f"{render.SERVICE_LABEL}={name}"
+        try:
+            svc = parse(body)
+        except SpecError as err:
+            await self._fail(body, st, cond.INVALID_SPEC, f"invalid spec: {err}", selector)
+            st.applied_generation = generation
+            return
+        self._info(svc, st)
+
+        problem = await self._secret_problem(svc)
+        await self._apply_service(svc, body)
+        if problem:
+            # Pods could not start without it: leave the Deployment as it is, say why, and
+            # look again shortly (the Secret may be created after the service).
+            await self._fail(body, st, cond.SECRET_NOT_FOUND, problem, selector)
+            st.applied_generation = generation
+            self.schedule((namespace, name), SECRET_RECHECK_SECONDS)
+            return
+
+        dep = await self._apply_deployment(svc, body)
+        st.applied_generation = generation
+        st.last_warning = None
+        await self.write_status(body, dep, clear_spec_failures=True)
+
+    def _info(self, svc: EmbeddingService, st: _State) -> None:
+        labels = (
+            svc.namespace,
+            svc.name,
+            svc.model.id,
+            svc.engine.name,
+            svc.resources.gpu_label,
+        )
+        if st.info_labels != labels:
+            if st.info_labels:
+                SERVICE_INFO.remove(*st.info_labels)
+            SERVICE_INFO.labels(*labels).set(1)
+            st.info_labels = labels
+
+    async def _secret_problem(self, svc: EmbeddingService) -> str | None:
+        ref = svc.model.source.token_secret
+        if ref is None:
+            return None
+        keys = await self.kube.secret_keys(svc.namespace, ref.name)
+        field_path = "spec.model.source.huggingFace.tokenSecretRef"
+        if keys is None:
+            return f"{field_path}: Secret {svc.namespace}/{ref.name} not found"
+        if ref.key not in keys:
+            return (
+                f"{field_path}.key: Secret {svc.namespace}/{ref.name} has no key {ref.key!r}"
+                f" (keys: {', '.join(sorted(keys)) or 'none'})"
+            )
+        return None
+
+    async def _apply_service(self, svc: EmbeddingService, body: Mapping[str, Any]) -> None:
+        existed = await self.kube.get_service(svc.namespace, svc.name) is not None
+        await self.kube.apply(render.render_service(svc))
+        if not existed:
+            self.emit(ref_of(body), "Normal", "Created", f"created Service {svc.name}")
+
+    async def _apply_deployment(
+        self, svc: EmbeddingService, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        old = await self.kube.get_deployment(svc.namespace, svc.name)
+        manifest = render.render_deployment(svc)
+        dep = await self.kube.apply(manifest)
+        want = manifest["spec"]["replicas"]
+        ref = ref_of(body)
+        if old is None:
+            self.emit(ref, "Normal", "Created", f"created Deployment {svc.name} ({want} replicas)")
+        else:
+            if (old.get("spec") or {}).get("replicas") != want:
+                before = (old.get("spec") or {}).get("replicas")
+                self.emit(
+                    ref, "Normal", "Scaled", f"scaled Deployment {svc.name}: {before} -> {want}"
+                )
+            key = render.TEMPLATE_HASH_ANNOTATION
+            old_hash = ((old.get("metadata") or {}).get("annotations") or {}).get(key)
+            if old_hash != manifest["metadata"]["annotations"][key]:
+                self.emit(ref, "Normal", "Updated", f"rolling out a new pod template to {svc.name}")
+        return dep
+
+    async def _fail(
+        self, body: Mapping[str, Any], st: _State, reason: str, message: str, selector: str
+    ) -> None:
+        meta = body["metadata"]
+        if st.last_warning != (reason, message):
+            self.emit(ref_of(body), "Warning", reason, message)
+            log.warning("%s/%s: %s: %s", meta["namespace"], meta["name"], reason, message)
+            st.last_warning = (reason, message)
+        generation = meta.get("generation")
+
+        def mutate(current: Mapping[str, Any]) -> dict[str, Any] | None:
+            return cond.failed_status(
+                current,
+                reason=reason,
+                message=message,
+                selector=selector,
+                observed_generation=generation,
+            )
+
+        await self.kube.update_status(meta["namespace"], meta["name"], mutate, body=body)
+
+    # --- Deployment -> status ----------------------------------------------------------
+    async def write_status(
+        self,
+        body: Mapping[str, Any] | None,
+        dep: Mapping[str, Any],
+        *,
+        clear_spec_failures: bool = False,
+    ) -> None:
+        meta = dep["metadata"]
+        namespace = meta["namespace"]
+        name = (meta.get("labels") or {}).get(render.SERVICE_LABEL, meta["name"])
+        spec, status = dep.get("spec") or {}, dep.get("status") or {}
+        desired = int(spec.get("replicas") or 0)
+        replicas = int(status.get("replicas") or 0)
+        ready = int(status.get("readyReplicas") or 0)
+        REPLICAS.labels(namespace, name, "desired").set(desired)
+        REPLICAS.labels(namespace, name, "ready").set(ready)
+        st = self.state((namespace, name))
+
+        def mutate(current: Mapping[str, Any]) -> dict[str, Any] | None:
+            return cond.replica_status(
+                current,
+                desired=desired,
+                replicas=replicas,
+                ready=ready,
+                selector=f"{render.SERVICE_LABEL}={name}",
+                observed_generation=st.applied_generation,
+                clear_spec_failures=clear_spec_failures,
+            )
+
+        await self.kube.update_status(namespace, name, mutate, body=body)
+
+    async def on_deployment_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        name = (meta.get("labels") or {}).get(render.SERVICE_LABEL)
+        if not name:
+            return
+        key = (str(meta.get("namespace")), str(name))
+        if event_type == "DELETED":
+            # Deleted by someone else (or by the garbage collector): put it back if its
+            # EmbeddingService still exists.
+            if key in self.states:
+                self.schedule(key, 0.0)
+            return
+        if key in self.states and self.states[key].applied_generation is None:
+            return  # not reconciled yet; the reconcile writes status itself
+        try:
+            await self.write_status(None, body)
+        except Exception as err:
+            log.warning("status of %s/%s: %s", *key, err)
+
+
+def register() -> None:
+    """Register the handlers with kopf's default registry (called by ``main``)."""
+
+    @kopf.on.startup()
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        # Nothing of ours lives in kopf's progress/diff-base storage, but keep whatever
+        # another handler might store in annotations: status is schema-pruned.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix="glowplug.dev"
+        )
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="glowplug.dev"
+        )
+        settings.posting.level = logging.INFO
+        api = await new_api_client()
+        memo.api = api
+        memo.reconciler = Reconciler(Kube(api))
+
+    @kopf.on.cleanup()
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        api = getattr(memo, "api", None)
+        if api is not None:
+            await api.close()
+
+    @kopf.on.event(GROUP, VERSION, PLURAL)
+    async def embsvc_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        await memo.reconciler.on_embsvc_event(type, body)
+
+    @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": "glowplug"})
+    async def deployment_event(
+        type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
+    ) -> None:
+        await memo.reconciler.on_deployment_event(type, body)
