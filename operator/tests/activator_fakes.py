@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -210,6 +210,15 @@ class Harness:
             await self.runner.cleanup()
         await self.waker.close()
         await self.activator.close()
+
+
+async def until(cond: Callable[[], bool], limit_s: float = 10.0) -> None:
+    """Poll ``cond`` (a bounded wait, not a timed assertion)."""
+    for _ in range(int(limit_s / 0.01)):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never became true")
 
 
 @asynccontextmanager

@@ -1,4 +1,5 @@
 """The OpenAI wire format: malformed requests over HTTP, and the pure helpers."""
+# ruff: noqa: E501  (the malformed-request table reads best one request per line)
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from activator_fakes import DIMS, FakeEngine, engines, harness, service_obj, vector
+from activator_fakes import DIMS, FakeEngine, engines, harness, service_obj, until, vector
 
 from glowplug.activator.endpoints import Failure
 from glowplug.activator.openai import base64_to_floats
@@ -52,7 +52,10 @@ async def test_hold_wake_and_release() -> None:
         assert h.scaler.writes == 1
         assert h.state().inflight == 0 and h.state().queued == 0
         metrics = h.metrics.render().decode()
-        assert 'glowplug_activator_wakes_total{namespace="ns1",outcome="ready",service="emb"} 1.0' in metrics
+        assert (
+            'glowplug_activator_wakes_total{namespace="ns1",outcome="ready",service="emb"} 1.0'
+            in metrics
+        )
         assert 'path="cold"' in metrics
 
 
@@ -77,8 +80,7 @@ async def test_queue_full_is_503_with_retry_after() -> None:
         )
         h.services.set_endpoints("ns1", "emb", [e.address])
         tasks = [asyncio.create_task(post(s, h.url, emb())) for _ in range(3)]
-        while h.state().queued < 2 or h.state().inflight < 1:
-            await asyncio.sleep(0.01)
+        await until(lambda: h.state().queued == 2 and h.state().inflight == 1)
         status, body, headers = await post(s, h.url, emb())
         assert status == 503
         assert body["error"]["code"] == "queue_full"
@@ -110,10 +112,7 @@ async def test_disconnecting_clients_leak_no_slot_or_counter() -> None:
         for t in tasks:
             with pytest.raises(asyncio.TimeoutError):
                 await t
-        for _ in range(100):
-            if h.state().queued == 0:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: h.state().queued == 0)
         assert h.state().queued == 0
         assert h.scaler.writes == 1
         # In flight on a backend: the client gives up mid-request; the slot comes back.
@@ -122,10 +121,7 @@ async def test_disconnecting_clients_leak_no_slot_or_counter() -> None:
         t = asyncio.create_task(post(s, h.url, emb(), timeout=aiohttp.ClientTimeout(total=0.3)))
         with pytest.raises(asyncio.TimeoutError):
             await t
-        for _ in range(100):
-            if h.state().inflight == 0:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: h.state().inflight == 0)
         assert h.state().inflight == 0
         assert all(b.inflight == 0 for b in h.state().backends.values())
         e.gate.set()
@@ -168,15 +164,18 @@ async def test_connect_errors_retry_on_another_endpoint() -> None:
 
 async def test_base64_whatever_the_engine_returns() -> None:
     for native in (False, True):
-        async with harness() as h, engines(1, native_base64=native) as (e,):
-            async with aiohttp.ClientSession() as s:
-                h.services.apply_service(service_obj())
-                h.services.set_endpoints("ns1", "emb", [e.address])
-                status, body, _ = await post(s, h.url, emb(inp=["x", "y"], encoding_format="base64"))
-                assert status == 200
-                for i, d in enumerate(body["data"]):
-                    assert isinstance(d["embedding"], str)
-                    assert base64_to_floats(d["embedding"]) == vector(i, DIMS)
+        async with (
+            harness() as h,
+            engines(1, native_base64=native) as (e,),
+            aiohttp.ClientSession() as s,
+        ):
+            h.services.apply_service(service_obj())
+            h.services.set_endpoints("ns1", "emb", [e.address])
+            status, body, _ = await post(s, h.url, emb(inp=["x", "y"], encoding_format="base64"))
+            assert status == 200
+            for i, d in enumerate(body["data"]):
+                assert isinstance(d["embedding"], str)
+                assert base64_to_floats(d["embedding"]) == vector(i, DIMS)
 
 
 async def test_dimensions_pass_through_and_refusals() -> None:
@@ -215,8 +214,7 @@ async def test_fail_fast_names_the_reason() -> None:
     async with harness() as h, aiohttp.ClientSession() as s:
         h.services.apply_service(service_obj(replicas=0))
         held = asyncio.create_task(post(s, h.url, emb()))
-        while h.state().queued == 0:
-            await asyncio.sleep(0.01)
+        await until(lambda: h.state().queued == 1)
         h.services.apply_pod(
             {
                 "metadata": {
@@ -282,7 +280,10 @@ async def test_models_stats_metrics_health() -> None:
         async with s.get(f"{h.url}/metrics") as r:
             text = await r.text()
         # children exist at zero as soon as a service appears
-        assert 'glowplug_requests_total{code="200",namespace="ns2",path="warm",service="c"} 0.0' in text
+        assert (
+            'glowplug_requests_total{code="200",namespace="ns2",path="warm",service="c"} 0.0'
+            in text
+        )
         assert 'glowplug_queued_requests{namespace="ns2",service="c"} 0.0' in text
         for path in ("/healthz", "/readyz"):
             async with s.get(f"{h.url}{path}") as r:
@@ -315,10 +316,12 @@ async def test_endpoint_removed_under_load_requests_still_succeed() -> None:
 
 
 async def test_body_limits() -> None:
-    async with harness(Config(max_body_bytes=1000, max_inputs=3)) as h:
-        async with aiohttp.ClientSession() as s:
-            h.services.apply_service(service_obj())
-            status, body, _ = await post(s, h.url, emb(inp="x" * 2000))
-            assert status == 413 and "1000 bytes" in body["error"]["message"]
-            status, body, _ = await post(s, h.url, emb(inp=["a", "b", "c", "d"]))
-            assert status == 400 and "at most 3" in body["error"]["message"]
+    async with (
+        harness(Config(max_body_bytes=1000, max_inputs=3)) as h,
+        aiohttp.ClientSession() as s,
+    ):
+        h.services.apply_service(service_obj())
+        status, body, _ = await post(s, h.url, emb(inp="x" * 2000))
+        assert status == 413 and "1000 bytes" in body["error"]["message"]
+        status, body, _ = await post(s, h.url, emb(inp=["a", "b", "c", "d"]))
+        assert status == 400 and "at most 3" in body["error"]["message"]
