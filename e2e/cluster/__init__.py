@@ -1,0 +1,553 @@
+"""The local Kubernetes test bed: a real control plane plus glowplug's own node agent.
+
+``Cluster().up()`` starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler
+(binaries built by ``build-binaries.sh``) and the node agent (``e2e.node.agent``), waits
+until the API server is ready and the node is Ready, and writes a kubeconfig into the
+state directory (``$GLOWPLUG_STATE``, default ``~/.cache/glowplug/cluster``). ``down()``
+stops exactly the processes ``up()`` recorded (pid + start time), the agent first so pods
+stop gracefully, then sweeps any network namespace the agent recorded.
+
+``up()`` is idempotent: when a healthy cluster from an earlier ``up()`` is running it is
+reused. Command line: ``python -m e2e.cluster up|down|status``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from e2e.cluster.pki import Pki, ensure_pki
+from e2e.cluster.procs import Proc, launch
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO / "e2e" / "cluster" / "build-binaries.sh"
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "node-agent")
+
+Log = Callable[[str], None]
+
+
+def _default_log(msg: str) -> None:
+    print(f"[cluster] {msg}", file=sys.stderr, flush=True)
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("GLOWPLUG_STATE")
+    if env:
+        return Path(env)
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "glowplug" / "cluster"
+
+
+def ensure_binaries(log: Log = _default_log) -> Path:
+    """Build or reuse the binaries (the script prints progress); return the bin directory."""
+    if shutil.which("go") is None and not _cached_bin_dir():
+        raise FileNotFoundError("the Go toolchain (go) is not installed: cannot build the test bed")
+    log(f"binaries: running {BUILD_SCRIPT.relative_to(REPO)} (a no-op when cached)")
+    out = subprocess.run(
+        ["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, check=True, cwd=REPO
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def _cached_bin_dir() -> Path | None:
+    env = os.environ.get("GLOWPLUG_BIN_DIR")
+    return Path(env) if env else None
+
+
+@dataclass
+class Config:
+    """Addresses and ports of the test bed. Defaults suit one cluster per machine."""
+
+    state_dir: Path = field(default_factory=default_state_dir)
+    etcd_port: int = int(os.environ.get("GLOWPLUG_ETCD_PORT", "23790"))
+    apiserver_port: int = int(os.environ.get("GLOWPLUG_APISERVER_PORT", "6443"))
+    # The host end of every pod's veth carries this address; pods reach the API server here.
+    host_ip: str = "10.244.0.1"
+    pod_cidr: str = "10.244.0.0/16"
+    service_cidr: str = "10.96.0.0/16"
+    node_name: str = os.environ.get("GLOWPLUG_NODE_NAME", "glowplug-testbed")
+    # Base of the crash-loop back-off (the kubelet uses 10 s, doubling up to 5 min).
+    backoff_base: float = float(os.environ.get("GLOWPLUG_AGENT_BACKOFF_BASE", "10"))
+
+
+class Cluster:
+    """Handle on the test bed: start/stop it, and talk to it (``kubectl``, ``api``)."""
+
+    def __init__(
+        self, config: Config | None = None, bin_dir: Path | None = None, log: Log = _default_log
+    ) -> None:
+        self.config = config or Config()
+        self.state_dir = self.config.state_dir
+        self._bin_dir = bin_dir
+        self.log = log
+
+    # -- paths and facts -------------------------------------------------------------------
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.config.apiserver_port}"
+
+    @property
+    def pod_server(self) -> str:
+        """The API server as pods see it (the host end of their veth)."""
+        return f"https://{self.config.host_ip}:{self.config.apiserver_port}"
+
+    @property
+    def bin_dir(self) -> Path:
+        if self._bin_dir is None:
+            state = self._read_state()
+            if state and state.get("bin_dir"):
+                self._bin_dir = Path(state["bin_dir"])
+            else:
+                self._bin_dir = _cached_bin_dir() or ensure_binaries(self.log)
+        return self._bin_dir
+
+    @property
+    def pki(self) -> Pki:
+        return Pki(self.state_dir / "pki")
+
+    @property
+    def agent_dir(self) -> Path:
+        return self.state_dir / "agent"
+
+    @property
+    def token(self) -> str:
+        return self._tokens()["admin"]
+
+    def kubectl(
+        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the test bed's kubectl against this cluster; output captured as text."""
+        proc = subprocess.run(
+            [str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise subprocess.CalledProcessError(
+                proc.returncode, proc.args, output=proc.stdout, stderr=proc.stderr
+            )
+        return proc
+
+    def api(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> Any:
+        """One synchronous API request as the admin; returns the decoded JSON body."""
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.server + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {self.token}")
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", content_type)
+        with urllib.request.urlopen(req, context=self._ssl(), timeout=30) as resp:
+            return json.loads(resp.read() or b"null")
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def running(self) -> bool:
+        """True when every recorded component is alive and the API server is ready."""
+        state = self._read_state()
+        if not state:
+            return False
+        procs = [Proc.from_json(p) for p in state.get("procs", [])]
+        names = {p.name for p in procs}
+        if set(COMPONENTS) - names or not all(p.alive() for p in procs):
+            return False
+        return self._readyz()
+
+    def up(self, started_by: str = "cli") -> bool:
+        """Start the cluster, or reuse a healthy running one. Returns True if it started one."""
+        with self._lock():
+            if self.running():
+                self.log(f"already running (state in {self.state_dir}); reusing it")
+                return False
+            if self._read_state():
+                self.log("found a partial cluster from an earlier run; stopping it first")
+                self._down_locked()
+            t0 = time.monotonic()
+            self._start(started_by)
+            self.log(f"cluster up in {time.monotonic() - t0:.1f} s")
+            return True
+
+    def down(self) -> None:
+        with self._lock():
+            self._down_locked()
+
+    # -- users (pytest sessions sharing one cluster) ----------------------------------------
+
+    def attach(self) -> None:
+        """Record this process as a user, so another session's teardown leaves it running."""
+        users = self.state_dir / "users"
+        users.mkdir(parents=True, exist_ok=True)
+        me = Proc("user", os.getpid(), _my_start())
+        (users / f"{me.pid}.json").write_text(json.dumps(me.to_json()))
+
+    def detach(self) -> list[Proc]:
+        """Forget this process as a user; return the other users still alive."""
+        users = self.state_dir / "users"
+        (users / f"{os.getpid()}.json").unlink(missing_ok=True)
+        alive = []
+        for f in users.glob("*.json") if users.exists() else []:
+            p = Proc.from_json(json.loads(f.read_text()))
+            if p.alive():
+                alive.append(p)
+            else:
+                f.unlink(missing_ok=True)
+        return alive
+
+    def started_by(self) -> str | None:
+        state = self._read_state()
+        return str(state.get("started_by")) if state else None
+
+    # -- internals ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / ".lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _state_path(self) -> Path:
+        return self.state_dir / "state.json"
+
+    def _read_state(self) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self._state_path().read_text()))
+        except (OSError, ValueError):
+            return None
+
+    def _write_state(self, state: dict[str, Any]) -> None:
+        tmp = self._state_path().with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self._state_path())
+
+    def _tokens(self) -> dict[str, str]:
+        path = self.state_dir / "tokens.json"
+        if path.exists():
+            return dict(json.loads(path.read_text()))
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tokens = {u: secrets.token_hex(24) for u in ("admin", "controller-manager", "scheduler")}
+        path.write_text(json.dumps(tokens))
+        path.chmod(0o600)
+        return tokens
+
+    def _ssl(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.pki.ca_crt))
+
+    def _readyz(self) -> bool:
+        try:
+            req = urllib.request.Request(self.server + "/readyz")
+            req.add_header("Authorization", f"Bearer {self.token}")
+            with urllib.request.urlopen(req, context=self._ssl(), timeout=2) as resp:
+                return bool(resp.status == 200)
+        except (OSError, urllib.error.URLError, ssl.SSLError):
+            return False
+
+    def _write_kubeconfig(self, path: Path, server: str, user: str, token: str) -> None:
+        # JSON is valid YAML, and kubectl, client-go and kubernetes_asyncio all read it.
+        kc = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "glowplug-testbed",
+                    "cluster": {"server": server, "certificate-authority": str(self.pki.ca_crt)},
+                }
+            ],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [
+                {
+                    "name": "glowplug-testbed",
+                    "context": {"cluster": "glowplug-testbed", "user": user},
+                }
+            ],
+            "current-context": "glowplug-testbed",
+        }
+        path.write_text(json.dumps(kc, indent=2))
+        path.chmod(0o600)
+
+    def _start(self, started_by: str) -> None:
+        cfg = self.config
+        bin_dir = self.bin_dir
+        for name in COMPONENTS[:-1]:
+            if not (bin_dir / name).exists():
+                raise FileNotFoundError(f"{bin_dir / name} is missing: run `make binaries`")
+        logs = self.state_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        pki = ensure_pki(
+            self.state_dir / "pki",
+            ip_sans=["127.0.0.1", cfg.host_ip, _first_service_ip(cfg.service_cidr)],
+            dns_sans=[
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ],
+        )
+        tokens = self._tokens()
+        (self.state_dir / "tokens.csv").write_text(
+            f'{tokens["admin"]},admin,admin,"system:masters"\n'
+            f"{tokens['controller-manager']},system:kube-controller-manager,"
+            "system:kube-controller-manager\n"
+            f"{tokens['scheduler']},system:kube-scheduler,system:kube-scheduler\n"
+        )
+        (self.state_dir / "tokens.csv").chmod(0o600)
+        self._write_kubeconfig(self.kubeconfig, self.server, "admin", tokens["admin"])
+        self._write_kubeconfig(
+            self.state_dir / "controller-manager.kubeconfig",
+            self.server,
+            "system:kube-controller-manager",
+            tokens["controller-manager"],
+        )
+        self._write_kubeconfig(
+            self.state_dir / "scheduler.kubeconfig",
+            self.server,
+            "system:kube-scheduler",
+            tokens["scheduler"],
+        )
+        self.log(f"pki and kubeconfigs ready ({time.monotonic() - t0:.1f} s)")
+
+        # A fresh etcd every time: each `up` is a clean cluster.
+        etcd_dir = self.state_dir / "etcd"
+        shutil.rmtree(etcd_dir, ignore_errors=True)
+        procs: list[Proc] = []
+        state: dict[str, Any] = {
+            "started_by": started_by,
+            "bin_dir": str(bin_dir),
+            "server": self.server,
+            "kubeconfig": str(self.kubeconfig),
+            "procs": [],
+        }
+
+        def record(p: Proc) -> None:
+            procs.append(p)
+            state["procs"] = [x.to_json() for x in procs]
+            self._write_state(state)
+
+        try:
+            etcd_url = f"http://127.0.0.1:{cfg.etcd_port}"
+            record(
+                launch(
+                    "etcd",
+                    [
+                        str(bin_dir / "etcd"),
+                        "--name=glowplug-testbed",
+                        f"--data-dir={etcd_dir}",
+                        f"--listen-client-urls={etcd_url}",
+                        f"--advertise-client-urls={etcd_url}",
+                        f"--listen-peer-urls=http://127.0.0.1:{cfg.etcd_port + 1}",
+                        f"--initial-advertise-peer-urls=http://127.0.0.1:{cfg.etcd_port + 1}",
+                        f"--initial-cluster=glowplug-testbed=http://127.0.0.1:{cfg.etcd_port + 1}",
+                        "--unsafe-no-fsync",
+                        "--log-level=warn",
+                    ],
+                    logs / "etcd.log",
+                )
+            )
+            self.log(f"etcd started (pid {procs[-1].pid}) on {etcd_url}")
+            issuer = "https://kubernetes.default.svc.cluster.local"
+            record(
+                launch(
+                    "kube-apiserver",
+                    [
+                        str(bin_dir / "kube-apiserver"),
+                        f"--etcd-servers={etcd_url}",
+                        # All addresses: loopback for the host, the veth address for pods.
+                        "--bind-address=0.0.0.0",
+                        f"--advertise-address={cfg.host_ip}",
+                        f"--secure-port={cfg.apiserver_port}",
+                        f"--cert-dir={self.state_dir / 'pki'}",
+                        f"--tls-cert-file={pki.apiserver_crt}",
+                        f"--tls-private-key-file={pki.apiserver_key}",
+                        f"--client-ca-file={pki.ca_crt}",
+                        f"--token-auth-file={self.state_dir / 'tokens.csv'}",
+                        "--authorization-mode=Node,RBAC",
+                        f"--service-account-issuer={issuer}",
+                        f"--service-account-key-file={pki.sa_pub}",
+                        f"--service-account-signing-key-file={pki.sa_key}",
+                        f"--service-cluster-ip-range={cfg.service_cidr}",
+                        # The advertise address is not a real node of a real network.
+                        "--endpoint-reconciler-type=none",
+                        "--allow-privileged=true",
+                        "--profiling=false",
+                        "--v=1",
+                    ],
+                    logs / "kube-apiserver.log",
+                )
+            )
+            self.log(f"kube-apiserver started (pid {procs[-1].pid}); waiting for /readyz")
+            self._wait(self._readyz, 90, "kube-apiserver /readyz", procs)
+            self.log(f"kube-apiserver ready ({time.monotonic() - t0:.1f} s)")
+            record(
+                launch(
+                    "kube-controller-manager",
+                    [
+                        str(bin_dir / "kube-controller-manager"),
+                        f"--kubeconfig={self.state_dir / 'controller-manager.kubeconfig'}",
+                        "--leader-elect=false",
+                        "--use-service-account-credentials=true",
+                        f"--service-account-private-key-file={pki.sa_key}",
+                        f"--root-ca-file={pki.ca_crt}",
+                        f"--cluster-cidr={cfg.pod_cidr}",
+                        f"--service-cluster-ip-range={cfg.service_cidr}",
+                        "--controllers=*",
+                        "--bind-address=127.0.0.1",
+                        "--secure-port=10257",
+                        "--profiling=false",
+                        "--v=1",
+                    ],
+                    logs / "kube-controller-manager.log",
+                )
+            )
+            record(
+                launch(
+                    "kube-scheduler",
+                    [
+                        str(bin_dir / "kube-scheduler"),
+                        f"--kubeconfig={self.state_dir / 'scheduler.kubeconfig'}",
+                        "--leader-elect=false",
+                        "--bind-address=127.0.0.1",
+                        "--secure-port=10259",
+                        "--profiling=false",
+                        "--v=1",
+                    ],
+                    logs / "kube-scheduler.log",
+                )
+            )
+            self.agent_dir.mkdir(parents=True, exist_ok=True)
+            env = dict(os.environ)
+            env["PYTHONPATH"] = str(REPO)
+            record(
+                launch(
+                    "node-agent",
+                    [
+                        sys.executable,
+                        "-m",
+                        "e2e.node.agent",
+                        f"--kubeconfig={self.kubeconfig}",
+                        f"--state-dir={self.agent_dir}",
+                        f"--node-name={cfg.node_name}",
+                        f"--host-ip={cfg.host_ip}",
+                        f"--pod-cidr={cfg.pod_cidr}",
+                        f"--api-port={cfg.apiserver_port}",
+                        f"--backoff-base={cfg.backoff_base}",
+                    ],
+                    logs / "node-agent.log",
+                    env=env,
+                    cwd=REPO,
+                )
+            )
+            self.log("controller-manager, scheduler and node agent started; waiting for the node")
+            self._wait(self._node_ready, 60, f"node {cfg.node_name} Ready", procs)
+            self._wait(self._default_sa, 60, "ServiceAccount default/default", procs)
+        except BaseException:
+            self.log("start failed; stopping what was started")
+            self._down_locked()
+            raise
+        self.log(f"logs in {logs}")
+        print(f"export KUBECONFIG={self.kubeconfig}", flush=True)
+
+    def _wait(self, cond: Callable[[], bool], timeout: float, what: str, procs: list[Proc]) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if cond():
+                return
+            for p in procs:
+                if not p.alive():
+                    log = self.state_dir / "logs" / f"{p.name}.log"
+                    tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+                    raise RuntimeError(f"{p.name} exited while waiting for {what}:\n{tail}")
+            time.sleep(0.2)
+        raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    def _node_ready(self) -> bool:
+        try:
+            node = self.api("GET", f"/api/v1/nodes/{self.config.node_name}")
+        except (urllib.error.URLError, OSError):
+            return False
+        conds = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
+        taints = node.get("spec", {}).get("taints") or []
+        return conds.get("Ready") == "True" and not taints
+
+    def _default_sa(self) -> bool:
+        try:
+            self.api("GET", "/api/v1/namespaces/default/serviceaccounts/default")
+            self.api("GET", "/api/v1/namespaces/default/configmaps/kube-root-ca.crt")
+            return True
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _down_locked(self) -> None:
+        state = self._read_state()
+        if not state:
+            self.log("not running (no state)")
+            self._sweep_netns()
+            return
+        procs = {p.name: p for p in (Proc.from_json(x) for x in state.get("procs", []))}
+        # The agent first, with time to stop its pods gracefully; then the control plane in
+        # reverse start order.
+        order = [
+            "node-agent",
+            "kube-scheduler",
+            "kube-controller-manager",
+            "kube-apiserver",
+            "etcd",
+        ]
+        for name in order:
+            p = procs.get(name)
+            if p is None:
+                continue
+            timeout = 45.0 if name == "node-agent" else 10.0
+            if p.stop(timeout=timeout):
+                self.log(f"stopped {name} (pid {p.pid})")
+        self._sweep_netns()
+        shutil.rmtree(self.state_dir / "etcd", ignore_errors=True)
+        self._state_path().unlink(missing_ok=True)
+        self.log("cluster down")
+
+    def _sweep_netns(self) -> None:
+        """Remove what a killed agent could not: processes in its netns, the netns, veths."""
+        from e2e.node.netns import sweep_recorded
+
+        for line in sweep_recorded(self.agent_dir):
+            self.log(line)
+
+
+def _first_service_ip(cidr: str) -> str:
+    import ipaddress
+
+    return str(next(ipaddress.ip_network(cidr).hosts()))
+
+
+def _my_start() -> int:
+    from e2e.cluster.procs import start_time
+
+    st = start_time(os.getpid())
+    assert st is not None
+    return st

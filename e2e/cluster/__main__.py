@@ -1,0 +1,32 @@
+"""``python -m e2e.cluster up|down|status``: the local test bed from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from e2e.cluster import Cluster, ensure_binaries
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m e2e.cluster", description=__doc__)
+    p.add_argument("action", choices=["up", "down", "status"])
+    args = p.parse_args(argv)
+    if args.action == "up":
+        cluster = Cluster(bin_dir=ensure_binaries())
+        if not cluster.up(started_by="cli"):
+            print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
+        return 0
+    cluster = Cluster()
+    if args.action == "down":
+        cluster.down()
+        return 0
+    running = cluster.running()
+    print("running" if running else "stopped")
+    if running:
+        print(f"export KUBECONFIG={cluster.kubeconfig}")
+    return 0 if running else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Stand-ins (test doubles) for engine images: see sglang.py. Not the real engines."""

@@ -1,0 +1,157 @@
+"""Fixtures for tests against the local Kubernetes test bed (``e2e.cluster``).
+
+- ``cluster`` (session): builds or reuses the binaries, starts the cluster or reuses a
+  running one, and at the end stops it only if this session started it and no other
+  session is still using it. Attributes: ``kubeconfig``, ``server``, ``bin_dir``,
+  ``kubectl(*args, check=True)``, ``api(method, path, body)``, ``state_dir``.
+- ``namespace``: a fresh namespace per test (with its default ServiceAccount), deleted after.
+- ``crd_installed``: the EmbeddingService CRD from ``crds/`` applied and Established.
+- ``operator_process``: ``glowplug operator --standalone`` as a subprocess with KUBECONFIG;
+  stopped by pid after the test.
+
+Tests that need the cluster carry ``@pytest.mark.cluster``; they are skipped, loudly, when
+the Go toolchain is missing (the binaries cannot be built) or when not running as root
+(pod network namespaces need it). ``-m "not cluster"`` deselects them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from e2e.cluster import REPO, Cluster, ensure_binaries
+from e2e.tests.helpers import wait_for
+
+CRD_DIR = REPO / "crds"
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "the test bed needs root (it makes a network namespace per pod)"
+    if shutil.which("go") is None and not os.environ.get("GLOWPLUG_BIN_DIR"):
+        return "the Go toolchain (go) is missing, so the test-bed binaries cannot be built"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = _skip_reason()
+    if reason is None:
+        return
+    cluster_items = [i for i in items if i.get_closest_marker("cluster")]
+    if not cluster_items:
+        return
+    banner = f"SKIPPING {len(cluster_items)} CLUSTER TESTS: {reason}"
+    sys.stderr.write(f"\n{'!' * len(banner)}\n{banner}\n{'!' * len(banner)}\n")
+    for item in cluster_items:
+        item.add_marker(pytest.mark.skip(reason=f"cluster test skipped: {reason}"))
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    reason = _skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    bin_dir = ensure_binaries()
+    c = Cluster(bin_dir=bin_dir)
+    c.attach()
+    started = c.up(started_by="pytest")
+    try:
+        yield c
+    finally:
+        others = c.detach()
+        if started or c.started_by() == "pytest":
+            if others:
+                c.log(f"leaving the cluster up for {len(others)} other session(s)")
+            else:
+                c.down()
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    base = request.node.name.lower().replace("_", "-")
+    name = "t-" + "".join(ch for ch in base if ch.isalnum() or ch == "-")[:40].strip("-")
+    name = f"{name}-{uuid.uuid4().hex[:5]}"
+    cluster.kubectl("create", "namespace", name)
+
+    def sa_ready() -> bool:
+        out = cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False)
+        return out.returncode == 0
+
+    wait_for(sa_ready, 30, what=f"ServiceAccount {name}/default")
+    try:
+        yield name
+    finally:
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def crd_installed(cluster: Cluster) -> Path:
+    crds = sorted(CRD_DIR.glob("*.yaml"))
+    if not crds:
+        pytest.skip("no CRD in crds/ yet")
+    for f in crds:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(f))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s",
+        "crd/embeddingservices.glowplug.dev",
+    )  # fmt: skip
+    return crds[0]
+
+
+class OperatorProcess:
+    """``glowplug operator`` running against the test bed; output in ``log_path``."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.proc = proc
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def operator_process(
+    cluster: Cluster, crd_installed: Path, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    exe = REPO / ".venv" / "bin" / "glowplug"
+    if not exe.exists():
+        pytest.skip(f"{exe} is missing: run `make install`")
+    env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig), PYTHONUNBUFFERED="1")
+    log_path = tmp_path / "operator.log"
+    extra = json.loads(os.environ.get("GLOWPLUG_TEST_OPERATOR_ARGS", "[]"))
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            [str(exe), "operator", "--standalone", *extra],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+        )
+    op = OperatorProcess(proc, log_path)
+    try:
+        yield op
+    finally:
+        op.stop()
+        sys.stderr.write(f"\n--- operator log ({log_path}) tail ---\n{op.log()[-2000:]}\n")
