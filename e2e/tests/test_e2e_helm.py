@@ -1,0 +1,328 @@
+"""End to end through the Helm chart: the operator and the activator run as pods with the
+chart's own ServiceAccounts and RBAC, and the official OpenAI SDK talks to an activator pod.
+
+    helm install -> kubectl apply an EmbeddingService -> a request wakes it (200) -> it idles
+    and scales to zero -> status shows GPU-seconds and savings -> helm upgrade under traffic
+    -> helm uninstall leaves nothing behind.
+
+On the local test bed (default) the node agent maps ``glowplug/glowplug*`` to the project's
+CLI and the SGLang image to its CPU stand-in; requests go straight to activator pod IPs,
+picked from the activator Service's EndpointSlices as kube-proxy would. With
+``GLOWPLUG_E2E_KUBECONFIG`` set (``make e2e-kind``) the same suite runs against that
+cluster instead, through ``kubectl port-forward``, and ``GLOWPLUG_E2E_ENGINE=tei`` switches
+the example to text-embeddings-inference on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai import APIConnectionError, OpenAI
+
+from e2e.helmkit import (
+    Kube,
+    Timeout,
+    activator_addresses,
+    activator_service,
+    e2e_engine,
+    example_service,
+    install_chart,
+    wait_until,
+)
+
+EXTERNAL = os.environ.get("GLOWPLUG_E2E_KUBECONFIG")
+pytestmark = [] if EXTERNAL else [pytest.mark.cluster]
+
+ENGINE = e2e_engine()
+# A real TEI pod downloads its model on kind; the stand-in opens its port in seconds.
+WAKE_TIMEOUT = 900 if ENGINE == "tei" else 180
+IDLE_TIMEOUT_S = 15
+GLOWPLUG_KINDS = "deployments,services,serviceaccounts,roles,rolebindings,poddisruptionbudgets"
+
+
+@pytest.fixture
+def kube(request: pytest.FixtureRequest) -> Kube:
+    if EXTERNAL:
+        return Kube.for_kubeconfig(Path(EXTERNAL))
+    cluster = request.getfixturevalue("cluster")
+    request.getfixturevalue("crd_installed")
+    return Kube.for_kubeconfig(Path(cluster.kubeconfig), Path(cluster.bin_dir))
+
+
+@pytest.fixture
+def namespaces(kube: Kube) -> Iterator[tuple[str, str]]:
+    """(release namespace, application namespace), both fresh, deleted after."""
+    suffix = uuid.uuid4().hex[:5]
+    names = (f"t-glowplug-system-{suffix}", f"t-search-{suffix}")
+    for ns in names:
+        kube.kubectl("create", "namespace", ns)
+    try:
+        yield names
+    finally:
+        for ns in names:
+            kube.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+class Activators:
+    """Base URLs of the activator, as a Service would spread requests over ready pods."""
+
+    def __init__(self, kube: Kube, namespace: str, release: str) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.release = release
+        self._addresses: list[str] = []
+        self._lock = threading.Lock()
+        self._forward: subprocess.Popen[str] | None = None
+        self._forward_url = ""
+
+    def refresh(self) -> list[str]:
+        addresses = activator_addresses(self.kube, self.namespace, self.release)
+        with self._lock:
+            self._addresses = addresses
+        return addresses
+
+    def base_url(self) -> str:
+        if EXTERNAL:
+            return self._port_forward()
+        with self._lock:
+            addresses = list(self._addresses)
+        if not addresses:
+            addresses = wait_until(self.refresh, 60, "a ready activator endpoint")
+        return f"http://{random.choice(addresses)}/v1"
+
+    def client(self, timeout: float = 60) -> OpenAI:
+        # No SDK retries: every failure counts.
+        return OpenAI(base_url=self.base_url(), api_key="unused", max_retries=0, timeout=timeout)
+
+    def _port_forward(self) -> str:
+        """kind: pod IPs are not routable from the host; forward to the Service."""
+        if self._forward is not None and self._forward.poll() is None:
+            return self._forward_url
+        self._forward = subprocess.Popen(
+            [
+                self.kube.kubectl_bin, "--kubeconfig", str(self.kube.kubeconfig),
+                "port-forward", "-n", self.namespace,
+                f"svc/{activator_service(self.release)}", ":80",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        assert self._forward.stdout is not None
+        line = self._forward.stdout.readline()
+        m = re.search(r"127\.0\.0\.1:(\d+)", line)
+        assert m, f"kubectl port-forward said: {line!r}"
+        self._forward_url = f"http://127.0.0.1:{m.group(1)}/v1"
+        return self._forward_url
+
+    def close(self) -> None:
+        if self._forward is not None and self._forward.poll() is None:
+            self._forward.terminate()
+            self._forward.wait(10)
+
+
+def embsvc(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
+    obj = kube.get("embeddingservice", name, "-n", namespace)
+    assert obj is not None, f"EmbeddingService {namespace}/{name} is gone"
+    return dict(obj)
+
+
+def engine_pods(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
+    return kube.items("pods", "-n", namespace, "-l", f"glowplug.dev/service={name}")
+
+
+def embed(activators: Activators, model: str, text: str, timeout: float = 60) -> list[float]:
+    result = activators.client(timeout).embeddings.create(model=model, input=[text])
+    assert result.model == model
+    return list(result.data[0].embedding)
+
+
+class Traffic:
+    """Back-to-back requests from a few threads; every outcome is recorded."""
+
+    def __init__(self, activators: Activators, model: str, threads: int = 2) -> None:
+        self.activators = activators
+        self.model = model
+        self.ok = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._loop, args=(i,)) for i in range(threads)]
+        self._refresher = threading.Thread(target=self._refresh)
+
+    def __enter__(self) -> Traffic:
+        self.activators.refresh()
+        self._refresher.start()
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in (*self._threads, self._refresher):
+            t.join(120)
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(0.5):
+            # On an error keep the last known endpoints; the next round tries again.
+            with contextlib.suppress(subprocess.SubprocessError):
+                self.activators.refresh()
+
+    def _loop(self, i: int) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            try:
+                embed(self.activators, self.model, f"traffic {i} {n}")
+                with self._lock:
+                    self.ok += 1
+            except APIConnectionError as err:
+                if EXTERNAL:
+                    continue  # the port-forward died with its pod (kind only): reconnect
+                with self._lock:
+                    self.errors.append(f"{type(err).__name__}: {err}")
+            except Exception as err:
+                with self._lock:
+                    self.errors.append(f"{type(err).__name__}: {err}")
+            time.sleep(0.05)
+
+
+def status_in_phase(kube: Kube, namespace: str, name: str, phase: str) -> dict[str, Any] | None:
+    status = embsvc(kube, namespace, name).get("status") or {}
+    return dict(status) if status.get("phase") == phase else None
+
+
+def assert_nothing_left(kube: Kube, namespaces: tuple[str, ...], release: str) -> None:
+    try:
+        wait_until(lambda: not leftovers(kube, namespaces, release), 180, "no leftovers", 2)
+    except Timeout:
+        pytest.fail(f"helm uninstall left behind: {leftovers(kube, namespaces, release)}")
+
+
+def leftovers(kube: Kube, namespaces: tuple[str, ...], release: str) -> list[str]:
+    selector = f"app.kubernetes.io/instance={release}"
+    found: list[str] = []
+    for ns in namespaces:
+        for obj in kube.items(GLOWPLUG_KINDS, "-n", ns, "-l", selector):
+            found.append(f"{obj['kind']} {ns}/{obj['metadata']['name']}")
+        for obj in kube.items("kopfpeerings.kopf.dev", "-n", ns):
+            found.append(f"KopfPeering {ns}/{obj['metadata']['name']}")
+        for obj in kube.items("pods", "-n", ns):
+            found.append(f"Pod {ns}/{obj['metadata']['name']}")
+        for obj in kube.items("embeddingservices", "-n", ns):
+            found.append(f"EmbeddingService {ns}/{obj['metadata']['name']}")
+    for obj in kube.items("clusterroles,clusterrolebindings", "-l", selector):
+        found.append(f"{obj['kind']} {obj['metadata']['name']}")
+    return found
+
+
+def test_helm_install_wake_idle_upgrade_uninstall(kube: Kube, namespaces: tuple[str, str]) -> None:
+    """Namespaced install mode (Roles): the application namespace differs from the release's."""
+    release_ns, app_ns = namespaces
+    release, name = "gp", "qwen3-small"
+    values: dict[str, Any] = {"watchNamespaces": [app_ns]}
+    install_chart(kube, release, release_ns, values)
+    activators = Activators(kube, release_ns, release)
+    try:
+        # Both components run as pods under their own ServiceAccounts.
+        for comp in ("operator", "activator"):
+            pods = kube.items("pods", "-n", release_ns, "-l", f"app.kubernetes.io/component={comp}")
+            assert len(pods) == 2, comp
+            assert {p["spec"]["serviceAccountName"] for p in pods} == {f"gp-glowplug-{comp}"}
+
+        kube.apply(example_service(name, app_ns, engine=ENGINE, idle_timeout=f"{IDLE_TIMEOUT_S}s"))
+        # The operator renders the Deployment at zero replicas: no GPU held.
+        deployment = wait_until(
+            lambda: kube.get("deployment", name, "-n", app_ns), 60, "the engine Deployment"
+        )
+        assert deployment["spec"]["replicas"] == 0
+        assert not engine_pods(kube, app_ns, name)
+
+        # The first request wakes the service through the activator and is answered.
+        wait_until(activators.refresh, 60, "ready activator endpoints")
+        models = [m.id for m in activators.client().models.list().data]
+        assert name in models
+        vector = embed(activators, name, "hello from the helm suite", timeout=WAKE_TIMEOUT)
+        assert len(vector) > 0
+        obj = embsvc(kube, app_ns, name)
+        assert obj["spec"]["replicas"] >= 1
+        status = wait_until(lambda: status_in_phase(kube, app_ns, name, "Ready"), 60, "phase Ready")
+        assert status["readyReplicas"] >= 1
+
+        # helm upgrade with changed values: both Deployments roll while requests flow.
+        old_pods = {
+            p["metadata"]["name"]
+            for p in kube.items("pods", "-n", release_ns, "-l", "app.kubernetes.io/instance=gp")
+        }
+        values["activator"] = {"podAnnotations": {"e2e.glowplug.dev/revision": "2"}}
+        values["operator"] = {"podAnnotations": {"e2e.glowplug.dev/revision": "2"}}
+        with Traffic(activators, name) as traffic:
+            install_chart(kube, release, release_ns, values, upgrade=True)
+            time.sleep(3)  # and a little traffic on the new pods alone
+        assert not traffic.errors, traffic.errors[:5]
+        assert traffic.ok > 0
+        new_pods = {
+            p["metadata"]["name"]
+            for p in kube.items("pods", "-n", release_ns, "-l", "app.kubernetes.io/instance=gp")
+        }
+        assert not old_pods & new_pods, "helm upgrade did not roll the pods"
+
+        # Idle: back to zero replicas, no engine pod, and the ledger shows what was saved.
+        wait_until(
+            lambda: (
+                embsvc(kube, app_ns, name)["spec"].get("replicas") == 0
+                and not engine_pods(kube, app_ns, name)
+            ),
+            IDLE_TIMEOUT_S + 180,
+            "scale to zero after the idle timeout",
+            interval=2,
+        )
+        status = wait_until(lambda: status_in_phase(kube, app_ns, name, "Idle"), 60, "phase Idle")
+        assert status["gpuSeconds"] > 0
+        assert status["baselineGpuSeconds"] > status["gpuSeconds"]
+
+        # Delete the service while the operator still runs (it may hold a finalizer).
+        kube.kubectl("delete", "embeddingservice", name, "-n", app_ns, "--wait", "--timeout=120s")
+    finally:
+        activators.close()
+        kube.helm("uninstall", release, "--namespace", release_ns, "--wait", check=False)
+
+    # Nothing left behind but the CRDs (Helm never deletes what crds/ installed).
+    assert_nothing_left(kube, namespaces, release)
+    assert kube.get("crd", "embeddingservices.glowplug.dev") is not None
+
+
+def test_helm_cluster_wide_install(kube: Kube, namespaces: tuple[str, str]) -> None:
+    """Cluster-wide install mode (ClusterRoles): a service in any namespace is rendered and
+    listed; uninstall removes the cluster-scoped objects too."""
+    release_ns, app_ns = namespaces
+    release, name = "gpc", "minilm"
+    install_chart(kube, release, release_ns, {})
+    activators = Activators(kube, release_ns, release)
+    try:
+        assert kube.get("clusterkopfpeering", "glowplug") is not None
+        kube.apply(example_service(name, app_ns, engine=ENGINE))
+        wait_until(lambda: kube.get("deployment", name, "-n", app_ns), 60, "the engine Deployment")
+        wait_until(activators.refresh, 60, "ready activator endpoints")
+        wait_until(
+            lambda: name in [m.id for m in activators.client().models.list().data],
+            60,
+            f"{name} in /v1/models",
+        )
+        kube.kubectl("delete", "embeddingservice", name, "-n", app_ns, "--wait", "--timeout=120s")
+    finally:
+        activators.close()
+        kube.helm("uninstall", release, "--namespace", release_ns, "--wait", check=False)
+    assert_nothing_left(kube, namespaces, release)
+    assert kube.get("clusterkopfpeering", "glowplug") is None
