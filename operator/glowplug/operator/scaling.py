@@ -1,16 +1,566 @@
 """Autoscaling, wake-failure detection and the GPU-hour ledger, registered with kopf.
 
-Placeholder until the autoscaler lands: ``glowplug.operator.main`` calls these hooks.
+One kopf daemon per EmbeddingService ticks about once a second (``--autoscale-interval``):
+
+1. lists the service's pods (label ``glowplug.dev/service``) and feeds the GPU-hour
+   ledger, checkpointing it into status every ``--ledger-checkpoint`` seconds and at
+   once whenever the set of pods holding GPUs changes;
+2. turns pods that cannot become ready into the ``Failed`` condition and a Warning
+   Event, and measures each wake (replicas raised from zero to the first ready pod);
+3. reads every activator's ``/stats`` (one shared snapshot per second for all
+   services) and applies ``autoscaler.decide``; each change of ``spec.replicas`` is a
+   compare-and-swap write through the scale subresource.
+
+Why a kopf daemon: kopf stops daemons when peering tells this operator replica to
+stand by, and starts them again when it becomes active, so only one replica scales and
+accounts at a time; a daemon also stops when its object is deleted.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from glowplug.api.spec import GROUP, PLURAL, VERSION, EmbeddingService, SpecError, parse
+from glowplug.operator import conditions as cond
+from glowplug.operator import prewarm
+from glowplug.operator.activity import EndpointSliceDiscovery, LoadReader, StaticDiscovery
+from glowplug.operator.autoscaler import ScalerState, decide
+from glowplug.operator.ledger import Ledger, PodHold
+from glowplug.operator.timefmt import format_time, parse_time
+from glowplug.operator.wakefailures import WakeFailure, is_ready, service_failure
+
+log = logging.getLogger(__name__)
+
+SERVICE_LABEL = "glowplug.dev/service"
+GPU_RESOURCE = "nvidia.com/gpu"
+MERGE = "application/merge-patch+json"
+LAST_REQUEST_PERSIST_EVERY = 5.0  # while busy, persist lastRequestTime this often
+
+
+@dataclass
+class Options:
+    activator_urls: Sequence[str] = ()
+    activator_service: str = ""  # "namespace/name"
+    interval: float = 1.0
+    checkpoint_every: float = 10.0
+    stats_timeout: float = 1.0
+
+
+OPTIONS = Options()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the autoscaler's command-line options to ``glowplug operator``."""
+    group = parser.add_argument_group("autoscaler and ledger")
+    group.add_argument(
+        "--activator-service",
+        default="",
+        metavar="NAMESPACE/NAME",
+        help="read load from every endpoint of this activator Service (in a cluster)",
+    )
+    group.add_argument(
+        "--activator-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="read load from this activator base URL (repeatable; local runs)",
+    )
+    group.add_argument(
+        "--autoscale-interval", type=float, default=1.0, help="seconds between ticks"
+    )
+    group.add_argument(
+        "--ledger-checkpoint",
+        type=float,
+        default=10.0,
+        help="seconds between GPU-ledger checkpoints into status",
+    )
+    group.add_argument(
+        "--stats-timeout", type=float, default=1.0, help="timeout of one /stats read"
+    )
 
 
 def configure(args: argparse.Namespace) -> None:
     """Apply the parsed options and register the autoscaler's kopf handlers."""
+    global OPTIONS
+    OPTIONS = Options(
+        activator_urls=tuple(getattr(args, "activator_url", None) or ()),
+        activator_service=getattr(args, "activator_service", "") or "",
+        interval=float(getattr(args, "autoscale_interval", 1.0)),
+        checkpoint_every=float(getattr(args, "ledger_checkpoint", 10.0)),
+        stats_timeout=float(getattr(args, "stats_timeout", 1.0)),
+    )
+    import kopf
+
+    kopf.on.startup(id="glowplug-scaling-startup")(_startup)
+    kopf.on.cleanup(id="glowplug-scaling-cleanup")(_cleanup)
+    kopf.daemon(
+        GROUP,
+        VERSION,
+        PLURAL,
+        id="glowplug-scaling",
+        cancellation_timeout=10.0,
+    )(_daemon)
+
+
+# --- the cluster, behind a small interface (a test double implements it too) -----------
+
+
+class ServiceAPI(Protocol):
+    async def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]: ...
+
+    async def read_scale(self, namespace: str, name: str) -> tuple[int, str] | None: ...
+
+    async def write_scale(self, namespace: str, name: str, replicas: int, rv: str) -> bool: ...
+
+    async def update_status(
+        self,
+        namespace: str,
+        name: str,
+        mutate: Callable[[Mapping[str, Any]], dict[str, Any] | None],
+    ) -> dict[str, Any] | None: ...
+
+    def warn(self, body: Mapping[str, Any], reason: str, message: str) -> None: ...
+
+
+class KubeServiceAPI:
+    """``ServiceAPI`` on kubernetes_asyncio, reusing the operator's Kube for status."""
+
+    def __init__(self, api_client: Any) -> None:
+        from kubernetes_asyncio import client
+
+        from glowplug.operator.kube import Kube
+
+        self.api_client = api_client
+        self.kube = Kube(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+
+    async def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        pods = await self.core.list_namespaced_pod(
+            namespace, label_selector=f"{SERVICE_LABEL}={name}"
+        )
+        plain: dict[str, Any] = self.api_client.sanitize_for_serialization(pods)
+        return list(plain.get("items") or [])
+
+    async def read_scale(self, namespace: str, name: str) -> tuple[int, str] | None:
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        try:
+            scale = await self.custom.get_namespaced_custom_object_scale(
+                GROUP, VERSION, namespace, PLURAL, name
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        replicas = int((scale.get("spec") or {}).get("replicas") or 0)
+        return replicas, str(scale["metadata"]["resourceVersion"])
+
+    async def write_scale(self, namespace: str, name: str, replicas: int, rv: str) -> bool:
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        body = {"metadata": {"resourceVersion": rv}, "spec": {"replicas": replicas}}
+        kwargs: dict[str, Any] = {"_content_type": MERGE}
+        try:
+            await self.custom.patch_namespaced_custom_object_scale(
+                GROUP, VERSION, namespace, PLURAL, name, body, **kwargs
+            )
+        except ApiException as err:
+            if err.status in (409, 404):
+                return False  # someone else wrote (or it is gone): decide again next tick
+            raise
+        return True
+
+    async def update_status(
+        self,
+        namespace: str,
+        name: str,
+        mutate: Callable[[Mapping[str, Any]], dict[str, Any] | None],
+    ) -> dict[str, Any] | None:
+        return await self.kube.update_status(namespace, name, mutate)
+
+    def warn(self, body: Mapping[str, Any], reason: str, message: str) -> None:
+        import kopf
+
+        target: Any = dict(body)
+        kopf.warn(target, reason=reason, message=message)
+
+
+# --- one service's loop --------------------------------------------------------------------
+
+
+def pod_gpus(pod: Mapping[str, Any]) -> int:
+    """GPUs a pod holds: its containers' nvidia.com/gpu limits (init containers run first)."""
+    spec = pod.get("spec") or {}
+
+    def gpus(container: Mapping[str, Any]) -> int:
+        limits = (container.get("resources") or {}).get("limits") or {}
+        try:
+            return int(str(limits.get(GPU_RESOURCE, 0)))
+        except ValueError:
+            return 0
+
+    main = sum(gpus(c) for c in spec.get("containers") or [])
+    init = max((gpus(c) for c in spec.get("initContainers") or []), default=0)
+    return max(main, init)
+
+
+def pod_hold(pod: Mapping[str, Any]) -> PodHold | None:
+    """The pod's GPU hold if it is bound to a node, else None."""
+    meta = pod.get("metadata") or {}
+    if not (pod.get("spec") or {}).get("nodeName"):
+        return None
+    bound = None
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "True":
+            bound = parse_time(c.get("lastTransitionTime"))
+    if bound is None:
+        bound = parse_time(meta.get("creationTimestamp"))
+    if bound is None:
+        return None
+    return PodHold(uid=str(meta.get("uid")), bound_at=bound, gpus=pod_gpus(pod))
+
+
+def _raw_int(obj: Mapping[str, Any], *path: str, default: int) -> int:
+    value: Any = obj
+    for key in path:
+        value = value.get(key) if isinstance(value, Mapping) else None
+    try:
+        return int(value) if value is not None else default
+    except (TypeError, ValueError):
+        return default
+
+
+class ServiceLoop:
+    """Everything the operator does each tick for one EmbeddingService."""
+
+    def __init__(
+        self,
+        api: ServiceAPI,
+        reader: LoadReader | None,
+        options: Options,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.api = api
+        self.reader = reader
+        self.options = options
+        self.clock = clock
+        self.scaler: ScalerState | None = None
+        self.ledger: Ledger | None = None
+        self.series: Any = None  # servicemetrics.ServiceSeries, created lazily
+        self.last_checkpoint = 0.0
+        self.last_pods: frozenset[str] = frozenset()
+        self.persisted_activity: float | None = None
+        self.prev_replicas: int | None = None
+        self.wake_start: float | None = None
+        self.generation: int | None = None
+        self.spec_changed_at: float | None = None
+        self.reported: str | None = None  # the wake-failure reason in status, if ours
+
+    async def tick(self, body: Mapping[str, Any]) -> None:
+        now = self.clock()
+        meta = body.get("metadata") or {}
+        status = dict(body.get("status") or {})
+        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        try:
+            svc: EmbeddingService | None = parse(body)
+        except SpecError:
+            svc = None
+        if svc is not None and self.series is None:
+            self.series = _series(svc)
+        spec_replicas = _raw_int(body, "spec", "replicas", default=0)
+        generation = _raw_int(body, "metadata", "generation", default=0)
+        if self.generation is None:
+            self.generation = generation
+            failed = cond.get_condition(status.get("conditions") or [], cond.FAILED)
+            if (
+                failed
+                and failed.get("status") == "True"
+                and failed.get("reason") in cond.WAKE_REASONS
+            ):
+                self.reported = str(failed.get("reason"))
+        elif generation != self.generation:
+            self.generation = generation
+            self.spec_changed_at = now
+        pods = await self.api.list_pods(namespace, name)
+        patch: dict[str, Any] = {}
+
+        # 1. the ledger
+        created = parse_time(meta.get("creationTimestamp")) or now
+        if self.ledger is None:
+            self.ledger = Ledger.restore(status, created, now)
+        holds = [h for h in (pod_hold(p) for p in pods) if h is not None]
+        gpus = _raw_int(body, "spec", "resources", "gpus", default=1)
+        baseline = _raw_int(body, "spec", "cost", "baselineReplicas", default=1) * gpus
+        delta = self.ledger.advance(now, holds, float(baseline))
+        if self.series is not None:
+            self.series.gpu.inc(delta.gpu_seconds)
+            self.series.baseline.inc(delta.baseline_gpu_seconds)
+        pod_set = frozenset(h.uid for h in holds)
+        if pod_set != self.last_pods or now - self.last_checkpoint >= self.options.checkpoint_every:
+            patch.update(self.ledger.checkpoint())
+            self.last_pods = pod_set
+            self.last_checkpoint = now
+
+        # 2. wake failures and wake duration
+        ready = sum(1 for p in pods if is_ready(p))
+        # Pods created before the last spec change carry the old spec's failure.
+        failure = service_failure(pods, since=self.spec_changed_at)
+        failure_patch = self._failure(failure, body)
+        if failure_patch:
+            patch.update(failure_patch)
+        self._wake(now, status, spec_replicas, ready, failure, patch)
+        if self.series is not None:
+            self.series.replicas(spec_replicas, ready)
+
+        # 3. the autoscaler
+        if svc is not None and svc.scaling.autoscale and self.reader is not None:
+            await self._autoscale(now, svc, status, spec_replicas, patch)
+        self.prev_replicas = spec_replicas
+
+        if patch:
+            await self._write_status(namespace, name, patch, spec_replicas, ready)
+
+    def _failure(self, failure: WakeFailure | None, body: Mapping[str, Any]) -> dict[str, Any]:
+        if failure is not None and failure.reason != self.reported:
+            self.reported = failure.reason
+            log.warning("%s: wake failure %s: %s", _key(body), failure.reason, failure.message)
+            self.api.warn(body, failure.reason, failure.message)
+            return {"__failed__": failure}
+        if failure is None and self.reported is not None:
+            # A ready pod (or no failing pod any more): the failure is over.
+            self.reported = None
+            return {"__clear_failed__": True}
+        return {}
+
+    def _wake(
+        self,
+        now: float,
+        status: Mapping[str, Any],
+        spec_replicas: int,
+        ready: int,
+        failure: WakeFailure | None,
+        patch: dict[str, Any],
+    ) -> None:
+        stamped = parse_time(status.get("wakeStartedTime"))
+        if spec_replicas == 0:
+            self.wake_start = None  # abandoned (scaled back to zero before ready)
+            return
+        if self.wake_start is None and ready == 0:
+            if stamped is not None:
+                self.wake_start = stamped
+            elif self.prev_replicas == 0:
+                self.wake_start = now  # we saw replicas leave zero
+        if self.wake_start is None:
+            if stamped is not None and ready > 0:
+                patch["wakeStartedTime"] = None  # stale stamp: clear it
+            return
+        if ready > 0:
+            seconds = max(0.0, now - self.wake_start)
+            patch["lastWakeSeconds"] = round(seconds, 3)
+            patch["wakeStartedTime"] = None
+            if self.series is not None:
+                self.series.wake("ready", seconds)
+            log.info("wake took %.1f s", seconds)
+            self.wake_start = None
+        elif failure is not None and "__failed__" in patch and self.series is not None:
+            self.series.wake("failed")
+
+    async def _autoscale(
+        self,
+        now: float,
+        svc: EmbeddingService,
+        status: Mapping[str, Any],
+        spec_replicas: int,
+        patch: dict[str, Any],
+    ) -> None:
+        assert self.reader is not None
+        snapshot = await self.reader.snapshot()
+        load = snapshot.load(svc.namespace, svc.name)
+        if self.scaler is None:
+            self.persisted_activity = parse_time(status.get("lastRequestTime"))
+            self.scaler = ScalerState(last_activity=self.persisted_activity)
+        floor = prewarm.floor(svc.scaling.prewarm, now)
+        decision = decide(now, spec_replicas, svc.scaling, load, self.scaler, floor)
+        activity = decision.last_activity
+        persisted = self.persisted_activity
+        if persisted is None or (
+            activity > persisted
+            and (not load.busy or activity - persisted >= LAST_REQUEST_PERSIST_EVERY)
+        ):
+            patch["lastRequestTime"] = format_time(activity)
+            self.persisted_activity = activity
+        if decision.replicas == spec_replicas:
+            return
+        if decision.replicas == 0:
+            # Re-read every activator right before the last replica goes: a request that
+            # arrived since the snapshot keeps it (the wake race's window shrinks to ms).
+            fresh = await self.reader.refresh()
+            if fresh.load(svc.namespace, svc.name).busy:
+                return
+        scale = await self.api.read_scale(svc.namespace, svc.name)
+        if scale is None or scale[0] != spec_replicas:
+            return  # someone else changed it since we looked: decide again next tick
+        if await self.api.write_scale(svc.namespace, svc.name, decision.replicas, scale[1]):
+            log.info(
+                "%s/%s: replicas %d -> %d (%s)",
+                svc.namespace,
+                svc.name,
+                spec_replicas,
+                decision.replicas,
+                decision.reason,
+            )
+            if spec_replicas == 0:
+                self.wake_start = now
+                patch["wakeStartedTime"] = format_time(now)
+
+    async def _write_status(
+        self,
+        namespace: str,
+        name: str,
+        patch: dict[str, Any],
+        spec_replicas: int,
+        ready: int,
+    ) -> None:
+        failed: WakeFailure | None = patch.pop("__failed__", None)
+        clear = bool(patch.pop("__clear_failed__", False))
+        generation = self.generation
+
+        def mutate(current: Mapping[str, Any]) -> dict[str, Any] | None:
+            out = dict(patch)
+            st = current.get("status") or {}
+            if failed is not None or clear:
+                old = list(st.get("conditions") or [])
+                if failed is not None:
+                    new = cond.set_condition(
+                        old,
+                        cond.FAILED,
+                        True,
+                        failed.reason,
+                        failed.message,
+                        observed_generation=generation,
+                    )
+                else:
+                    new = cond.clear_failed(old, cond.WAKE_REASONS)
+                if new != old:
+                    out["conditions"] = new
+                    replicas = _raw_int(current, "spec", "replicas", default=spec_replicas)
+                    out["phase"] = cond.phase(new, replicas, ready)
+            return out or None
+
+        try:
+            await self.api.update_status(namespace, name, mutate)
+        except Exception as err:  # next tick writes again; the ledger stays in memory
+            log.warning("%s/%s: status write failed: %s", namespace, name, err)
+            if failed is not None:
+                self.reported = None  # report it again next tick
+
+
+def _key(body: Mapping[str, Any]) -> str:
+    meta = body.get("metadata") or {}
+    return f"{meta.get('namespace')}/{meta.get('name')}"
+
+
+def _series(svc: EmbeddingService) -> Any:
+    from glowplug.operator.servicemetrics import ServiceSeries
+
+    return ServiceSeries(svc)
+
+
+# --- kopf wiring ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Shared:
+    api: ServiceAPI | None = None
+    reader: LoadReader | None = None
+    api_client: Any = None
+
+
+SHARED = _Shared()
+
+
+async def _startup(**kwargs: Any) -> None:
+    logger: logging.Logger = kwargs.get("logger") or log
+    from kubernetes_asyncio import client
+
+    from glowplug.operator.kube import new_api_client
+
+    SHARED.api_client = await new_api_client()
+    SHARED.api = KubeServiceAPI(SHARED.api_client)
+    discovery: Any = None
+    if OPTIONS.activator_urls:
+        discovery = StaticDiscovery(OPTIONS.activator_urls)
+    elif OPTIONS.activator_service:
+        ns, _sep, svc_name = OPTIONS.activator_service.partition("/")
+        discovery = EndpointSliceDiscovery(client.DiscoveryV1Api(SHARED.api_client), ns, svc_name)
+    if discovery is None:
+        logger.warning(
+            "no --activator-url or --activator-service: the autoscaler is off (replicas are"
+            " left as they are); the ledger and wake-failure detection still run"
+        )
+        return
+    from glowplug.operator.servicemetrics import STATS_ERRORS
+
+    SHARED.reader = LoadReader(
+        discovery,
+        timeout=OPTIONS.stats_timeout,
+        max_age=min(0.5, OPTIONS.interval / 2),
+        on_error=lambda url: STATS_ERRORS.labels(url).inc(),
+    )
+
+
+async def _cleanup(**_: Any) -> None:
+    if SHARED.reader is not None:
+        await SHARED.reader.close()
+    if SHARED.api_client is not None:
+        await SHARED.api_client.close()
+
+
+async def _daemon(**kwargs: Any) -> None:
+    body, stopped, logger = kwargs["body"], kwargs["stopped"], kwargs.get("logger") or log
+    if SHARED.api is None:
+        await _startup(logger=logger)
+    assert SHARED.api is not None
+    loop = ServiceLoop(SHARED.api, SHARED.reader, OPTIONS)
+    try:
+        while not stopped:
+            started = time.monotonic()
+            try:
+                await loop.tick(body)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # one bad tick must not end the loop
+                logger.warning("autoscaler tick failed: %s", err, exc_info=True)
+            elapsed = time.monotonic() - started
+            await stopped.wait(max(0.05, OPTIONS.interval - elapsed))
+    finally:
+        if loop.series is not None and _deleted(stopped):
+            loop.series.remove()
+
+
+def _deleted(stopped: Any) -> bool:
+    try:
+        import kopf
+
+        reason = stopped.reason
+        return bool(reason and reason & kopf.DaemonStoppingReason.RESOURCE_DELETED)
+    except Exception:
+        return False
+
+
+__all__ = [
+    "Options",
+    "ServiceAPI",
+    "ServiceLoop",
+    "add_arguments",
+    "configure",
+    "pod_gpus",
+    "pod_hold",
+]

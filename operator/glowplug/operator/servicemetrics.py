@@ -1,0 +1,95 @@
+"""The operator's per-service Prometheus collectors (names and buckets from glowplug.metrics).
+
+Counters only ever add what the ledger accounted since this process started: after a
+restart they begin again at zero and ``increase()`` handles the reset. (Seeding them
+with the cumulative totals from status would look like one huge increase.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from glowplug import metrics as m
+from glowplug.api.spec import EmbeddingService
+
+_LEDGER_LABELS = ("namespace", "service", "gpu_type")
+
+GPU_SECONDS = Counter(
+    m.GPU_SECONDS_TOTAL,
+    "GPU-seconds held by the service's pods (bound to a node until gone)",
+    _LEDGER_LABELS,
+)
+BASELINE_GPU_SECONDS = Counter(
+    m.BASELINE_GPU_SECONDS_TOTAL,
+    "GPU-seconds max(replicas, cost.baselineReplicas) always-on replicas would hold",
+    _LEDGER_LABELS,
+)
+GPU_PRICE = Gauge(m.GPU_HOURLY_PRICE, "cost.gpuHourlyPrice: dollars per GPU-hour", _LEDGER_LABELS)
+REPLICAS = Gauge(
+    m.REPLICAS,
+    "Replicas: desired (spec.replicas) and ready pods",
+    ("namespace", "service", "state"),
+)
+SERVICE_INFO = Gauge(
+    m.SERVICE_INFO,
+    "One per EmbeddingService, for dashboard variables",
+    ("namespace", "service", "model", "engine", "gpu_type"),
+)
+WAKE_DURATION = Histogram(
+    m.WAKE_DURATION,
+    "Seconds from raising replicas from zero to the first ready pod",
+    ("namespace", "service"),
+    buckets=m.WAKE_BUCKETS,
+)
+WAKES = Counter(
+    m.WAKES_TOTAL, "Wakes by outcome (ready or failed)", ("namespace", "service", "outcome")
+)
+STATS_ERRORS = Counter(
+    m.AUTOSCALER_STATS_ERRORS, "Activator /stats reads that failed", ("activator",)
+)
+
+
+class ServiceSeries:
+    """The labelled children of one service, created at zero when it appears."""
+
+    def __init__(self, svc: EmbeddingService) -> None:
+        self.namespace = svc.namespace
+        self.name = svc.name
+        self.gpu_type = svc.resources.gpu_label
+        self.info = (svc.namespace, svc.name, svc.model.id, svc.engine.name, self.gpu_type)
+        ledger = (svc.namespace, svc.name, self.gpu_type)
+        self.gpu = GPU_SECONDS.labels(*ledger)
+        self.baseline = BASELINE_GPU_SECONDS.labels(*ledger)
+        GPU_PRICE.labels(*ledger).set(svc.cost.gpu_hourly_price)
+        SERVICE_INFO.labels(*self.info).set(1)
+        for outcome in ("ready", "failed"):
+            WAKES.labels(svc.namespace, svc.name, outcome)
+        WAKE_DURATION.labels(svc.namespace, svc.name)
+
+    def replicas(self, desired: int, ready: int) -> None:
+        REPLICAS.labels(self.namespace, self.name, "desired").set(desired)
+        REPLICAS.labels(self.namespace, self.name, "ready").set(ready)
+
+    def wake(self, outcome: str, seconds: float | None = None) -> None:
+        WAKES.labels(self.namespace, self.name, outcome).inc()
+        if seconds is not None:
+            WAKE_DURATION.labels(self.namespace, self.name).observe(seconds)
+
+    def remove(self) -> None:
+        """Drop every child of this service (it was deleted)."""
+        ledger = (self.namespace, self.name, self.gpu_type)
+        for collector, labels in (
+            (GPU_SECONDS, ledger),
+            (BASELINE_GPU_SECONDS, ledger),
+            (GPU_PRICE, ledger),
+            (SERVICE_INFO, self.info),
+            (REPLICAS, (self.namespace, self.name, "desired")),
+            (REPLICAS, (self.namespace, self.name, "ready")),
+            (WAKES, (self.namespace, self.name, "ready")),
+            (WAKES, (self.namespace, self.name, "failed")),
+            (WAKE_DURATION, (self.namespace, self.name)),
+        ):
+            with contextlib.suppress(KeyError):
+                collector.remove(*labels)

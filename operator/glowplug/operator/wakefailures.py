@@ -1,0 +1,126 @@
+"""Why a wake cannot succeed, read from the service's pods. Pure functions over pod dicts.
+
+The operator turns the answer into the ``Failed`` condition (reason and message) and a
+Warning Event; the activator fails the requests it holds as soon as it sees the
+condition (DESIGN.md section 3.3). Reasons, in the order they are reported when several
+pods disagree (the most specific first):
+
+- ``OOMKilled``: a container's current or last termination was OOMKilled;
+- ``CrashLoopBackOff``: a container waits in CrashLoopBackOff;
+- ``ImagePullBackOff``: a container waits in ImagePullBackOff, ErrImagePull or
+  InvalidImageName;
+- ``Unschedulable``: PodScheduled is False with reason Unschedulable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from glowplug.operator.timefmt import parse_time
+
+OOM_KILLED = "OOMKilled"
+CRASH_LOOP = "CrashLoopBackOff"
+IMAGE_PULL = "ImagePullBackOff"
+UNSCHEDULABLE = "Unschedulable"
+PRIORITY = (OOM_KILLED, CRASH_LOOP, IMAGE_PULL, UNSCHEDULABLE)
+_PULL_REASONS = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"}
+
+Pod = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class WakeFailure:
+    reason: str
+    message: str
+    pod: str
+
+
+def _statuses(pod: Pod) -> list[Mapping[str, Any]]:
+    status = pod.get("status") or {}
+    return [
+        *(status.get("initContainerStatuses") or []),
+        *(status.get("containerStatuses") or []),
+    ]
+
+
+def pod_failure(pod: Pod) -> WakeFailure | None:
+    """The reason this pod cannot become ready, or None."""
+    name = str((pod.get("metadata") or {}).get("name", ""))
+    found: dict[str, str] = {}
+    for cs in _statuses(pod):
+        container = cs.get("name", "?")
+        state = cs.get("state") or {}
+        last = cs.get("lastState") or {}
+        waiting = state.get("waiting") or {}
+        for term in (state.get("terminated") or {}, last.get("terminated") or {}):
+            if term.get("reason") == OOM_KILLED:
+                found.setdefault(
+                    OOM_KILLED,
+                    f"pod {name}: container {container} was killed for using too much memory"
+                    f" (exit code {term.get('exitCode', '?')}, restarts"
+                    f" {cs.get('restartCount', 0)})",
+                )
+        reason = waiting.get("reason")
+        detail = waiting.get("message") or ""
+        if reason == CRASH_LOOP:
+            term = last.get("terminated") or {}
+            found.setdefault(
+                CRASH_LOOP,
+                f"pod {name}: container {container} keeps exiting (last exit code"
+                f" {term.get('exitCode', '?')}, {term.get('reason') or 'no reason'}; restarts"
+                f" {cs.get('restartCount', 0)})" + (f": {detail}" if detail else ""),
+            )
+        elif reason in _PULL_REASONS:
+            found.setdefault(
+                IMAGE_PULL,
+                f"pod {name}: cannot pull image {cs.get('image', '?')} ({reason})"
+                + (f": {detail}" if detail else ""),
+            )
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == UNSCHEDULABLE
+        ):
+            found.setdefault(
+                UNSCHEDULABLE,
+                f"pod {name} cannot be scheduled: {cond.get('message') or 'no node fits'}",
+            )
+    for reason in PRIORITY:
+        if reason in found:
+            return WakeFailure(reason, found[reason], name)
+    return None
+
+
+def is_ready(pod: Pod) -> bool:
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return bool(cond.get("status") == "True")
+    return False
+
+
+def service_failure(pods: Iterable[Pod], since: float | None = None) -> WakeFailure | None:
+    """The service's wake failure: None when any pod is ready (the service serves).
+
+    Pods being deleted are ignored, and so are pods created before ``since`` (the moment
+    the spec last changed: their failure belongs to the old spec).
+    """
+    live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    if any(is_ready(p) for p in live):
+        return None
+    failures = []
+    for pod in live:
+        created = parse_time((pod.get("metadata") or {}).get("creationTimestamp"))
+        if since is not None and created is not None and created < since:
+            continue
+        failure = pod_failure(pod)
+        if failure is not None:
+            failures.append(failure)
+    if not failures:
+        return None
+    failures.sort(key=lambda f: (PRIORITY.index(f.reason), f.pod))
+    return failures[0]
