@@ -1,0 +1,240 @@
+"""``make demo``: install glowplug, wake an embedding service with one request, watch it go
+back to zero, and print the GPU-hours it used and saved.
+
+With no ``KUBECONFIG`` it brings up the local test bed (``make cluster-up``: a real
+control plane plus a node agent whose "GPU" pods run the SGLang stand-in, a CPU test
+double); with one, it uses that cluster (the glowplug image must be pullable there: set
+``GLOWPLUG_IMAGE=repo:tag``; ``GLOWPLUG_E2E_ENGINE=tei`` serves on CPU). The cluster and
+the release are left up for exploring; the last lines say how to tear them down.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from e2e.helmkit import (
+    CHART,
+    Kube,
+    Timeout,
+    activator_addresses,
+    e2e_engine,
+    example_service,
+    wait_until,
+)
+
+RELEASE = "glowplug"
+RELEASE_NS = "glowplug-system"
+APP_NS = "glowplug-demo"
+SERVICE = "qwen3-small"
+IDLE_TIMEOUT_S = 30
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def say(self, msg: str) -> None:
+        print(f"[{time.monotonic() - self.t0:7.1f}s] {msg}", flush=True)
+
+
+def local_cluster() -> tuple[Path, Path | None]:
+    """The local test bed's kubeconfig (starting it if needed) and its binaries."""
+    from e2e.cluster import Cluster, ensure_binaries
+
+    print("No KUBECONFIG: bringing up the local test bed (make cluster-up) ...", flush=True)
+    cluster = Cluster(bin_dir=ensure_binaries())
+    cluster.up(started_by="cli")
+    return Path(cluster.kubeconfig), Path(cluster.bin_dir)
+
+
+def install(kube: Kube, clock: Clock) -> None:
+    image = os.environ.get("GLOWPLUG_IMAGE", "")
+    sets = [f"watchNamespaces={{{APP_NS}}}"]
+    if image:
+        repo, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "")
+        sets += [f"image.repository={repo}"] + ([f"image.tag={tag}"] if tag else [])
+    kube.kubectl("create", "namespace", APP_NS, check=False)
+    clock.say(f"helm upgrade --install {RELEASE} charts/glowplug -n {RELEASE_NS} (waits for pods)")
+    args = ["upgrade", "--install", RELEASE, str(CHART), "-n", RELEASE_NS, "--create-namespace"]
+    for s in sets:
+        args += ["--set", s]
+    kube.helm(*args, "--wait", "--timeout", "300s", timeout=400)
+    for comp in ("operator", "activator"):
+        pods = kube.items("pods", "-n", RELEASE_NS, "-l", f"app.kubernetes.io/component={comp}")
+        clock.say(f"{comp}: {len(pods)} pods ready")
+
+
+def base_url(kube: Kube, on_testbed: bool) -> tuple[str, subprocess.Popen[str] | None]:
+    """The activator's address: a pod IP on the test bed, a port-forward elsewhere."""
+    if on_testbed:
+        addrs = wait_until(
+            lambda: activator_addresses(kube, RELEASE_NS, RELEASE), 60, "activator endpoints"
+        )
+        return f"http://{addrs[0]}/v1", None
+    proc = subprocess.Popen(
+        [
+            kube.kubectl_bin, "--kubeconfig", str(kube.kubeconfig), "port-forward",
+            "-n", RELEASE_NS, f"svc/{RELEASE}-activator", ":80",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    m = re.search(r"127\.0\.0\.1:(\d+)", proc.stdout.readline())
+    if not m:
+        proc.terminate()
+        raise RuntimeError("kubectl port-forward to the activator failed")
+    return f"http://127.0.0.1:{m.group(1)}/v1", proc
+
+
+def snapshot(kube: Kube) -> dict[str, str]:
+    """What the progress lines report: desired replicas, phase, and each pod's state."""
+    obj = kube.get("embeddingservice", SERVICE, "-n", APP_NS) or {}
+    status = obj.get("status") or {}
+    state = {
+        "replicas": str((obj.get("spec") or {}).get("replicas", 0)),
+        "phase": str(status.get("phase", "-")),
+    }
+    for pod in kube.items("pods", "-n", APP_NS, "-l", f"glowplug.dev/service={SERVICE}"):
+        name = pod["metadata"]["name"]
+        phase = pod.get("status", {}).get("phase", "Pending")
+        if pod["metadata"].get("deletionTimestamp"):
+            phase = "Terminating"
+        else:
+            conds = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
+            if phase == "Pending" and conds.get("PodScheduled") == "True":
+                phase = "Pending (scheduled: holds its GPU)"
+            if conds.get("Ready") == "True":
+                phase = "Ready"
+        state[f"pod {name}"] = phase
+    return state
+
+
+def report_changes(clock: Clock, before: dict[str, str], after: dict[str, str]) -> None:
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if old == new:
+            continue
+        if new is None:
+            clock.say(f"{key}: gone")
+        elif key == "replicas":
+            clock.say(f"replicas {old} -> {new}")
+        elif old is None:
+            clock.say(f"{key}: {new}")
+        else:
+            clock.say(f"{key}: {old} -> {new}")
+
+
+def watch_until(kube: Kube, clock: Clock, done: threading.Event | None, stop_when: Any) -> None:
+    state: dict[str, str] = {}
+    while True:
+        new = snapshot(kube)
+        report_changes(clock, state, new)
+        state = new
+        if (done is not None and done.is_set()) or (stop_when is not None and stop_when(state)):
+            return
+        time.sleep(0.5)
+
+
+def main() -> int:
+    from openai import OpenAI
+
+    clock = Clock()
+    env_kubeconfig = os.environ.get("KUBECONFIG")
+    if env_kubeconfig:
+        kubeconfig, bin_dir = Path(env_kubeconfig.split(os.pathsep)[0]), None
+        on_testbed = "glowplug/cluster" in str(kubeconfig)
+        print(f"Using the cluster in KUBECONFIG={env_kubeconfig}", flush=True)
+    else:
+        kubeconfig, bin_dir = local_cluster()
+        on_testbed = True
+    kube = Kube.for_kubeconfig(kubeconfig, bin_dir)
+    engine = e2e_engine()
+
+    install(kube, clock)
+    kube.apply(
+        example_service(
+            SERVICE, APP_NS, engine=engine, idle_timeout=f"{IDLE_TIMEOUT_S}s", load_delay_s=5
+        )
+    )
+    clock.say(f"applied EmbeddingService {APP_NS}/{SERVICE} (engine {engine})")
+    wait_until(lambda: kube.get("deployment", SERVICE, "-n", APP_NS), 60, "the engine Deployment")
+    clock.say("the operator rendered its Deployment at 0 replicas: no GPU held")
+
+    url, forward = base_url(kube, on_testbed)
+    client = OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=900)
+    clock.say(f"activator at {url}; models: {[m.id for m in client.models.list().data]}")
+
+    result: dict[str, Any] = {}
+    done = threading.Event()
+
+    def request() -> None:
+        t = time.monotonic()
+        try:
+            resp = client.embeddings.create(model=SERVICE, input=["a glow plug heats the engine"])
+            result["dims"] = len(resp.data[0].embedding)
+        except Exception as err:  # reported below
+            result["error"] = f"{type(err).__name__}: {err}"
+        result["seconds"] = time.monotonic() - t
+        done.set()
+
+    clock.say(f'POST /v1/embeddings model="{SERVICE}" (held by the activator while it wakes)')
+    threading.Thread(target=request, daemon=True).start()
+    watch_until(kube, clock, done, None)
+    if "error" in result:
+        clock.say(f"request failed: {result['error']}")
+        return 1
+    clock.say(
+        f"first response: 200, a {result['dims']}-dimension vector after {result['seconds']:.1f}s"
+    )
+    warm = time.monotonic()
+    client.embeddings.create(model=SERVICE, input=["and now it is warm"])
+    clock.say(f"second request (warm): {1000 * (time.monotonic() - warm):.0f} ms")
+
+    clock.say(f"idle: waiting for scale to zero (idleTimeout {IDLE_TIMEOUT_S}s) ...")
+    watch_until(
+        kube,
+        clock,
+        None,
+        lambda s: s["replicas"] == "0" and s["phase"] == "Idle" and len(s) == 2,
+    )
+    if forward is not None:
+        forward.terminate()
+
+    status = (kube.get("embeddingservice", SERVICE, "-n", APP_NS) or {}).get("status") or {}
+    used = float(status.get("gpuSeconds", 0.0)) / 3600
+    base = float(status.get("baselineGpuSeconds", 0.0)) / 3600
+    price = 0.80
+    print(flush=True)
+    print(f"GPU-hours used:        {used:.4f}", flush=True)
+    print(f"GPU-hours always-on:   {base:.4f}  (baselineReplicas 1 since creation)", flush=True)
+    if base > 0:
+        saved = base - used
+        print(f"GPU-hours saved:       {saved:.4f}  ({100 * saved / base:.0f}%)", flush=True)
+        print(f"dollars saved:         ${saved * price:.4f} at ${price:.2f}/GPU-hour", flush=True)
+    print(flush=True)
+    print("Left running for you to explore:", flush=True)
+    print(f"  export KUBECONFIG={kubeconfig}", flush=True)
+    print(f"  kubectl get embsvc -n {APP_NS}        # READY, DESIRED, PHASE, GPU-HOURS, SAVED")
+    print(f"  kubectl describe embsvc {SERVICE} -n {APP_NS}")
+    print(f"Remove glowplug: helm uninstall {RELEASE} -n {RELEASE_NS}")
+    if on_testbed:
+        print("Tear the local cluster down: make cluster-down", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (Timeout, subprocess.CalledProcessError) as err:
+        detail = getattr(err, "stderr", "") or ""
+        print(f"demo failed: {err}\n{detail}", file=sys.stderr)
+        sys.exit(1)
