@@ -222,7 +222,10 @@ def test_operator_runs_two_peered_replicas() -> None:
     assert op["spec"]["replicas"] == 2
     [c] = op["spec"]["template"]["spec"]["containers"]
     assert c["command"] == ["glowplug"] and c["args"][0] == "operator"
-    assert "--peering=glowplug" in c["args"] and "--all-namespaces" in c["args"]
+    assert "--peering=glowplug" in c["args"]
+    assert "--activator-service=glowplug-system/gp-glowplug-activator" in c["args"]
+    assert "--liveness=http://0.0.0.0:8080/healthz" in c["args"]
+    assert "--metrics-port=9090" in c["args"]
     assert by_name(docs, "ClusterKopfPeering", "glowplug")
 
 
@@ -301,7 +304,6 @@ def test_namespaced_rbac_has_one_role_per_namespace_and_no_cluster_roles() -> No
     for spec in pod_specs(docs).values():
         args = spec["containers"][0]["args"]
         assert "--namespace=search" in args and "--namespace=team-b" in args
-        assert "--all-namespaces" not in args
     for spec in pod_specs(render()).values():
         assert not [a for a in spec["containers"][0]["args"] if a.startswith("--namespace")]
 
@@ -371,9 +373,7 @@ def test_network_policy_admits_only_the_activator() -> None:
 def promtool() -> str:
     path = find_tool("promtool")
     if path is None:
-        pytest.skip(
-            "promtool not found: run `make promtool` (or put it on PATH, or set PROMTOOL)"
-        )
+        pytest.skip("promtool not found: run `make promtool` (or put it on PATH, or set PROMTOOL)")
     return path
 
 
@@ -385,3 +385,21 @@ def test_promtool_check_rules() -> None:
 def test_promtool_test_rules() -> None:
     out = run(promtool(), "test", "rules", str(CHART / "rules" / "glowplug.rules.test.yaml"))
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("sets", [(), ("watchNamespaces={search,team-b}",)], ids=["cluster", "ns"])
+def test_rendered_args_parse_with_the_real_commands(sets: tuple[str, ...]) -> None:
+    """The flags the chart passes exist in `glowplug operator` and `glowplug activator`."""
+    import argparse
+    import importlib
+
+    modules = {"operator": "glowplug.operator.main", "activator": "glowplug.activator.main"}
+    for spec in pod_specs(render(*sets)).values():
+        [c] = spec["containers"]
+        module = importlib.import_module(modules[c["args"][0]])
+        parser = argparse.ArgumentParser(exit_on_error=False)
+        module.add_arguments(parser)
+        args = parser.parse_args(c["args"][1:])
+        assert (getattr(args, "namespace", None) or getattr(args, "namespaces", None) or []) == (
+            ["search", "team-b"] if sets else []
+        )
