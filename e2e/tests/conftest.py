@@ -6,8 +6,12 @@
   ``kubectl(*args, check=True)``, ``api(method, path, body)``, ``state_dir``.
 - ``namespace``: a fresh namespace per test (with its default ServiceAccount), deleted after.
 - ``crd_installed``: the EmbeddingService CRD from ``crds/`` applied and Established.
-- ``operator_process``: ``glowplug operator --standalone`` as a subprocess with KUBECONFIG;
-  stopped by pid after the test.
+- ``operator_process``: ``glowplug operator --standalone --namespace <the test's namespace>
+  --metrics-port 0`` as a subprocess with KUBECONFIG; stopped by pid after the test.
+- ``operator_factory``: ``start(*args)`` runs ``glowplug operator *args`` (e.g. cluster-wide),
+  every one stopped by pid after the test.
+- ``e2e.tests.helpers``: ``wait_for``, ``apply``, ``get``, ``is_ready``, ``container_pid``,
+  ``endpoint_ips``.
 
 Tests that need the cluster carry ``@pytest.mark.cluster``; they are skipped, loudly, when
 the Go toolchain is missing (the binaries cannot be built) or when not running as root
@@ -23,7 +27,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -131,27 +135,49 @@ class OperatorProcess:
                 self.proc.wait()
 
 
+OperatorFactory = Callable[..., OperatorProcess]
+
+
 @pytest.fixture
-def operator_process(
+def operator_factory(
     cluster: Cluster, crd_installed: Path, tmp_path: Path
-) -> Iterator[OperatorProcess]:
+) -> Iterator[OperatorFactory]:
+    """Start ``glowplug operator ARGS...`` (as many as a test needs); all stopped after."""
     exe = REPO / ".venv" / "bin" / "glowplug"
     if not exe.exists():
         pytest.skip(f"{exe} is missing: run `make install`")
-    env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig), PYTHONUNBUFFERED="1")
-    log_path = tmp_path / "operator.log"
-    extra = json.loads(os.environ.get("GLOWPLUG_TEST_OPERATOR_ARGS", "[]"))
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(
-            [str(exe), "operator", "--standalone", *extra],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=REPO,
-        )
-    op = OperatorProcess(proc, log_path)
+    started: list[OperatorProcess] = []
+
+    def start(*args: str) -> OperatorProcess:
+        env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig), PYTHONUNBUFFERED="1")
+        env.pop("KUBERNETES_SERVICE_HOST", None)  # never in-cluster config by accident
+        log_path = tmp_path / f"operator-{len(started)}.log"
+        with open(log_path, "wb") as out:
+            proc = subprocess.Popen(
+                [str(exe), "operator", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO,
+            )
+        op = OperatorProcess(proc, log_path)
+        started.append(op)
+        return op
+
     try:
-        yield op
+        yield start
     finally:
-        op.stop()
-        sys.stderr.write(f"\n--- operator log ({log_path}) tail ---\n{op.log()[-2000:]}\n")
+        for op in started:
+            op.stop()
+            sys.stderr.write(f"\n--- operator log ({op.log_path}) tail ---\n{op.log()[-2000:]}\n")
+
+
+@pytest.fixture
+def operator_process(operator_factory: OperatorFactory, namespace: str) -> OperatorProcess:
+    """``glowplug operator --standalone`` watching only this test's namespace.
+
+    Scoped to the namespace (and with metrics off) so that test sessions sharing one
+    cluster never run two operators over the same objects or ports.
+    """
+    extra = json.loads(os.environ.get("GLOWPLUG_TEST_OPERATOR_ARGS", "[]"))
+    return operator_factory("--standalone", "--namespace", namespace, "--metrics-port", "0", *extra)
