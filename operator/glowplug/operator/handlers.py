@@ -78,6 +78,12 @@ class _State:
     initial listing rebuilds it)."""
 
     applied_generation: int | None = None
+    # The spec (without replicas) last applied in full: a change of replicas alone takes
+    # the fast path (one apply of the Deployment, no Secret or Service round trips).
+    applied_spec: dict[str, Any] | None = None
+    # What the Deployment holds (from our applies and its watch events), for Events.
+    dep_replicas: int | None = None
+    dep_hash: str | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     retry: asyncio.Task[None] | None = None
     backoff: float = RETRY_MIN_SECONDS
@@ -156,6 +162,7 @@ class Reconciler:
             self.forget(key)
             return
         st.applied_generation = None
+        st.applied_spec = None
         await self.reconcile(body)
 
     async def _reconcile(self, body: dict[str, Any], st: _State) -> None:
@@ -168,20 +175,23 @@ class Reconciler:
             await self._fail(body, st, cond.INVALID_SPEC, f"invalid spec: {err}", selector)
             st.applied_generation = generation
             return
-        self._info(svc, st)
+        spec_without_replicas = {k: v for k, v in body["spec"].items() if k != "replicas"}
+        if st.applied_spec != spec_without_replicas:
+            st.applied_spec = None
+            self._info(svc, st)
+            problem = await self._secret_problem(svc)
+            await self._apply_service(svc, body)
+            if problem:
+                # Pods could not start without it: leave the Deployment as it is, say why,
+                # and look again shortly (the Secret may be created after the service).
+                await self._fail(body, st, cond.SECRET_NOT_FOUND, problem, selector)
+                st.applied_generation = generation
+                self.schedule((namespace, name), SECRET_RECHECK_SECONDS)
+                return
 
-        problem = await self._secret_problem(svc)
-        await self._apply_service(svc, body)
-        if problem:
-            # Pods could not start without it: leave the Deployment as it is, say why, and
-            # look again shortly (the Secret may be created after the service).
-            await self._fail(body, st, cond.SECRET_NOT_FOUND, problem, selector)
-            st.applied_generation = generation
-            self.schedule((namespace, name), SECRET_RECHECK_SECONDS)
-            return
-
-        dep = await self._apply_deployment(svc, body)
+        dep = await self._apply_deployment(svc, body, st)
         st.applied_generation = generation
+        st.applied_spec = spec_without_replicas
         st.last_warning = None
         await self.write_status(body, dep, clear_spec_failures=True)
 
@@ -221,26 +231,34 @@ class Reconciler:
             self.emit(ref_of(body), "Normal", "Created", f"created Service {svc.name}")
 
     async def _apply_deployment(
-        self, svc: EmbeddingService, body: Mapping[str, Any]
+        self, svc: EmbeddingService, body: Mapping[str, Any], st: _State
     ) -> dict[str, Any]:
-        old = await self.kube.get_deployment(svc.namespace, svc.name)
+        existed = st.dep_replicas is not None
+        if not existed:
+            old = await self.kube.get_deployment(svc.namespace, svc.name)
+            if old is not None:
+                self._remember_deployment(st, old)
+                existed = True
+        before, old_hash = st.dep_replicas, st.dep_hash
         manifest = render.render_deployment(svc)
         dep = await self.kube.apply(manifest)
+        self._remember_deployment(st, dep)
         want = manifest["spec"]["replicas"]
         ref = ref_of(body)
-        if old is None:
+        if not existed:
             self.emit(ref, "Normal", "Created", f"created Deployment {svc.name} ({want} replicas)")
-        else:
-            if (old.get("spec") or {}).get("replicas") != want:
-                before = (old.get("spec") or {}).get("replicas")
-                self.emit(
-                    ref, "Normal", "Scaled", f"scaled Deployment {svc.name}: {before} -> {want}"
-                )
-            key = render.TEMPLATE_HASH_ANNOTATION
-            old_hash = ((old.get("metadata") or {}).get("annotations") or {}).get(key)
-            if old_hash != manifest["metadata"]["annotations"][key]:
-                self.emit(ref, "Normal", "Updated", f"rolling out a new pod template to {svc.name}")
+            return dep
+        if before != want:
+            self.emit(ref, "Normal", "Scaled", f"scaled Deployment {svc.name}: {before} -> {want}")
+        if old_hash != st.dep_hash:
+            self.emit(ref, "Normal", "Updated", f"rolling out a new pod template to {svc.name}")
         return dep
+
+    @staticmethod
+    def _remember_deployment(st: _State, dep: Mapping[str, Any]) -> None:
+        st.dep_replicas = int((dep.get("spec") or {}).get("replicas") or 0)
+        annotations = (dep.get("metadata") or {}).get("annotations") or {}
+        st.dep_hash = annotations.get(render.TEMPLATE_HASH_ANNOTATION)
 
     async def _fail(
         self, body: Mapping[str, Any], st: _State, reason: str, message: str, selector: str
@@ -305,8 +323,12 @@ class Reconciler:
             # Deleted by someone else (or by the garbage collector): put it back if its
             # EmbeddingService still exists.
             if key in self.states:
+                st = self.states[key]
+                st.dep_replicas = st.dep_hash = None
                 self.schedule(key, 0.0)
             return
+        if key in self.states:
+            self._remember_deployment(self.states[key], body)
         if key in self.states and self.states[key].applied_generation is None:
             return  # not reconciled yet; the reconcile writes status itself
         try:
@@ -329,6 +351,9 @@ def register() -> None:
             prefix="glowplug.dev"
         )
         settings.posting.level = logging.INFO
+        # kopf waits this long after an event for more before handling the latest; its
+        # 0.1 s default would be added to every wake.
+        settings.batching.batch_window = 0.01
         api = await new_api_client()
         memo.api = api
         memo.reconciler = Reconciler(Kube(api))
@@ -339,11 +364,17 @@ def register() -> None:
         if api is not None:
             await api.close()
 
-    @kopf.on.event(GROUP, VERSION, PLURAL)
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="glowplug-reconcile")
     async def embsvc_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         await memo.reconciler.on_embsvc_event(type, body)
 
-    @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": "glowplug"})
+    @kopf.on.event(
+        "apps",
+        "v1",
+        "deployments",
+        labels={"app.kubernetes.io/managed-by": "glowplug"},
+        id="glowplug-deployment-status",
+    )
     async def deployment_event(
         type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
     ) -> None:

@@ -70,6 +70,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scaling.add_arguments(parser)
 
 
+class _QuietSuccess(logging.Filter):
+    """Drops kopf's "Handler '...' succeeded." lines: event handlers run on every watch
+    event (status writes included), so they would drown everything else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (msg.startswith("Handler '") and msg.endswith("succeeded."))
+
+
 def start_metrics(port: int) -> None:
     if port <= 0:
         return
@@ -110,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
     from glowplug.operator import handlers
 
     kopf.configure(verbose=args.verbose, quiet=args.quiet)
+    if not args.verbose:
+        logging.getLogger("kopf.objects").addFilter(_QuietSuccess())
     handlers.register()
     scaling.configure(args)
     start_metrics(args.metrics_port)
