@@ -32,6 +32,14 @@ class Discovery(Protocol):
     async def urls(self) -> list[str]: ...
 
 
+class LoadSource(Protocol):
+    """What the autoscaler loop needs: a shared snapshot, and a fresh one on demand."""
+
+    async def snapshot(self) -> Snapshot: ...
+
+    async def refresh(self) -> Snapshot: ...
+
+
 @dataclass
 class StaticDiscovery:
     """A fixed list of activator base URLs (local runs and tests)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,9 +30,14 @@ from typing import Any, Protocol
 from glowplug.api.spec import GROUP, PLURAL, VERSION, EmbeddingService, SpecError, parse
 from glowplug.operator import conditions as cond
 from glowplug.operator import prewarm
-from glowplug.operator.activity import EndpointSliceDiscovery, LoadReader, StaticDiscovery
+from glowplug.operator.activity import (
+    EndpointSliceDiscovery,
+    LoadReader,
+    LoadSource,
+    StaticDiscovery,
+)
 from glowplug.operator.autoscaler import ScalerState, decide
-from glowplug.operator.ledger import Ledger, PodHold
+from glowplug.operator.ledger import LEDGER_MANAGER, Ledger, PodHold, checkpoint_time
 from glowplug.operator.timefmt import format_time, parse_time
 from glowplug.operator.wakefailures import WakeFailure, is_ready, service_failure
 
@@ -112,6 +118,10 @@ def configure(args: argparse.Namespace) -> None:
 
 
 class ServiceAPI(Protocol):
+    async def read_object(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def write_ledger(self, namespace: str, name: str, fields: dict[str, Any]) -> None: ...
+
     async def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]: ...
 
     async def read_scale(self, namespace: str, name: str) -> tuple[int, str] | None: ...
@@ -140,6 +150,16 @@ class KubeServiceAPI:
         self.kube = Kube(api_client)
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
+
+    async def read_object(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self.kube.get_embsvc(namespace, name)
+
+    async def write_ledger(self, namespace: str, name: str, fields: dict[str, Any]) -> None:
+        """The ledger checkpoint: its own field manager, no precondition (see ledger.py)."""
+        kwargs: dict[str, Any] = {"_content_type": MERGE, "field_manager": LEDGER_MANAGER}
+        await self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": fields}, **kwargs
+        )
 
     async def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
         pods = await self.core.list_namespaced_pod(
@@ -243,7 +263,7 @@ class ServiceLoop:
     def __init__(
         self,
         api: ServiceAPI,
-        reader: LoadReader | None,
+        reader: LoadSource | None,
         options: Options,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -291,22 +311,33 @@ class ServiceLoop:
         pods = await self.api.list_pods(namespace, name)
         patch: dict[str, Any] = {}
 
-        # 1. the ledger
-        created = parse_time(meta.get("creationTimestamp")) or now
+        # 1. the ledger, on whole seconds (see ledger.py: the checkpoint's time)
+        second = float(math.floor(now))
         if self.ledger is None:
-            self.ledger = Ledger.restore(status, created, now)
+            fresh = await self.api.read_object(namespace, name) or body
+            fresh_meta = fresh.get("metadata") or {}
+            created = parse_time(fresh_meta.get("creationTimestamp")) or second
+            self.ledger = Ledger.restore(
+                fresh.get("status"), created, second, checkpoint_time(fresh_meta)
+            )
+            self.last_checkpoint = second
         holds = [h for h in (pod_hold(p) for p in pods) if h is not None]
         gpus = _raw_int(body, "spec", "resources", "gpus", default=1)
         baseline = _raw_int(body, "spec", "cost", "baselineReplicas", default=1) * gpus
-        delta = self.ledger.advance(now, holds, float(baseline))
+        delta = self.ledger.advance(second, holds, float(baseline))
         if self.series is not None:
             self.series.gpu.inc(delta.gpu_seconds)
             self.series.baseline.inc(delta.baseline_gpu_seconds)
         pod_set = frozenset(h.uid for h in holds)
-        if pod_set != self.last_pods or now - self.last_checkpoint >= self.options.checkpoint_every:
-            patch.update(self.ledger.checkpoint())
-            self.last_pods = pod_set
-            self.last_checkpoint = now
+        due = second - self.last_checkpoint >= self.options.checkpoint_every
+        if (pod_set != self.last_pods or due) and second > self.last_checkpoint:
+            try:
+                await self.api.write_ledger(namespace, name, self.ledger.checkpoint())
+            except Exception as err:  # kept in memory; the next checkpoint catches up
+                log.warning("%s/%s: ledger checkpoint failed: %s", namespace, name, err)
+            else:
+                self.last_pods = pod_set
+                self.last_checkpoint = second
 
         # 2. wake failures and wake duration
         ready = sum(1 for p in pods if is_ready(p))
@@ -316,8 +347,6 @@ class ServiceLoop:
         if failure_patch:
             patch.update(failure_patch)
         self._wake(now, status, spec_replicas, ready, failure, patch)
-        if self.series is not None:
-            self.series.replicas(spec_replicas, ready)
 
         # 3. the autoscaler
         if svc is not None and svc.scaling.autoscale and self.reader is not None:

@@ -3,6 +3,7 @@
 Counters only ever add what the ledger accounted since this process started: after a
 restart they begin again at zero and ``increase()`` handles the reset. (Seeding them
 with the cumulative totals from status would look like one huge increase.)
+``glowplug_replicas`` and ``glowplug_service_info`` belong to ``handlers.py``.
 """
 
 from __future__ import annotations
@@ -27,16 +28,6 @@ BASELINE_GPU_SECONDS = Counter(
     _LEDGER_LABELS,
 )
 GPU_PRICE = Gauge(m.GPU_HOURLY_PRICE, "cost.gpuHourlyPrice: dollars per GPU-hour", _LEDGER_LABELS)
-REPLICAS = Gauge(
-    m.REPLICAS,
-    "Replicas: desired (spec.replicas) and ready pods",
-    ("namespace", "service", "state"),
-)
-SERVICE_INFO = Gauge(
-    m.SERVICE_INFO,
-    "One per EmbeddingService, for dashboard variables",
-    ("namespace", "service", "model", "engine", "gpu_type"),
-)
 WAKE_DURATION = Histogram(
     m.WAKE_DURATION,
     "Seconds from raising replicas from zero to the first ready pod",
@@ -58,19 +49,13 @@ class ServiceSeries:
         self.namespace = svc.namespace
         self.name = svc.name
         self.gpu_type = svc.resources.gpu_label
-        self.info = (svc.namespace, svc.name, svc.model.id, svc.engine.name, self.gpu_type)
         ledger = (svc.namespace, svc.name, self.gpu_type)
         self.gpu = GPU_SECONDS.labels(*ledger)
         self.baseline = BASELINE_GPU_SECONDS.labels(*ledger)
         GPU_PRICE.labels(*ledger).set(svc.cost.gpu_hourly_price)
-        SERVICE_INFO.labels(*self.info).set(1)
         for outcome in ("ready", "failed"):
             WAKES.labels(svc.namespace, svc.name, outcome)
         WAKE_DURATION.labels(svc.namespace, svc.name)
-
-    def replicas(self, desired: int, ready: int) -> None:
-        REPLICAS.labels(self.namespace, self.name, "desired").set(desired)
-        REPLICAS.labels(self.namespace, self.name, "ready").set(ready)
 
     def wake(self, outcome: str, seconds: float | None = None) -> None:
         WAKES.labels(self.namespace, self.name, outcome).inc()
@@ -84,9 +69,6 @@ class ServiceSeries:
             (GPU_SECONDS, ledger),
             (BASELINE_GPU_SECONDS, ledger),
             (GPU_PRICE, ledger),
-            (SERVICE_INFO, self.info),
-            (REPLICAS, (self.namespace, self.name, "desired")),
-            (REPLICAS, (self.namespace, self.name, "ready")),
             (WAKES, (self.namespace, self.name, "ready")),
             (WAKES, (self.namespace, self.name, "failed")),
             (WAKE_DURATION, (self.namespace, self.name)),

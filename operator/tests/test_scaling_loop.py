@@ -1,0 +1,288 @@
+"""The per-service loop's glue, against a test double of the cluster API (no cluster).
+
+The double keeps one EmbeddingService object and its pods in memory, applies merge
+patches to status, and enforces the scale subresource's compare-and-swap.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from glowplug.operator.activity import Snapshot
+from glowplug.operator.autoscaler import ActivatorLoad
+from glowplug.operator.ledger import LEDGER_MANAGER
+from glowplug.operator.scaling import Options, ServiceLoop, pod_gpus, pod_hold
+from glowplug.operator.timefmt import format_time, parse_time
+
+T0 = 1_780_000_000.0
+
+
+def embsvc(replicas: int = 0, **scaling: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "glowplug.dev/v1alpha1",
+        "kind": "EmbeddingService",
+        "metadata": {
+            "name": "svc",
+            "namespace": "ns",
+            "uid": "u-1",
+            "generation": 1,
+            "resourceVersion": "1",
+            "creationTimestamp": format_time(T0),
+        },
+        "spec": {
+            "model": {"id": "m", "source": {"huggingFace": {}}},
+            "replicas": replicas,
+            "resources": {"gpus": 1},
+            "scaling": {
+                "idleTimeout": "30s",
+                "scaleDownDelay": "5s",
+                "targetConcurrency": 8,
+                "maxReplicas": 5,
+                **scaling,
+            },
+            "cost": {"baselineReplicas": 1},
+        },
+        "status": {},
+    }
+
+
+def a_pod(uid: str, bound: float, *, ready: bool = False, waiting: str = "") -> dict[str, Any]:
+    cs: dict[str, Any] = {"name": "engine", "image": "img", "state": {}}
+    if waiting:
+        cs["state"] = {"waiting": {"reason": waiting}}
+    return {
+        "metadata": {"name": f"pod-{uid}", "uid": uid, "creationTimestamp": format_time(bound)},
+        "spec": {
+            "nodeName": "node",
+            "containers": [{"name": "engine", "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
+        },
+        "status": {
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "True",
+                    "lastTransitionTime": format_time(bound),
+                },
+                {"type": "Ready", "status": "True" if ready else "False"},
+            ],
+            "containerStatuses": [cs],
+        },
+    }
+
+
+class ClusterAPIDouble:
+    """A test double of ``ServiceAPI``: one object, its pods, CAS on the scale."""
+
+    def __init__(self, obj: dict[str, Any], clock: Callable[[], float]) -> None:
+        self.obj = obj
+        self.pods: list[dict[str, Any]] = []
+        self.clock = clock
+        self.warnings: list[tuple[str, str]] = []
+        self.scale_writes: list[int] = []
+        self.conflict_next_scale = False
+
+    def _bump(self) -> None:
+        meta = self.obj["metadata"]
+        meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
+
+    async def read_object(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.obj)
+
+    async def write_ledger(self, namespace: str, name: str, fields: dict[str, Any]) -> None:
+        status = self.obj.setdefault("status", {})
+        fields = {k: v for k, v in fields.items() if k != "ledgerTime"}  # pruned by the CRD
+        status.update(fields)
+        self.obj["metadata"]["managedFields"] = [
+            {
+                "manager": LEDGER_MANAGER,
+                "subresource": "status",
+                "time": format_time(float(int(self.clock()))).replace(".000000", ""),
+            }
+        ]
+        self._bump()
+
+    async def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        return copy.deepcopy(self.pods)
+
+    async def read_scale(self, namespace: str, name: str) -> tuple[int, str] | None:
+        return int(self.obj["spec"]["replicas"]), self.obj["metadata"]["resourceVersion"]
+
+    async def write_scale(self, namespace: str, name: str, replicas: int, rv: str) -> bool:
+        if self.conflict_next_scale:
+            self.conflict_next_scale = False
+            self._bump()
+            return False
+        if rv != self.obj["metadata"]["resourceVersion"]:
+            return False
+        self.obj["spec"]["replicas"] = replicas
+        self.scale_writes.append(replicas)
+        self._bump()
+        return True
+
+    async def update_status(
+        self,
+        namespace: str,
+        name: str,
+        mutate: Callable[[Mapping[str, Any]], dict[str, Any] | None],
+    ) -> dict[str, Any] | None:
+        patch = mutate(copy.deepcopy(self.obj))
+        if patch:
+            status = self.obj.setdefault("status", {})
+            for k, v in patch.items():
+                if v is None:
+                    status.pop(k, None)
+                else:
+                    status[k] = v
+            self._bump()
+        return patch
+
+    def warn(self, body: Mapping[str, Any], reason: str, message: str) -> None:
+        self.warnings.append((reason, message))
+
+
+class LoadDouble:
+    """A test double of the activators' load: a fixed snapshot the test edits."""
+
+    def __init__(self) -> None:
+        self.loads: list[ActivatorLoad] = []
+        self.unreadable = 0
+
+    async def snapshot(self) -> Snapshot:
+        return Snapshot(0.0, {"ns/svc": list(self.loads)}, self.unreadable, 1)
+
+    async def refresh(self) -> Snapshot:
+        return await self.snapshot()
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make(replicas: int = 0, **scaling: Any) -> tuple[ClusterAPIDouble, LoadDouble, Clock]:
+    clock = Clock(T0)
+    return ClusterAPIDouble(embsvc(replicas, **scaling), clock), LoadDouble(), clock
+
+
+async def run_until(loop: ServiceLoop, api: ClusterAPIDouble, clock: Clock, end: float) -> None:
+    while clock.t < end:
+        await loop.tick(copy.deepcopy(api.obj))
+        clock.t += 1.0
+
+
+def test_pod_gpus_and_hold() -> None:
+    p = a_pod("a", T0 + 5)
+    assert pod_gpus(p) == 1
+    hold = pod_hold(p)
+    assert hold is not None and hold.bound_at == T0 + 5
+    p["spec"]["initContainers"] = [{"resources": {"limits": {"nvidia.com/gpu": "4"}}}]
+    assert pod_gpus(p) == 4
+    del p["spec"]["nodeName"]
+    assert pod_hold(p) is None
+
+
+async def test_burst_scales_at_once_then_idle_goes_to_zero() -> None:
+    api, load, clock = make(replicas=1)
+    loop = ServiceLoop(api, load, Options(checkpoint_every=10.0), clock=clock)
+    load.loads = [ActivatorLoad(queued=20), ActivatorLoad(queued=20)]
+    await run_until(loop, api, clock, T0 + 1)
+    assert api.scale_writes == [5]  # 40 held / 8
+    load.loads = [ActivatorLoad(last_request_finished=T0 + 2)]
+    await run_until(loop, api, clock, T0 + 6)
+    assert api.obj["spec"]["replicas"] == 5  # scaleDownDelay: 5 s from the first idle tick
+    await run_until(loop, api, clock, T0 + 7)
+    assert api.scale_writes == [5, 1]  # the last replica waits for idleTimeout
+    await run_until(loop, api, clock, T0 + 32)
+    assert api.scale_writes == [5, 1]
+    await run_until(loop, api, clock, T0 + 33)
+    assert api.scale_writes == [5, 1, 0]  # 30 s after the last request finished
+    assert parse_time(api.obj["status"]["lastRequestTime"]) == T0 + 2
+
+
+async def test_conflicting_scale_write_is_retried_next_tick() -> None:
+    api, load, clock = make(replicas=1)
+    loop = ServiceLoop(api, load, Options(), clock=clock)
+    load.loads = [ActivatorLoad(in_flight=17)]
+    api.conflict_next_scale = True
+    await run_until(loop, api, clock, T0 + 1)
+    assert api.scale_writes == []
+    await run_until(loop, api, clock, T0 + 2)
+    assert api.scale_writes == [3]
+
+
+async def test_autoscale_off_never_writes_replicas() -> None:
+    api, load, clock = make(replicas=1, autoscale=False)
+    loop = ServiceLoop(api, load, Options(), clock=clock)
+    load.loads = [ActivatorLoad(queued=100)]
+    await run_until(loop, api, clock, T0 + 5)
+    load.loads = []
+    await run_until(loop, api, clock, T0 + 100)
+    assert api.scale_writes == []
+
+
+async def test_restart_uses_persisted_last_request_time() -> None:
+    api, load, clock = make(replicas=1)
+    api.obj["status"]["lastRequestTime"] = format_time(T0 - 10)
+    loop = ServiceLoop(api, load, Options(), clock=clock)
+    # activators restarted too: they know nothing
+    await run_until(loop, api, clock, T0 + 20)
+    assert api.obj["spec"]["replicas"] == 1
+    await run_until(loop, api, clock, T0 + 21)
+    assert api.obj["spec"]["replicas"] == 0  # 30 s after T0 - 10
+
+
+async def test_wake_failure_sets_and_clears_failed() -> None:
+    api, load, clock = make(replicas=1)
+    loop = ServiceLoop(api, load, Options(), clock=clock)
+    load.loads = [ActivatorLoad(queued=1, waking=True)]
+    api.pods = [a_pod("a", T0, waiting="ImagePullBackOff")]
+    await run_until(loop, api, clock, T0 + 3)
+    failed = [c for c in api.obj["status"]["conditions"] if c["type"] == "Failed"][0]
+    assert (failed["status"], failed["reason"]) == ("True", "ImagePullBackOff")
+    assert api.obj["status"]["phase"] == "Failed"
+    assert [w[0] for w in api.warnings] == ["ImagePullBackOff"]  # once, not every tick
+    api.pods = [a_pod("b", T0 + 3, ready=True)]
+    await run_until(loop, api, clock, T0 + 5)
+    failed = [c for c in api.obj["status"]["conditions"] if c["type"] == "Failed"][0]
+    assert failed["status"] == "False"
+    assert api.obj["status"]["phase"] == "Ready"
+
+
+async def test_wake_is_measured_from_the_stamp_to_the_first_ready_pod() -> None:
+    api, load, clock = make(replicas=0)
+    loop = ServiceLoop(api, load, Options(), clock=clock)
+    await run_until(loop, api, clock, T0 + 2)
+    # the activator wakes it: replicas 0 -> 1 and a stamp
+    api.obj["spec"]["replicas"] = 1
+    api.obj["status"]["wakeStartedTime"] = format_time(T0 + 1.5)
+    load.loads = [ActivatorLoad(queued=1, waking=True)]
+    api.pods = [a_pod("a", T0 + 2)]
+    await run_until(loop, api, clock, T0 + 9)
+    api.pods = [a_pod("a", T0 + 2, ready=True)]
+    await run_until(loop, api, clock, T0 + 10)
+    assert api.obj["status"]["lastWakeSeconds"] == 7.5
+    assert "wakeStartedTime" not in api.obj["status"]
+
+
+async def test_ledger_survives_a_restart_without_ledger_time_in_the_schema() -> None:
+    api, load, clock = make(replicas=1)
+    api.pods = [a_pod("a", T0 + 3)]
+    first = ServiceLoop(api, None, Options(checkpoint_every=5.0), clock=clock)
+    # checkpoints: T0+1 (the pod appeared), then every 5 s: the last at T0+21
+    await run_until(first, api, clock, T0 + 24)
+    assert api.obj["status"]["gpuSeconds"] == 21 - 3
+    # killed at T0+23 (2 s of accounting lost from memory); a new one starts at T0+27
+    clock.t = T0 + 27
+    second = ServiceLoop(api, None, Options(checkpoint_every=5.0), clock=clock)
+    await run_until(second, api, clock, T0 + 61)
+    assert second.ledger is not None
+    assert second.ledger.gpu_seconds == 60 - 3
+    assert second.ledger.baseline_gpu_seconds == 60
+    status = api.obj["status"]  # the last checkpoint: T0+58
+    assert status["gpuSeconds"] == 58 - 3
+    assert status["baselineGpuSeconds"] == 58
