@@ -242,13 +242,13 @@ async def test_wake_failure_sets_and_clears_failed() -> None:
     load.loads = [ActivatorLoad(queued=1, waking=True)]
     api.pods = [a_pod("a", T0, waiting="ImagePullBackOff")]
     await run_until(loop, api, clock, T0 + 3)
-    failed = [c for c in api.obj["status"]["conditions"] if c["type"] == "Failed"][0]
+    failed = next(c for c in api.obj["status"]["conditions"] if c["type"] == "Failed")
     assert (failed["status"], failed["reason"]) == ("True", "ImagePullBackOff")
     assert api.obj["status"]["phase"] == "Failed"
     assert [w[0] for w in api.warnings] == ["ImagePullBackOff"]  # once, not every tick
     api.pods = [a_pod("b", T0 + 3, ready=True)]
     await run_until(loop, api, clock, T0 + 5)
-    failed = [c for c in api.obj["status"]["conditions"] if c["type"] == "Failed"][0]
+    failed = next(c for c in api.obj["status"]["conditions"] if c["type"] == "Failed")
     assert failed["status"] == "False"
     assert api.obj["status"]["phase"] == "Ready"
 
@@ -270,7 +270,7 @@ async def test_wake_is_measured_from_the_stamp_to_the_first_ready_pod() -> None:
 
 
 async def test_ledger_survives_a_restart_without_ledger_time_in_the_schema() -> None:
-    api, load, clock = make(replicas=1)
+    api, _load, clock = make(replicas=1)
     api.pods = [a_pod("a", T0 + 3)]
     first = ServiceLoop(api, None, Options(checkpoint_every=5.0), clock=clock)
     # checkpoints: T0+1 (the pod appeared), then every 5 s: the last at T0+21
