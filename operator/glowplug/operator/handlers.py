@@ -86,7 +86,7 @@ class _State:
     dep_hash: str | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     retry: asyncio.Task[None] | None = None
-    backoff: float = RETRY_MIN_SECONDS
+    backoff: float = field(default_factory=lambda: RETRY_MIN_SECONDS)
     last_warning: tuple[str, str] | None = None
     info_labels: tuple[str, ...] | None = None
 

@@ -1,0 +1,326 @@
+"""The reconciler's decisions, against an in-memory test double of the Kubernetes API.
+
+The real API server is exercised by e2e/tests/test_operator_cluster.py; here the double
+(``FakeKube``) records what would be applied and keeps one EmbeddingService's status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from glowplug.operator import conditions as cond
+from glowplug.operator import handlers
+from glowplug.operator.kube import StatusMutation
+
+
+class FakeKube:
+    """Test double for glowplug.operator.kube.Kube: objects in dicts, no HTTP."""
+
+    def __init__(self) -> None:
+        self.embsvcs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
+        self.services: dict[tuple[str, str], dict[str, Any]] = {}
+        self.secrets: dict[tuple[str, str], set[str]] = {}
+        self.applied: list[dict[str, Any]] = []
+        self.fail_next_apply = False
+        self.rv = 0
+
+    def _bump(self, obj: dict[str, Any]) -> None:
+        self.rv += 1
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        if self.fail_next_apply:
+            self.fail_next_apply = False
+            raise RuntimeError("API server unavailable (simulated)")
+        self.applied.append(copy.deepcopy(manifest))
+        meta = manifest["metadata"]
+        key = (meta["namespace"], meta["name"])
+        store = self.deployments if manifest["kind"] == "Deployment" else self.services
+        obj = copy.deepcopy(manifest)
+        obj["status"] = (store.get(key) or {}).get("status", {})
+        store[key] = obj
+        return copy.deepcopy(obj)
+
+    async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.deployments.get((namespace, name)))
+
+    async def get_service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.services.get((namespace, name)))
+
+    async def secret_keys(self, namespace: str, name: str) -> set[str] | None:
+        return self.secrets.get((namespace, name))
+
+    async def get_embsvc(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.embsvcs.get((namespace, name)))
+
+    async def update_status(
+        self,
+        namespace: str,
+        name: str,
+        mutate: StatusMutation,
+        *,
+        body: Mapping[str, Any] | None = None,
+        attempts: int = 5,
+    ) -> dict[str, Any] | None:
+        current = self.embsvcs.get((namespace, name))
+        if current is None:
+            return None
+        patch = mutate(current)
+        assert not asyncio.iscoroutine(patch)
+        if patch:
+            current.setdefault("status", {}).update(copy.deepcopy(patch))  # type: ignore[arg-type]
+            self._bump(current)
+        return patch  # type: ignore[return-value]
+
+    def put(self, obj: dict[str, Any]) -> dict[str, Any]:
+        obj = copy.deepcopy(obj)
+        obj["metadata"]["generation"] = obj["metadata"].get("generation", 0) + 1
+        self._bump(obj)
+        meta = obj["metadata"]
+        self.embsvcs[(meta["namespace"], meta["name"])] = obj
+        return copy.deepcopy(obj)
+
+
+def embsvc(**spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": {"id": "Qwen/Qwen3-Embedding-0.6B", "source": {"huggingFace": {}}},
+    }
+    body.update(spec)
+    return {
+        "apiVersion": "glowplug.dev/v1alpha1",
+        "kind": "EmbeddingService",
+        "metadata": {"name": "small", "namespace": "ns", "uid": "u1"},
+        "spec": body,
+    }
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str]] = []
+
+    def __call__(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        assert body["metadata"]["name"] == "small"
+        self.events.append((type_, reason, message))
+
+    def reasons(self) -> list[str]:
+        return [r for _, r, _ in self.events]
+
+
+@pytest.fixture
+def kube() -> FakeKube:
+    return FakeKube()
+
+
+@pytest.fixture
+def events() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+async def reconciler(kube: FakeKube, events: Recorder) -> Any:
+    r = handlers.Reconciler(kube, emit=events)  # type: ignore[arg-type]
+    yield r
+    for key in list(r.states):
+        r.forget(key)
+
+
+def status(kube: FakeKube) -> dict[str, Any]:
+    return kube.embsvcs[("ns", "small")].get("status", {})
+
+
+async def test_create_applies_service_and_deployment(
+    kube: FakeKube, events: Recorder, reconciler: handlers.Reconciler
+) -> None:
+    body = kube.put(embsvc())
+    await reconciler.on_embsvc_event("ADDED", body)
+    assert [m["kind"] for m in kube.applied] == ["Service", "Deployment"]
+    assert kube.deployments[("ns", "small")]["spec"]["replicas"] == 0
+    assert events.reasons() == ["Created", "Created"]
+    st = status(kube)
+    assert st["phase"] == "Idle"
+    assert st["selector"] == "glowplug.dev/service=small"
+    assert st["observedGeneration"] == 1
+    assert not cond.is_true(st["conditions"], cond.FAILED)
+
+
+async def test_same_generation_is_skipped(kube: FakeKube, reconciler: handlers.Reconciler) -> None:
+    body = kube.put(embsvc())
+    await reconciler.on_embsvc_event("ADDED", body)
+    n = len(kube.applied)
+    # Our own status write comes back as a MODIFIED event of the same generation.
+    await reconciler.on_embsvc_event("MODIFIED", kube.embsvcs[("ns", "small")])
+    assert len(kube.applied) == n
+
+
+async def test_replicas_change_takes_the_fast_path(
+    kube: FakeKube, events: Recorder, reconciler: handlers.Reconciler
+) -> None:
+    body = kube.put(embsvc())
+    await reconciler.on_embsvc_event("ADDED", body)
+    kube.applied.clear()
+    body["spec"]["replicas"] = 1
+    body = kube.put(body)
+    await reconciler.on_embsvc_event("MODIFIED", body)
+    assert [m["kind"] for m in kube.applied] == ["Deployment"]
+    assert kube.deployments[("ns", "small")]["spec"]["replicas"] == 1
+    assert events.events[-1] == ("Normal", "Scaled", "scaled Deployment small: 0 -> 1")
+    assert status(kube)["phase"] == "Waking"
+
+
+async def test_replicas_are_clamped(kube: FakeKube, reconciler: handlers.Reconciler) -> None:
+    body = kube.put(embsvc(replicas=7, scaling={"maxReplicas": 3}))
+    await reconciler.on_embsvc_event("ADDED", body)
+    assert kube.deployments[("ns", "small")]["spec"]["replicas"] == 3
+
+
+async def test_template_change_is_an_update_event(
+    kube: FakeKube, events: Recorder, reconciler: handlers.Reconciler
+) -> None:
+    body = kube.put(embsvc())
+    await reconciler.on_embsvc_event("ADDED", body)
+    body["spec"]["engine"] = {"args": ["--dtype", "bfloat16"]}
+    body = kube.put(body)
+    await reconciler.on_embsvc_event("MODIFIED", body)
+    assert events.reasons()[-1] == "Updated"
+    container = kube.deployments[("ns", "small")]["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][-2:] == ["--dtype", "bfloat16"]
+
+
+async def test_invalid_spec_fails_and_recovers(
+    kube: FakeKube, events: Recorder, reconciler: handlers.Reconciler
+) -> None:
+    bad = embsvc(scaling={"prewarm": [{"schedule": "daily", "duration": "1h"}]})
+    body = kube.put(bad)
+    await reconciler.on_embsvc_event("ADDED", body)
+    assert kube.applied == []
+    st = status(kube)
+    assert st["phase"] == "Failed"
+    failed = cond.get_condition(st["conditions"], cond.FAILED)
+    assert failed is not None and failed["reason"] == "InvalidSpec"
+    assert "spec.scaling.prewarm[0].schedule" in failed["message"]
+    assert events.events[-1][:2] == ("Warning", "InvalidSpec")
+    # Fixed: applied, Failed cleared.
+    body["spec"]["scaling"] = {}
+    body = kube.put(body)
+    await reconciler.on_embsvc_event("MODIFIED", body)
+    assert status(kube)["phase"] == "Idle"
+    assert not cond.is_true(status(kube)["conditions"], cond.FAILED)
+
+
+async def test_missing_secret_fails_then_recovers_by_itself(
+    kube: FakeKube,
+    events: Recorder,
+    reconciler: handlers.Reconciler,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(handlers, "SECRET_RECHECK_SECONDS", 0.01)
+    spec = embsvc(model={"id": "m", "source": {"huggingFace": {"tokenSecretRef": {"name": "hf"}}}})
+    body = kube.put(spec)
+    await reconciler.on_embsvc_event("ADDED", body)
+    assert ("ns", "small") not in kube.deployments
+    assert ("ns", "small") in kube.services
+    st = status(kube)
+    assert st["phase"] == "Failed"
+    failed = cond.get_condition(st["conditions"], cond.FAILED)
+    assert failed is not None and failed["reason"] == "SecretNotFound"
+    assert "Secret ns/hf not found" in failed["message"]
+    assert events.reasons().count("SecretNotFound") == 1
+    # The Secret appears; the periodic re-check picks it up without any spec change.
+    kube.secrets[("ns", "hf")] = {"token"}
+    for _ in range(200):
+        if ("ns", "small") in kube.deployments:
+            break
+        await asyncio.sleep(0.01)
+    assert ("ns", "small") in kube.deployments
+    assert status(kube)["phase"] == "Idle"
+    failed = cond.get_condition(status(kube)["conditions"], cond.FAILED)
+    assert failed is not None and failed["status"] == "False"
+    env = kube.deployments[("ns", "small")]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {
+        "name": "HF_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}},
+    } in env
+
+
+async def test_secret_without_the_key(kube: FakeKube, reconciler: handlers.Reconciler) -> None:
+    kube.secrets[("ns", "hf")] = {"other"}
+    spec = embsvc(
+        model={
+            "id": "m",
+            "source": {"huggingFace": {"tokenSecretRef": {"name": "hf", "key": "token"}}},
+        }
+    )
+    await reconciler.on_embsvc_event("ADDED", kube.put(spec))
+    failed = cond.get_condition(status(kube)["conditions"], cond.FAILED)
+    assert failed is not None and failed["reason"] == "SecretNotFound"
+    assert "no key 'token'" in failed["message"] and "other" in failed["message"]
+
+
+async def test_wake_failure_is_not_cleared_by_reconcile(
+    kube: FakeKube, reconciler: handlers.Reconciler
+) -> None:
+    body = kube.put(embsvc())
+    kube.embsvcs[("ns", "small")]["status"] = {
+        "conditions": cond.set_condition([], cond.FAILED, True, "CrashLoopBackOff", "boom")
+    }
+    await reconciler.on_embsvc_event("ADDED", body)
+    assert status(kube)["phase"] == "Failed"
+    failed = cond.get_condition(status(kube)["conditions"], cond.FAILED)
+    assert failed is not None and failed["reason"] == "CrashLoopBackOff"
+
+
+async def test_deployment_status_flows_to_embsvc_status(
+    kube: FakeKube, reconciler: handlers.Reconciler
+) -> None:
+    body = kube.put(embsvc(replicas=1))
+    await reconciler.on_embsvc_event("ADDED", body)
+    assert status(kube)["phase"] == "Waking"
+    dep = kube.deployments[("ns", "small")]
+    dep["status"] = {"replicas": 1, "readyReplicas": 1}
+    await reconciler.on_deployment_event("MODIFIED", dep)
+    st = status(kube)
+    assert (st["phase"], st["replicas"], st["readyReplicas"]) == ("Ready", 1, 1)
+    assert cond.is_true(st["conditions"], cond.READY)
+    assert handlers.REPLICAS.labels("ns", "small", "ready")._value.get() == 1
+
+
+async def test_api_error_is_retried(
+    kube: FakeKube, reconciler: handlers.Reconciler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handlers, "RETRY_MIN_SECONDS", 0.01)
+    reconciler.states.clear()
+    kube.fail_next_apply = True
+    body = kube.put(embsvc())
+    await reconciler.on_embsvc_event("ADDED", body)
+    for _ in range(200):
+        if ("ns", "small") in kube.deployments:
+            break
+        await asyncio.sleep(0.01)
+    assert ("ns", "small") in kube.deployments
+
+
+async def test_deleted_deployment_is_recreated(
+    kube: FakeKube, reconciler: handlers.Reconciler
+) -> None:
+    body = kube.put(embsvc())
+    await reconciler.on_embsvc_event("ADDED", body)
+    dep = kube.deployments.pop(("ns", "small"))
+    await reconciler.on_deployment_event("DELETED", dep)
+    for _ in range(200):
+        if ("ns", "small") in kube.deployments:
+            break
+        await asyncio.sleep(0.01)
+    assert ("ns", "small") in kube.deployments
+
+
+async def test_deleted_embsvc_is_forgotten(kube: FakeKube, reconciler: handlers.Reconciler) -> None:
+    body = kube.put(embsvc())
+    await reconciler.on_embsvc_event("ADDED", body)
+    await reconciler.on_embsvc_event("DELETED", body)
+    assert ("ns", "small") not in reconciler.states
