@@ -149,6 +149,16 @@ class Cluster:
             )
         return proc
 
+    def pod_logs(self, namespace: str, pod: str, container: str | None = None) -> str:
+        """A pod's container output (``kubectl logs`` needs a kubelet API the agent lacks)."""
+        dirs = sorted(
+            (self.agent_dir / "pods").glob(f"{namespace}_{pod}_*"), key=lambda d: d.stat().st_mtime
+        )
+        if not dirs:
+            return ""
+        files = [dirs[-1] / f"{container}.log"] if container else sorted(dirs[-1].glob("*.log"))
+        return "".join(f.read_text(errors="replace") for f in files if f.exists())
+
     def api(
         self, method: str, path: str, body: Any = None, content_type: str = "application/json"
     ) -> Any:
@@ -333,9 +343,10 @@ class Cluster:
         )
         self.log(f"pki and kubeconfigs ready ({time.monotonic() - t0:.1f} s)")
 
-        # A fresh etcd every time: each `up` is a clean cluster.
+        # A fresh etcd every time: each `up` is a clean cluster (pod logs of the last one go).
         etcd_dir = self.state_dir / "etcd"
         shutil.rmtree(etcd_dir, ignore_errors=True)
+        shutil.rmtree(self.agent_dir / "pods", ignore_errors=True)
         procs: list[Proc] = []
         state: dict[str, Any] = {
             "started_by": started_by,

@@ -24,22 +24,46 @@ ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION \
  -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION \
  -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
 
+need_go() {
+  if ! command -v go >/dev/null 2>&1; then
+    log "ERROR: the Go toolchain (go) is not installed; it is needed to build $1"
+    exit 2
+  fi
+}
+
+# Runs a command while printing a progress line every minute (go build is silent).
+with_progress() {
+  local what=$1; shift
+  "$@" &
+  local pid=$! start=$SECONDS
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 5
+    if kill -0 "$pid" 2>/dev/null && (( (SECONDS - start) % 60 < 5 && SECONDS - start >= 60 )); then
+      log "$what: still building ($((SECONDS - start)) s)"
+    fi
+  done
+  wait "$pid"
+}
+
 build_k8s() {
   local cmd=$1
   if [ -x "$BIN/$cmd" ]; then log "$cmd $K8S_VERSION: cached"; return; fi
-  log "$cmd $K8S_VERSION: building (cold: 10-20 min on 2 cores)..."
+  need_go "$cmd"
+  log "$cmd $K8S_VERSION: building (cold: 5-20 min on 2 cores)..."
   local start=$SECONDS
-  (cd "$here/k8s" && go build -trimpath -tags=selinux,notest -ldflags "$ldflags" \
-      -o "$BIN/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd")
+  (cd "$here/k8s" && with_progress "$cmd" go build -trimpath -tags=selinux,notest \
+      -ldflags "$ldflags" -o "$BIN/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd")
   mv "$BIN/$cmd.tmp" "$BIN/$cmd"
   log "$cmd: built in $((SECONDS - start)) s"
 }
 
 build_etcd() {
   if [ -x "$BIN/etcd" ]; then log "etcd $ETCD_VERSION: cached"; return; fi
+  need_go etcd
   log "etcd $ETCD_VERSION: building..."
   local start=$SECONDS
-  (cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$BIN/etcd.tmp" go.etcd.io/etcd/server/v3)
+  (cd "$here/etcd" && with_progress etcd go build -trimpath -ldflags "-s -w" \
+      -o "$BIN/etcd.tmp" go.etcd.io/etcd/server/v3)
   mv "$BIN/etcd.tmp" "$BIN/etcd"
   log "etcd: built in $((SECONDS - start)) s"
 }
