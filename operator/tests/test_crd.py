@@ -241,6 +241,7 @@ STATUS_FIELDS = {
     "wakeStartedTime",
     "gpuHours",
     "savedPercent",
+    "ledgerTime",
 }
 
 
