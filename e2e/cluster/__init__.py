@@ -189,8 +189,22 @@ class Cluster:
         """Start the cluster, or reuse a healthy running one. Returns True if it started one."""
         with self._lock():
             if self.running():
-                self.log(f"already running (state in {self.state_dir}); reusing it")
-                return False
+                state = self._read_state() or {}
+                if state.get("code") == code_version():
+                    self.log(f"already running (state in {self.state_dir}); reusing it")
+                    return False
+                users = self._live_users()
+                if users:
+                    self.log(
+                        "WARNING: the running test bed predates changes to e2e/cluster or "
+                        f"e2e/node, but {len(users)} other session(s) use it; reusing it"
+                    )
+                    return False
+                self.log("the test-bed code changed since this cluster started; restarting it")
+                # A cluster someone started by hand stays theirs (pytest will not stop it).
+                if state.get("started_by") == "cli":
+                    started_by = "cli"
+                self._down_locked()
             if self._read_state():
                 self.log("found a partial cluster from an earlier run; stopping it first")
                 self._down_locked()
@@ -214,11 +228,20 @@ class Cluster:
 
     def detach(self) -> list[Proc]:
         """Forget this process as a user; return the other users still alive."""
+        (self.state_dir / "users" / f"{os.getpid()}.json").unlink(missing_ok=True)
+        return self._live_users()
+
+    def _live_users(self) -> list[Proc]:
+        """Other processes (pytest sessions) that attached and are still alive."""
         users = self.state_dir / "users"
-        (users / f"{os.getpid()}.json").unlink(missing_ok=True)
         alive = []
         for f in users.glob("*.json") if users.exists() else []:
-            p = Proc.from_json(json.loads(f.read_text()))
+            try:
+                p = Proc.from_json(json.loads(f.read_text()))
+            except (OSError, ValueError, KeyError):
+                continue  # being written right now, or gone
+            if p.pid == os.getpid():
+                continue
             if p.alive():
                 alive.append(p)
             else:
@@ -354,6 +377,7 @@ class Cluster:
             "server": self.server,
             "kubeconfig": str(self.kubeconfig),
             "procs": [],
+            "code": code_version(),
         }
 
         def record(p: Proc) -> None:
@@ -548,6 +572,18 @@ class Cluster:
 
         for line in sweep_recorded(self.agent_dir):
             self.log(line)
+
+
+def code_version() -> str:
+    """A digest of the test bed's own code: a running cluster made by older code is stale."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for d in ("cluster", "node"):
+        for f in sorted((REPO / "e2e" / d).glob("*.*")):
+            if f.suffix in (".py", ".yaml", ".sh"):
+                h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _first_service_ip(cidr: str) -> str:

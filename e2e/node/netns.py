@@ -42,7 +42,7 @@ def names_for(uid: str) -> tuple[str, str, str]:
     return f"{NETNS_PREFIX}{short}", f"gpv{short}", f"gpp{short}"
 
 
-def create(record_dir: Path, uid: str, pod_ip: str, host_ip: str, prefix_len: int) -> PodNet:
+def create(record_dir: Path, uid: str, pod_ip: str, host_ip: str) -> PodNet:
     netns, veth, peer = names_for(uid)
     net = PodNet(netns, veth, pod_ip)
     record_dir.mkdir(parents=True, exist_ok=True)
@@ -56,7 +56,9 @@ def create(record_dir: Path, uid: str, pod_ip: str, host_ip: str, prefix_len: in
         _ip("link", "set", veth, "up")
         _ip("-n", netns, "link", "set", "lo", "up")
         _ip("-n", netns, "link", "set", peer, "name", "eth0")
-        _ip("-n", netns, "addr", "add", f"{pod_ip}/{prefix_len}", "dev", "eth0")
+        # A /32, not the pod CIDR: with an on-link /16 a pod would ARP for its peers
+        # directly and nobody would answer; everything goes through the host instead.
+        _ip("-n", netns, "addr", "add", f"{pod_ip}/32", "dev", "eth0")
         _ip("-n", netns, "link", "set", "eth0", "up")
         _ip("-n", netns, "route", "add", f"{host_ip}/32", "dev", "eth0")
         _ip("-n", netns, "route", "add", "default", "via", host_ip, "dev", "eth0")

@@ -222,7 +222,6 @@ class PodRunner:
             self.uid,
             self.pod_ip,
             self.agent.host_ip,
-            self.agent.pool.prefix_len,
         )
         log.info("%s: netns %s, ip %s", self.ident, self.net.netns, self.pod_ip)
         self.mark()

@@ -116,6 +116,35 @@ def test_deployment_service_endpointslice_and_scale_to_zero(
     assert not os.path.exists(f"/proc/{pid}/stat") or start_time(pid) != st
 
 
+def test_pods_reach_each_other_through_the_host(cluster: Cluster, namespace: str) -> None:
+    apply(cluster, namespace, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "server"},
+        "spec": {"containers": [standin_container()]},
+    })  # fmt: skip
+    p = wait_for(
+        lambda: (q := pod(cluster, namespace, "server")) and is_ready(q) and q, 60, what="Ready"
+    )
+    url = f"http://{p['status']['podIP']}:30000/model_info"
+    script = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=5).status)"
+    apply(cluster, namespace, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client"},
+        "spec": {"restartPolicy": "Never",
+                 "containers": [{"name": "probe", "image": PROBE_IMAGE, "args": ["-c", script]}]},
+    })  # fmt: skip
+    q = wait_for(
+        lambda: (
+            (c := pod(cluster, namespace, "client"))["status"].get("phase")
+            in ("Succeeded", "Failed")
+            and c
+        ),
+        60,
+        what="the client pod to finish",
+    )
+    out = cluster.pod_logs(namespace, "client", "probe")
+    assert q["status"]["phase"] == "Succeeded", out
+    assert out.strip().endswith("200")
+
+
 def test_service_account_token_works_inside_a_pod(cluster: Cluster, namespace: str) -> None:
     script = (
         "import json, os, ssl, urllib.request\n"
