@@ -1,0 +1,207 @@
+"""The CRD and the operator against the test bed's real API server: the schema refuses bad
+specs naming the field, the scale subresource works, the operator renders a Deployment and
+a Service owned by the EmbeddingService and follows spec.replicas, and a missing Secret
+becomes a Failed condition that clears once the Secret exists."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.cluster import Cluster
+from e2e.tests.conftest import OperatorProcess
+from e2e.tests.helpers import apply, get, wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+def embsvc(name: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": {"id": "Qwen/Qwen3-Embedding-0.6B", "source": {"huggingFace": {}}},
+        # The test drives replicas itself: no autoscaler decisions in between.
+        "scaling": {"autoscale": False},
+    }
+    body.update(spec)
+    return {
+        "apiVersion": "glowplug.dev/v1alpha1",
+        "kind": "EmbeddingService",
+        "metadata": {"name": name},
+        "spec": body,
+    }
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return dict(c)
+    return {}
+
+
+def test_crd_installs_with_columns_and_explain(cluster: Cluster, crd_installed: Path) -> None:
+    crd = json.loads(
+        cluster.kubectl("get", "crd", "embeddingservices.glowplug.dev", "-o", "json").stdout
+    )
+    established = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
+    assert established["Established"] == "True"
+    assert established["NamesAccepted"] == "True"
+    explain = cluster.kubectl("explain", "embsvc.spec.scaling.idleTimeout").stdout
+    assert "scale to zero" in explain
+
+
+BAD = [
+    (
+        "min-over-max",
+        {"scaling": {"minReplicas": 3, "maxReplicas": 2}},
+        "spec.scaling.minReplicas",
+    ),
+    (
+        "two-sources",
+        {
+            "model": {
+                "id": "x",
+                "source": {"huggingFace": {}, "hostPath": {"path": "/mnt/models"}},
+            }
+        },
+        "spec.model.source",
+    ),
+    ("bad-duration", {"scaling": {"idleTimeout": "5 minutes"}}, "spec.scaling.idleTimeout"),
+    (
+        "colon-name",
+        {"model": {"id": "x", "servedName": "qwen:small", "source": {"huggingFace": {}}}},
+        "spec.model.servedName",
+    ),
+    ("max-zero", {"scaling": {"maxReplicas": 0}}, "spec.scaling.maxReplicas"),
+    ("negative-gpus", {"resources": {"gpus": -1}}, "spec.resources.gpus"),
+]
+
+
+@pytest.mark.parametrize(("name", "spec", "field"), BAD, ids=[b[0] for b in BAD])
+def test_invalid_spec_is_refused_naming_the_field(
+    cluster: Cluster, crd_installed: Path, namespace: str, name: str, spec: Any, field: str
+) -> None:
+    out = cluster.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=json.dumps(embsvc(name, **spec)), check=False
+    )
+    assert out.returncode != 0
+    assert field in out.stderr, out.stderr
+    gone = cluster.kubectl("get", "embsvc", name, "-n", namespace, check=False)
+    assert gone.returncode != 0
+
+
+def test_defaults_and_scale_subresource(
+    cluster: Cluster, crd_installed: Path, namespace: str
+) -> None:
+    apply(cluster, namespace, embsvc("scaled"))
+    obj = get(cluster, "embsvc", "scaled", namespace)
+    assert obj["spec"]["replicas"] == 0
+    assert obj["spec"]["engine"]["requestTimeout"] == "2m"
+    assert obj["spec"]["scaling"]["idleTimeout"] == "5m"
+    cluster.kubectl("scale", "embsvc", "scaled", "-n", namespace, "--replicas", "2")
+    assert get(cluster, "embsvc", "scaled", namespace)["spec"]["replicas"] == 2
+    scale = json.loads(
+        cluster.kubectl(
+            "get",
+            "--raw",
+            f"/apis/glowplug.dev/v1alpha1/namespaces/{namespace}/embeddingservices/scaled/scale",
+        ).stdout
+    )
+    assert scale["kind"] == "Scale" and scale["spec"]["replicas"] == 2
+
+
+def test_operator_renders_owned_deployment_and_service_and_follows_replicas(
+    cluster: Cluster, namespace: str, operator_process: OperatorProcess
+) -> None:
+    apply(cluster, namespace, embsvc("rendered"))
+
+    def deployment() -> dict[str, Any] | None:
+        out = cluster.kubectl(
+            "get", "deployment", "rendered", "-n", namespace, "-o", "json", check=False
+        )
+        return json.loads(out.stdout) if out.returncode == 0 else None
+
+    dep = wait_for(deployment, 60, what="the rendered Deployment")
+    svc = get(cluster, "service", "rendered", namespace)
+    owner = get(cluster, "embsvc", "rendered", namespace)
+    for obj in (dep, svc):
+        (ref,) = obj["metadata"]["ownerReferences"]
+        assert ref["kind"] == "EmbeddingService" and ref["name"] == "rendered"
+        assert ref["uid"] == owner["metadata"]["uid"]
+        assert ref["controller"] is True and ref["blockOwnerDeletion"] is True
+        assert obj["metadata"]["labels"]["glowplug.dev/service"] == "rendered"
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "glowplug"
+    assert dep["spec"]["replicas"] == 0
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    assert container["name"] == "engine" and "--is-embedding" in container["args"]
+    assert svc["spec"]["selector"] == {"glowplug.dev/service": "rendered"}
+    assert svc["spec"]["ports"][0]["name"] == "http"
+
+    def idle_status() -> dict[str, Any] | None:
+        status = get(cluster, "embsvc", "rendered", namespace).get("status") or {}
+        return status if status.get("phase") == "Idle" else None
+
+    status = wait_for(idle_status, 30, what="status phase Idle")
+    assert status["selector"] == "glowplug.dev/service=rendered"
+
+    # The wake path: spec.replicas through the scale subresource reaches the Deployment.
+    cluster.kubectl("scale", "embsvc", "rendered", "-n", namespace, "--replicas", "1")
+    wait_for(
+        lambda: (deployment() or {}).get("spec", {}).get("replicas") == 1,
+        10,
+        what="Deployment replicas 1",
+    )
+    events = cluster.kubectl(
+        "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=rendered"
+    ).stdout
+    assert "Created" in events
+
+
+def test_missing_secret_fails_then_recovers(
+    cluster: Cluster, namespace: str, operator_process: OperatorProcess
+) -> None:
+    apply(
+        cluster,
+        namespace,
+        embsvc(
+            "gated",
+            model={
+                "id": "Qwen/Qwen3-Embedding-0.6B",
+                "source": {"huggingFace": {"tokenSecretRef": {"name": "hf-token"}}},
+            },
+        ),
+    )
+
+    def failed() -> dict[str, Any] | None:
+        c = condition(get(cluster, "embsvc", "gated", namespace), "Failed")
+        return c if c.get("status") == "True" else None
+
+    cond = wait_for(failed, 60, what="Failed condition")
+    assert cond["reason"] == "SecretNotFound"
+    assert "hf-token" in cond["message"]
+    assert get(cluster, "embsvc", "gated", namespace)["status"]["phase"] == "Failed"
+    warnings = cluster.kubectl(
+        "get", "events", "-n", namespace, "--field-selector", "type=Warning"
+    ).stdout
+    assert "SecretNotFound" in warnings
+    no_dep = cluster.kubectl("get", "deployment", "gated", "-n", namespace, check=False)
+    assert no_dep.returncode != 0
+
+    cluster.kubectl(
+        "create", "secret", "generic", "hf-token", "-n", namespace, "--from-literal=token=x"
+    )
+
+    def recovered() -> dict[str, Any] | None:
+        obj = get(cluster, "embsvc", "gated", namespace)
+        c = condition(obj, "Failed")
+        return obj if c.get("status") == "False" and obj["status"]["phase"] != "Failed" else None
+
+    obj = wait_for(recovered, 60, what="Failed cleared")
+    assert obj["status"]["phase"] == "Idle"
+    dep = get(cluster, "deployment", "gated", namespace)
+    env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {
+        "name": "HF_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}},
+    } in env
