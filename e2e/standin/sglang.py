@@ -112,7 +112,8 @@ class StandIn:
         app.router.add_get("/get_model_info", self.model_info)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/embeddings", self.embeddings)
-        app.router.add_post("/embed", self.tei_embed)  # text-embeddings-inference's route
+        app.router.add_post("/embed", self.tei_embed)  # text-embeddings-inference's routes
+        app.router.add_get("/info", self.model_info)
         if self.metrics_enabled:
             app.router.add_get("/metrics", self.metrics)
         return app
@@ -268,7 +269,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="sglang-stand-in", description=__doc__)
     p.add_argument("--model-path", "--model", "--model-id", dest="model_path", default="stand-in")
     p.add_argument("--served-model-name", default=None)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", "--hostname", dest="host", default="127.0.0.1")  # TEI: --hostname
     p.add_argument("--port", type=int, default=30000)
     p.add_argument("--is-embedding", action="store_true")
     p.add_argument("--tp-size", "--tp", type=int, default=1)
