@@ -27,6 +27,14 @@ ACTIVATOR_PORT = 8000
 T = TypeVar("T")
 
 
+class CommandFailed(subprocess.CalledProcessError):
+    """A kubectl or helm command failed; the message carries its stderr."""
+
+    def __str__(self) -> str:
+        words = " ".join(str(a) for a in self.cmd[:4])
+        return f"`{words} ...` exited {self.returncode}: {(self.stderr or '').strip()[-2000:]}"
+
+
 class Timeout(Exception):
     """A wait ran out of time; the message says what it waited for and what it last saw."""
 
@@ -86,9 +94,7 @@ class Kube:
             argv, capture_output=True, text=True, input=input, timeout=timeout, env=env
         )
         if check and proc.returncode != 0:
-            raise subprocess.CalledProcessError(
-                proc.returncode, proc.args, output=proc.stdout, stderr=proc.stderr
-            )
+            raise CommandFailed(proc.returncode, proc.args, output=proc.stdout, stderr=proc.stderr)
         return proc
 
     def kubectl(
@@ -107,9 +113,7 @@ class Kube:
         if out.returncode != 0:
             if "NotFound" in out.stderr or "not found" in out.stderr:
                 return None
-            raise subprocess.CalledProcessError(
-                out.returncode, out.args, output=out.stdout, stderr=out.stderr
-            )
+            raise CommandFailed(out.returncode, out.args, output=out.stdout, stderr=out.stderr)
         return json.loads(out.stdout)
 
     def items(self, *args: str) -> list[dict[str, Any]]:

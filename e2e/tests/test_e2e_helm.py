@@ -132,6 +132,23 @@ class Activators:
             self._forward.wait(10)
 
 
+@contextlib.contextmanager
+def diagnose_on_failure(kube: Kube, namespaces: tuple[str, ...]) -> Iterator[None]:
+    """On failure print what the cluster looked like, and the pods' logs on the test bed."""
+    try:
+        yield
+    except BaseException:
+        for ns in namespaces:
+            out = kube.kubectl("get", "all,embeddingservices,events", "-n", ns, check=False)
+            print(f"--- {ns} ---\n{out.stdout}{out.stderr}")
+        agent_pods = kube.kubeconfig.parent / "agent" / "pods"
+        for ns in namespaces:
+            for log in sorted(agent_pods.glob(f"{ns}_*/*.log")):
+                print(f"--- {log.parent.name}/{log.name} (tail) ---")
+                print(log.read_text(errors="replace")[-3000:])
+        raise
+
+
 def embsvc(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
     obj = kube.get("embeddingservice", name, "-n", namespace)
     assert obj is not None, f"EmbeddingService {namespace}/{name} is gone"
@@ -229,100 +246,116 @@ def leftovers(kube: Kube, namespaces: tuple[str, ...], release: str) -> list[str
 
 def test_helm_install_wake_idle_upgrade_uninstall(kube: Kube, namespaces: tuple[str, str]) -> None:
     """Namespaced install mode (Roles): the application namespace differs from the release's."""
-    release_ns, app_ns = namespaces
-    release, name = "gp", "qwen3-small"
-    values: dict[str, Any] = {"watchNamespaces": [app_ns]}
-    install_chart(kube, release, release_ns, values)
-    activators = Activators(kube, release_ns, release)
-    try:
-        # Both components run as pods under their own ServiceAccounts.
-        for comp in ("operator", "activator"):
-            pods = kube.items("pods", "-n", release_ns, "-l", f"app.kubernetes.io/component={comp}")
-            assert len(pods) == 2, comp
-            assert {p["spec"]["serviceAccountName"] for p in pods} == {f"gp-glowplug-{comp}"}
+    with diagnose_on_failure(kube, namespaces):
+        release_ns, app_ns = namespaces
+        release, name = "gp", "qwen3-small"
+        values: dict[str, Any] = {"watchNamespaces": [app_ns]}
+        activators = Activators(kube, release_ns, release)
+        try:
+            install_chart(kube, release, release_ns, values)
+            # Both components run as pods under their own ServiceAccounts.
+            for comp in ("operator", "activator"):
+                pods = kube.items(
+                    "pods", "-n", release_ns, "-l", f"app.kubernetes.io/component={comp}"
+                )
+                assert len(pods) == 2, comp
+                assert {p["spec"]["serviceAccountName"] for p in pods} == {f"gp-glowplug-{comp}"}
 
-        kube.apply(example_service(name, app_ns, engine=ENGINE, idle_timeout=f"{IDLE_TIMEOUT_S}s"))
-        # The operator renders the Deployment at zero replicas: no GPU held.
-        deployment = wait_until(
-            lambda: kube.get("deployment", name, "-n", app_ns), 60, "the engine Deployment"
-        )
-        assert deployment["spec"]["replicas"] == 0
-        assert not engine_pods(kube, app_ns, name)
+            kube.apply(
+                example_service(name, app_ns, engine=ENGINE, idle_timeout=f"{IDLE_TIMEOUT_S}s")
+            )
+            # The operator renders the Deployment at zero replicas: no GPU held.
+            deployment = wait_until(
+                lambda: kube.get("deployment", name, "-n", app_ns), 60, "the engine Deployment"
+            )
+            assert deployment["spec"]["replicas"] == 0
+            assert not engine_pods(kube, app_ns, name)
 
-        # The first request wakes the service through the activator and is answered.
-        wait_until(activators.refresh, 60, "ready activator endpoints")
-        models = [m.id for m in activators.client().models.list().data]
-        assert name in models
-        vector = embed(activators, name, "hello from the helm suite", timeout=WAKE_TIMEOUT)
-        assert len(vector) > 0
-        obj = embsvc(kube, app_ns, name)
-        assert obj["spec"]["replicas"] >= 1
-        status = wait_until(lambda: status_in_phase(kube, app_ns, name, "Ready"), 60, "phase Ready")
-        assert status["readyReplicas"] >= 1
+            # The first request wakes the service through the activator and is answered.
+            wait_until(activators.refresh, 60, "ready activator endpoints")
+            models = [m.id for m in activators.client().models.list().data]
+            assert name in models
+            vector = embed(activators, name, "hello from the helm suite", timeout=WAKE_TIMEOUT)
+            assert len(vector) > 0
+            obj = embsvc(kube, app_ns, name)
+            assert obj["spec"]["replicas"] >= 1
+            status = wait_until(
+                lambda: status_in_phase(kube, app_ns, name, "Ready"), 60, "phase Ready"
+            )
+            assert status["readyReplicas"] >= 1
 
-        # helm upgrade with changed values: both Deployments roll while requests flow.
-        old_pods = {
-            p["metadata"]["name"]
-            for p in kube.items("pods", "-n", release_ns, "-l", "app.kubernetes.io/instance=gp")
-        }
-        values["activator"] = {"podAnnotations": {"e2e.glowplug.dev/revision": "2"}}
-        values["operator"] = {"podAnnotations": {"e2e.glowplug.dev/revision": "2"}}
-        with Traffic(activators, name) as traffic:
-            install_chart(kube, release, release_ns, values, upgrade=True)
-            time.sleep(3)  # and a little traffic on the new pods alone
-        assert not traffic.errors, traffic.errors[:5]
-        assert traffic.ok > 0
-        new_pods = {
-            p["metadata"]["name"]
-            for p in kube.items("pods", "-n", release_ns, "-l", "app.kubernetes.io/instance=gp")
-        }
-        assert not old_pods & new_pods, "helm upgrade did not roll the pods"
+            # helm upgrade with changed values: both Deployments roll while requests flow.
+            old_pods = {
+                p["metadata"]["name"]
+                for p in kube.items("pods", "-n", release_ns, "-l", "app.kubernetes.io/instance=gp")
+            }
+            values["activator"] = {"podAnnotations": {"e2e.glowplug.dev/revision": "2"}}
+            values["operator"] = {"podAnnotations": {"e2e.glowplug.dev/revision": "2"}}
+            with Traffic(activators, name) as traffic:
+                install_chart(kube, release, release_ns, values, upgrade=True)
+                time.sleep(3)  # and a little traffic on the new pods alone
+            assert not traffic.errors, traffic.errors[:5]
+            assert traffic.ok > 0
+            new_pods = {
+                p["metadata"]["name"]
+                for p in kube.items("pods", "-n", release_ns, "-l", "app.kubernetes.io/instance=gp")
+            }
+            assert not old_pods & new_pods, "helm upgrade did not roll the pods"
 
-        # Idle: back to zero replicas, no engine pod, and the ledger shows what was saved.
-        wait_until(
-            lambda: (
-                embsvc(kube, app_ns, name)["spec"].get("replicas") == 0
-                and not engine_pods(kube, app_ns, name)
-            ),
-            IDLE_TIMEOUT_S + 180,
-            "scale to zero after the idle timeout",
-            interval=2,
-        )
-        status = wait_until(lambda: status_in_phase(kube, app_ns, name, "Idle"), 60, "phase Idle")
-        assert status["gpuSeconds"] > 0
-        assert status["baselineGpuSeconds"] > status["gpuSeconds"]
+            # Idle: back to zero replicas, no engine pod, and the ledger shows what was saved.
+            wait_until(
+                lambda: (
+                    embsvc(kube, app_ns, name)["spec"].get("replicas") == 0
+                    and not engine_pods(kube, app_ns, name)
+                ),
+                IDLE_TIMEOUT_S + 180,
+                "scale to zero after the idle timeout",
+                interval=2,
+            )
+            status = wait_until(
+                lambda: status_in_phase(kube, app_ns, name, "Idle"), 60, "phase Idle"
+            )
+            assert status["gpuSeconds"] > 0
+            assert status["baselineGpuSeconds"] > status["gpuSeconds"]
 
-        # Delete the service while the operator still runs (it may hold a finalizer).
-        kube.kubectl("delete", "embeddingservice", name, "-n", app_ns, "--wait", "--timeout=120s")
-    finally:
-        activators.close()
-        kube.helm("uninstall", release, "--namespace", release_ns, "--wait", check=False)
+            # Delete the service while the operator still runs (it may hold a finalizer).
+            kube.kubectl(
+                "delete", "embeddingservice", name, "-n", app_ns, "--wait", "--timeout=120s"
+            )
+        finally:
+            activators.close()
+            kube.helm("uninstall", release, "--namespace", release_ns, "--wait", check=False)
 
-    # Nothing left behind but the CRDs (Helm never deletes what crds/ installed).
-    assert_nothing_left(kube, namespaces, release)
-    assert kube.get("crd", "embeddingservices.glowplug.dev") is not None
+        # Nothing left behind but the CRDs (Helm never deletes what crds/ installed).
+        assert_nothing_left(kube, namespaces, release)
+        assert kube.get("crd", "embeddingservices.glowplug.dev") is not None
 
 
 def test_helm_cluster_wide_install(kube: Kube, namespaces: tuple[str, str]) -> None:
     """Cluster-wide install mode (ClusterRoles): a service in any namespace is rendered and
     listed; uninstall removes the cluster-scoped objects too."""
-    release_ns, app_ns = namespaces
-    release, name = "gpc", "minilm"
-    install_chart(kube, release, release_ns, {})
-    activators = Activators(kube, release_ns, release)
-    try:
-        assert kube.get("clusterkopfpeering", "glowplug") is not None
-        kube.apply(example_service(name, app_ns, engine=ENGINE))
-        wait_until(lambda: kube.get("deployment", name, "-n", app_ns), 60, "the engine Deployment")
-        wait_until(activators.refresh, 60, "ready activator endpoints")
-        wait_until(
-            lambda: name in [m.id for m in activators.client().models.list().data],
-            60,
-            f"{name} in /v1/models",
-        )
-        kube.kubectl("delete", "embeddingservice", name, "-n", app_ns, "--wait", "--timeout=120s")
-    finally:
-        activators.close()
-        kube.helm("uninstall", release, "--namespace", release_ns, "--wait", check=False)
-    assert_nothing_left(kube, namespaces, release)
-    assert kube.get("clusterkopfpeering", "glowplug") is None
+    with diagnose_on_failure(kube, namespaces):
+        release_ns, app_ns = namespaces
+        release, name = "gpc", "minilm"
+        activators = Activators(kube, release_ns, release)
+        try:
+            install_chart(kube, release, release_ns, {})
+            assert kube.get("clusterkopfpeering", "glowplug") is not None
+            kube.apply(example_service(name, app_ns, engine=ENGINE))
+            wait_until(
+                lambda: kube.get("deployment", name, "-n", app_ns), 60, "the engine Deployment"
+            )
+            wait_until(activators.refresh, 60, "ready activator endpoints")
+            wait_until(
+                lambda: name in [m.id for m in activators.client().models.list().data],
+                60,
+                f"{name} in /v1/models",
+            )
+            kube.kubectl(
+                "delete", "embeddingservice", name, "-n", app_ns, "--wait", "--timeout=120s"
+            )
+        finally:
+            activators.close()
+            kube.helm("uninstall", release, "--namespace", release_ns, "--wait", check=False)
+        assert_nothing_left(kube, namespaces, release)
+        assert kube.get("clusterkopfpeering", "glowplug") is None
