@@ -231,6 +231,10 @@ class Cluster:
         (self.state_dir / "users" / f"{os.getpid()}.json").unlink(missing_ok=True)
         return self._live_users()
 
+    def users(self) -> list[Proc]:
+        """Test sessions currently attached to the cluster (other than this process)."""
+        return self._live_users()
+
     def _live_users(self) -> list[Proc]:
         """Other processes (pytest sessions) that attached and are still alive."""
         users = self.state_dir / "users"

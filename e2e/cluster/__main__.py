@@ -11,6 +11,9 @@ from e2e.cluster import Cluster, ensure_binaries
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m e2e.cluster", description=__doc__)
     p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument(
+        "--force", action="store_true", help="down: stop it even while test sessions use it"
+    )
     args = p.parse_args(argv)
     if args.action == "up":
         cluster = Cluster(bin_dir=ensure_binaries())
@@ -19,6 +22,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cluster = Cluster()
     if args.action == "down":
+        users = cluster.users()
+        if users and not args.force:
+            pids = ", ".join(str(u.pid) for u in users)
+            print(
+                f"not stopping: test session(s) {pids} are using the test bed "
+                "(python -m e2e.cluster down --force stops it anyway)",
+                file=sys.stderr,
+            )
+            return 1
         cluster.down()
         return 0
     running = cluster.running()
