@@ -46,11 +46,15 @@ NAMESPACED_OPERATOR = {
     ("events.k8s.io", "events"): {"create", "patch"},
     ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
 }
+# kopf's resource observer watches CRDs; cluster-wide kopf never lists namespaces.
+CRDS = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
 CLUSTER_OPERATOR = {
     **NAMESPACED_OPERATOR,
+    **CRDS,
     ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
-    ("", "namespaces"): {"list", "watch"},
 }
+# Namespaced mode: kopf matches --namespace against the namespaces that exist.
+SCANNING = {**CRDS, ("", "namespaces"): {"list", "watch"}}
 ROLE_OPERATOR = {
     **NAMESPACED_OPERATOR,
     ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
@@ -284,8 +288,17 @@ def test_cluster_wide_rbac_is_exactly_what_each_needs() -> None:
         assert spec["serviceAccountName"] in sas
 
 
+def test_namespaced_mode_cluster_scanning_is_read_only() -> None:
+    docs = render("watchNamespaces={search}")
+    [role] = of_kind(docs, "ClusterRole")
+    assert role["metadata"]["name"] == "gp-glowplug-operator-scanning"
+    assert rule_table(role["rules"]) == SCANNING
+    [binding] = of_kind(docs, "ClusterRoleBinding")
+    assert binding["subjects"][0]["name"] == "gp-glowplug-operator"
+
+
 def test_namespaced_rbac_has_one_role_per_namespace_and_no_cluster_roles() -> None:
-    docs = render("watchNamespaces={search,team-b}")
+    docs = render("watchNamespaces={search,team-b}", "operator.rbac.clusterScanning=false")
     assert not of_kind(docs, "ClusterRole") and not of_kind(docs, "ClusterRoleBinding")
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in of_kind(docs, "Role")}
     for ns in ("search", "team-b"):

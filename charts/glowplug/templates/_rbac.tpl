@@ -54,7 +54,25 @@ same rule lists back the ClusterRoles (cluster-wide mode) and the per-namespace 
 - apiGroups: [kopf.dev]
   resources: [clusterkopfpeerings]
   verbs: [get, list, watch, patch]
-# kopf's cluster-wide mode follows namespaces as they come and go.
+{{ include "glowplug.operator.crdRules" . }}
+{{- end -}}
+
+{{/*
+kopf's resource observer watches CRDs to notice resources appearing and going (read
+only). Without it kopf retries for about half a minute, then falls back to the start-up
+scan with a warning.
+*/}}
+{{- define "glowplug.operator.crdRules" -}}
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [get, list, watch]
+{{- end -}}
+
+{{/*
+Namespaced mode: kopf also lists and watches namespaces (to match --namespace patterns
+against the namespaces that exist). Cluster-wide mode does not need this.
+*/}}
+{{- define "glowplug.operator.namespaceRules" -}}
 - apiGroups: [""]
   resources: [namespaces]
   verbs: [list, watch]
