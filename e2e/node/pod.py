@@ -247,7 +247,9 @@ class PodRunner:
         ]
         if hooks:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*hooks), timeout=max(grace, 0.0))
+                await asyncio.wait_for(
+                    asyncio.gather(*hooks, return_exceptions=True), timeout=max(grace, 0.0)
+                )
         for c in running:
             _signal(c, signal.SIGTERM)
         # The kubelet grants 2 s more when the hook used up the grace period.
@@ -285,6 +287,8 @@ class PodRunner:
         """The pod object is gone, or the agent is stopping: stop fast, leave nothing."""
         if self._termination is not None and not self._termination.done():
             self._termination.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._termination
         self.terminating = True
         running = [c for c in self.init_containers + self.containers if _alive(c)]
         for c in running:
@@ -898,7 +902,9 @@ async def _wait_exit(cs: list[Container], limit_s: float) -> None:
     waits = [c.proc.wait() for c in cs if c.proc is not None and c.proc.returncode is None]
     if waits:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*waits), timeout=max(limit_s, 0.0))
+            await asyncio.wait_for(
+                asyncio.gather(*waits, return_exceptions=True), timeout=max(limit_s, 0.0)
+            )
 
 
 def _sleep_seconds(cmd: list[str]) -> float | None:
