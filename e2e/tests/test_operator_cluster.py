@@ -47,8 +47,13 @@ def test_crd_installs_with_columns_and_explain(cluster: Cluster, crd_installed: 
     established = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
     assert established["Established"] == "True"
     assert established["NamesAccepted"] == "True"
-    explain = cluster.kubectl("explain", "embsvc.spec.scaling.idleTimeout").stdout
-    assert "scale to zero" in explain
+
+    # The OpenAPI document is published a moment after Established: poll for it.
+    def explain() -> str | None:
+        out = cluster.kubectl("explain", "embsvc.spec.scaling.idleTimeout", check=False)
+        return out.stdout if out.returncode == 0 else None
+
+    assert "scale to zero" in wait_for(explain, 60, what="kubectl explain embsvc")
 
 
 BAD = [

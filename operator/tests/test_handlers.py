@@ -324,3 +324,30 @@ async def test_deleted_embsvc_is_forgotten(kube: FakeKube, reconciler: handlers.
     await reconciler.on_embsvc_event("ADDED", body)
     await reconciler.on_embsvc_event("DELETED", body)
     assert ("ns", "small") not in reconciler.states
+
+
+async def test_deleted_service_is_recreated(
+    kube: FakeKube, reconciler: handlers.Reconciler
+) -> None:
+    body = kube.put(embsvc())
+    await reconciler.on_embsvc_event("ADDED", body)
+    svc = kube.services.pop(("ns", "small"))
+    await reconciler.on_service_event("DELETED", svc)
+    for _ in range(200):
+        if ("ns", "small") in kube.services:
+            break
+        await asyncio.sleep(0.01)
+    assert ("ns", "small") in kube.services
+
+
+async def test_nothing_is_applied_while_the_owner_is_being_deleted(
+    kube: FakeKube, reconciler: handlers.Reconciler
+) -> None:
+    body = kube.put(embsvc())
+    await reconciler.on_embsvc_event("ADDED", body)
+    kube.embsvcs[("ns", "small")]["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    kube.applied.clear()
+    dep = kube.deployments.pop(("ns", "small"))
+    await reconciler.on_deployment_event("DELETED", dep)
+    await asyncio.sleep(0.05)
+    assert kube.applied == []

@@ -168,6 +168,8 @@ class Reconciler:
     async def _reconcile(self, body: dict[str, Any], st: _State) -> None:
         meta = body["metadata"]
         namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation")
+        if meta.get("deletionTimestamp"):
+            return  # being deleted: never re-create what the garbage collector removes
         selector = f"{render.SERVICE_LABEL}={name}"
         try:
             svc = parse(body)
@@ -336,6 +338,14 @@ class Reconciler:
         except Exception as err:
             log.warning("status of %s/%s: %s", *key, err)
 
+    async def on_service_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A Service deleted by hand is put back (a full reconcile re-applies it)."""
+        meta = body.get("metadata") or {}
+        name = (meta.get("labels") or {}).get(render.SERVICE_LABEL)
+        key = (str(meta.get("namespace")), str(name))
+        if event_type == "DELETED" and name and key in self.states:
+            self.schedule(key, 0.0)
+
 
 def register() -> None:
     """Register the handlers with kopf's default registry (called by ``main``)."""
@@ -379,3 +389,13 @@ def register() -> None:
         type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
     ) -> None:
         await memo.reconciler.on_deployment_event(type, body)
+
+    @kopf.on.event(
+        "",
+        "v1",
+        "services",
+        labels={"app.kubernetes.io/managed-by": "glowplug"},
+        id="glowplug-service-watch",
+    )
+    async def service_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        await memo.reconciler.on_service_event(type, body)
