@@ -54,18 +54,52 @@ def default_state_dir() -> Path:
 
 def ensure_binaries(log: Log = _default_log) -> Path:
     """Build or reuse the binaries (the script prints progress); return the bin directory."""
-    if shutil.which("go") is None and not _cached_bin_dir():
+    cached = cached_bin_dir()
+    if cached is not None:
+        return cached
+    if shutil.which("go") is None:
         raise FileNotFoundError("the Go toolchain (go) is not installed: cannot build the test bed")
-    log(f"binaries: running {BUILD_SCRIPT.relative_to(REPO)} (a no-op when cached)")
+    log(f"binaries: running {BUILD_SCRIPT.relative_to(REPO)}")
     out = subprocess.run(
         ["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, check=True, cwd=REPO
     )
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def _cached_bin_dir() -> Path | None:
+BINARIES = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    "helm",
+)
+
+
+def cached_bin_dir() -> Path | None:
+    """The bin directory when every binary is already cached (no Go needed), else None.
+
+    Mirrors build-binaries.sh: ``$GLOWPLUG_CACHE/bin/k8s-<version>-etcd-<version>``, the
+    versions read from the wrapper modules; ``$GLOWPLUG_BIN_DIR`` overrides it.
+    """
     env = os.environ.get("GLOWPLUG_BIN_DIR")
-    return Path(env) if env else None
+    if env:
+        return Path(env)
+
+    def required(gomod: Path, module: str) -> str:
+        for line in gomod.read_text().splitlines():
+            if line.startswith(f"require {module} "):
+                return line.split()[2]
+        raise ValueError(f"{module} not required in {gomod}")
+
+    here = REPO / "e2e" / "cluster"
+    k8s = required(here / "k8s" / "go.mod", "k8s.io/kubernetes")
+    etcd = required(here / "etcd" / "go.mod", "go.etcd.io/etcd/server/v3")
+    cache = os.environ.get("GLOWPLUG_CACHE") or str(
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "glowplug"
+    )
+    bin_dir = Path(cache) / "bin" / f"k8s-{k8s}-etcd-{etcd}"
+    return bin_dir if all((bin_dir / b).exists() for b in BINARIES) else None
 
 
 @dataclass
@@ -117,7 +151,7 @@ class Cluster:
             if state and state.get("bin_dir"):
                 self._bin_dir = Path(state["bin_dir"])
             else:
-                self._bin_dir = _cached_bin_dir() or ensure_binaries(self.log)
+                self._bin_dir = ensure_binaries(self.log)
         return self._bin_dir
 
     @property

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.cluster import REPO, Cluster, ensure_binaries
+from e2e.cluster import REPO, Cluster, cached_bin_dir, ensure_binaries
 from e2e.tests.helpers import wait_for
 
 CRD_DIR = REPO / "crds"
@@ -41,7 +41,7 @@ CRD_DIR = REPO / "crds"
 def _skip_reason() -> str | None:
     if os.geteuid() != 0:
         return "the test bed needs root (it makes a network namespace per pod)"
-    if shutil.which("go") is None and not os.environ.get("GLOWPLUG_BIN_DIR"):
+    if shutil.which("go") is None and cached_bin_dir() is None:
         return "the Go toolchain (go) is missing, so the test-bed binaries cannot be built"
     return None
 

@@ -201,6 +201,47 @@ def test_crashing_container_shows_crash_loop_back_off(cluster: Cluster, namespac
     )
 
 
+def test_readiness_and_liveness_probes(cluster: Cluster, namespace: str, tmp_path: Any) -> None:
+    ready_flag = tmp_path / "ready"
+    live_flag = tmp_path / "live"
+    ready_flag.touch()
+    live_flag.touch()
+    # Test double: /ready answers 200 while the flag file exists, 503 after.
+    script = (
+        "import http.server, os\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        f"        ok = os.path.exists({str(ready_flag)!r})\n"
+        "        self.send_response(200 if ok else 503); self.end_headers()\n"
+        "    def log_message(self, *a): pass\n"
+        "http.server.HTTPServer(('0.0.0.0', 8080), H).serve_forever()\n"
+    )
+    apply(cluster, namespace, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probed"},
+        "spec": {"containers": [{
+            "name": "app", "image": PROBE_IMAGE, "args": ["-c", script],
+            "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080},
+                               "periodSeconds": 1, "failureThreshold": 1},
+            "livenessProbe": {"exec": {"command": ["test", "-e", str(live_flag)]},
+                              "periodSeconds": 1, "failureThreshold": 2},
+        }]},
+    })  # fmt: skip
+    wait_for(lambda: is_ready(pod(cluster, namespace, "probed")), 60, what="Ready")
+    ready_flag.unlink()
+    wait_for(lambda: not is_ready(pod(cluster, namespace, "probed")), 30, what="not Ready")
+    ready_flag.touch()
+    wait_for(lambda: is_ready(pod(cluster, namespace, "probed")), 30, what="Ready again")
+    live_flag.unlink()
+
+    def restarted() -> bool:
+        cs = pod(cluster, namespace, "probed")["status"]["containerStatuses"][0]
+        return bool(cs["restartCount"] >= 1)
+
+    wait_for(restarted, 60, what="a liveness restart")
+    live_flag.touch()
+    wait_for(lambda: is_ready(pod(cluster, namespace, "probed")), 60, what="Ready after restart")
+
+
 def test_unmapped_image_reports_image_pull_back_off(cluster: Cluster, namespace: str) -> None:
     apply(cluster, namespace, {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nope"},
