@@ -286,7 +286,7 @@ def test_helm_install_wake_idle_upgrade_uninstall(kube: Kube, namespaces: tuple[
 
             # helm upgrade with changed values: both Deployments roll while requests flow.
             old_pods = {
-                p["metadata"]["name"]
+                p["metadata"]["uid"]
                 for p in kube.items("pods", "-n", release_ns, "-l", "app.kubernetes.io/instance=gp")
             }
             values["activator"] = {"podAnnotations": {"e2e.glowplug.dev/revision": "2"}}
@@ -297,7 +297,7 @@ def test_helm_install_wake_idle_upgrade_uninstall(kube: Kube, namespaces: tuple[
             assert not traffic.errors, traffic.errors[:5]
             assert traffic.ok > 0
             new_pods = {
-                p["metadata"]["name"]
+                p["metadata"]["uid"]
                 for p in kube.items("pods", "-n", release_ns, "-l", "app.kubernetes.io/instance=gp")
             }
             assert not old_pods & new_pods, "helm upgrade did not roll the pods"

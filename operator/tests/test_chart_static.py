@@ -178,7 +178,7 @@ def test_opt_ins_are_off_by_default() -> None:
     assert not kinds & OPT_IN_KINDS
     assert kinds == {
         "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment",
-        "PodDisruptionBudget", "ClusterKopfPeering",
+        "StatefulSet", "PodDisruptionBudget", "ClusterKopfPeering",
     }  # fmt: skip
 
 
@@ -197,9 +197,8 @@ def test_network_policy_needs_namespaces() -> None:
 
 
 def pod_specs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {
-        d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in of_kind(docs, "Deployment")
-    }
+    workloads = of_kind(docs, "Deployment") + of_kind(docs, "StatefulSet")
+    return {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in workloads}
 
 
 def test_pods_are_locked_down() -> None:
@@ -222,11 +221,18 @@ def test_pods_are_locked_down() -> None:
 
 def test_operator_runs_two_peered_replicas() -> None:
     docs = render()
-    op = by_name(docs, "Deployment", "gp-glowplug-operator")
+    op = by_name(docs, "StatefulSet", "gp-glowplug-operator")
     assert op["spec"]["replicas"] == 2
+    assert op["spec"]["podManagementPolicy"] == "Parallel"
     [c] = op["spec"]["template"]["spec"]["containers"]
     assert c["command"] == ["glowplug"] and c["args"][0] == "operator"
     assert "--peering=glowplug" in c["args"]
+    # Replicas with equal kopf priorities all pause: each gets its pod index.
+    assert "--priority=$(POD_INDEX)" in c["args"]
+    index = {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}
+    assert {"name": "POD_INDEX", "valueFrom": {"fieldRef": index}} in c["env"]
+    governing = by_name(docs, "Service", op["spec"]["serviceName"])
+    assert governing["spec"]["clusterIP"] == "None"
     assert "--activator-service=glowplug-system/gp-glowplug-activator" in c["args"]
     assert "--liveness=http://0.0.0.0:8080/healthz" in c["args"]
     assert "--metrics-port=9090" in c["args"]
@@ -336,8 +342,8 @@ def test_monitors_carry_additional_labels() -> None:
     for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule"):
         [doc] = of_kind(docs, kind)
         assert doc["metadata"]["labels"]["release"] == "prom", kind
-    # The ServiceMonitor's operator endpoint needs the operator metrics Service.
-    svc = by_name(docs, "Service", "gp-glowplug-operator-metrics")
+    # The ServiceMonitor's operator endpoint is the operator's headless Service.
+    svc = by_name(docs, "Service", "gp-glowplug-operator")
     assert svc["spec"]["ports"][0]["name"] == "metrics"
 
 
@@ -412,7 +418,9 @@ def test_rendered_args_parse_with_the_real_commands(sets: tuple[str, ...]) -> No
         module = importlib.import_module(modules[c["args"][0]])
         parser = argparse.ArgumentParser(exit_on_error=False)
         module.add_arguments(parser)
-        args = parser.parse_args(c["args"][1:])
+        # The kubelet expands $(VAR) from the container's env; any pod index will do.
+        argv = [a.replace("$(POD_INDEX)", "1") for a in c["args"][1:]]
+        args = parser.parse_args(argv)
         assert (getattr(args, "namespace", None) or getattr(args, "namespaces", None) or []) == (
             ["search", "team-b"] if sets else []
         )
