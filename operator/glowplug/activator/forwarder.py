@@ -1,21 +1,35 @@
-"""The upstream client: one pooled aiohttp session, failures sorted by what may be retried.
+"""The upstream client: pooled keep-alive HTTP/1.1 connections to pods, built on httptools.
+
+Chosen by measurement (docs/benchmarks.md): aiohttp's ClientSession cost about twice the
+CPU per request of this small client, and the activator's hot path is mostly this.
+It sends only what the activator needs (``POST /v1/embeddings`` with a Content-Length
+body) and reads Content-Length or chunked answers.
+
+Failures are sorted by what may be retried:
 
 - ``ConnectFailed``: nothing reached the engine (refused, unreachable, connect timeout):
   safe to retry on another endpoint until the request's deadline.
-- ``DroppedBeforeResponse``: the connection broke after sending, before the response
-  status line: embeddings are idempotent, so the caller retries once.
-- ``BrokenResponse`` / ``UpstreamTimeout``: the response had started or the engine took
+- ``DroppedBeforeResponse``: the connection broke after sending, before any response
+  byte: embeddings are idempotent, so the caller retries once. Pooled connections idle
+  longer than ``IDLE_SECONDS`` or closed by the pod are never reused, so a drop is a
+  real one.
+- ``BrokenResponse`` / ``UpstreamTimeout``: the response had started, or the engine took
   too long: never retried.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
-import aiohttp
+import httptools
 
 CONNECT_TIMEOUT = 3.0
-_HEADERS = {"Content-Type": "application/json"}
+# Idle pooled connections are dropped before engines time them out (uvicorn's default
+# keep-alive, which SGLang uses, is 5 s), so a reused connection is rarely a dead one.
+IDLE_SECONDS = 4.0
+MAX_IDLE_PER_ADDRESS = 512
 
 
 class UpstreamError(Exception):
@@ -38,65 +52,162 @@ class UpstreamTimeout(UpstreamError):
     pass
 
 
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection to one pod; one request at a time."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.chunks: list[bytes] = []
+        self.status = 0
+        self.started = False  # a response byte arrived for the current request
+        self.keep_alive = True
+        self.closed = False
+        self.idle_since = 0.0
+
+    # asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        w = self.waiter
+        if w is not None and not w.done():
+            kind = BrokenResponse if self.started else DroppedBeforeResponse
+            w.set_exception(kind(f"connection closed by the engine{f': {exc}' if exc else ''}"))
+
+    def data_received(self, data: bytes) -> None:
+        if self.waiter is None:
+            # Bytes nobody asked for: the connection cannot be trusted any more.
+            self.close()
+            return
+        self.started = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as err:
+            self.close()
+            if not self.waiter.done():
+                self.waiter.set_exception(BrokenResponse(f"bad HTTP from the engine: {err}"))
+
+    # httptools callbacks ----------------------------------------------------------------
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        w = self.waiter
+        body = b"".join(self.chunks)
+        self.chunks = []
+        if w is not None and not w.done():
+            w.set_result((self.status, body))
+
+    # ------------------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> asyncio.Future[tuple[int, bytes]]:
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.started = False
+        self.transport.write(data)
+        return self.waiter
+
+    def done(self) -> None:
+        self.waiter = None
+        self.idle_since = time.monotonic()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
 class Forwarder:
-    """POSTs request bodies to backends over pooled keep-alive connections."""
+    """POSTs request bodies to pods over pooled keep-alive connections."""
 
     def __init__(self, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self.connect_timeout = connect_timeout
-        self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._idle: dict[str, list[_Connection]] = {}
+        self._heads: dict[str, bytes] = {}
+        self._closing = False
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=0,  # the hold queue bounds concurrency, per pod
-                keepalive_timeout=30,
-                ttl_dns_cache=None,
-                use_dns_cache=False,  # pod IPs, never names
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent", "Accept-Encoding"),
-                raise_for_status=False,
-            )
-        return self._session
+    def _head(self, address: str) -> bytes:
+        head = self._heads.get(address)
+        if head is None:
+            head = (
+                f"POST /v1/embeddings HTTP/1.1\r\nHost: {address}\r\n"
+                f"Content-Type: application/json\r\nAccept: application/json\r\n"
+                f"Content-Length: "
+            ).encode()
+            self._heads[address] = head
+        return head
 
-    def _timeout(self, total: float) -> aiohttp.ClientTimeout:
-        t = self._timeouts.get(total)
-        if t is None:
-            t = aiohttp.ClientTimeout(total=total, sock_connect=self.connect_timeout)
-            self._timeouts[total] = t
-        return t
+    def _pooled(self, address: str) -> _Connection | None:
+        idle = self._idle.get(address)
+        if not idle:
+            return None
+        limit = time.monotonic() - IDLE_SECONDS
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.idle_since > limit:
+                return conn
+            conn.close()
+        return None
 
-    async def post(self, url: str, body: bytes, limit_s: float) -> tuple[int, bytes]:
+    async def _connect(self, address: str) -> _Connection:
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(_Connection, host, int(port))
+        except TimeoutError:
+            raise ConnectFailed(
+                f"connect to {address}: no answer within {self.connect_timeout:g}s"
+            ) from None
+        except OSError as err:
+            raise ConnectFailed(f"connect to {address}: {err.strerror or err}") from None
+        return conn
+
+    async def post(self, address: str, body: bytes, limit_s: float) -> tuple[int, bytes]:
         """Send one request; return (status, body) or raise an UpstreamError."""
+        data = self._head(address) + str(len(body)).encode() + b"\r\n\r\n" + body
+        conn = self._pooled(address) or await self._connect(address)
         try:
-            resp = await self.session.post(
-                url, data=body, headers=_HEADERS, timeout=self._timeout(limit_s)
-            )
-        except aiohttp.ClientConnectorError as err:
-            raise ConnectFailed(str(err)) from None
-        except aiohttp.ConnectionTimeoutError as err:
-            raise ConnectFailed(f"connect timeout: {err}") from None
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as err:
-            raise DroppedBeforeResponse(f"{type(err).__name__}: {err}") from None
-        except (TimeoutError, aiohttp.ServerTimeoutError) as err:
-            raise UpstreamTimeout(f"no response within {limit_s:g}s") from err
-        except aiohttp.ClientError as err:
-            raise DroppedBeforeResponse(f"{type(err).__name__}: {err}") from None
-        try:
-            async with resp:
-                data = await resp.read()
-                return resp.status, data
-        except (TimeoutError, aiohttp.ServerTimeoutError) as err:
-            raise UpstreamTimeout(f"response not finished within {limit_s:g}s") from err
-        except aiohttp.ClientError as err:
-            raise BrokenResponse(f"{type(err).__name__}: {err}") from None
+            async with asyncio.timeout(limit_s):
+                status, payload = await conn.send(data)
+        except TimeoutError:
+            conn.close()
+            raise UpstreamTimeout(f"no complete response within {limit_s:g}s") from None
+        except BaseException:
+            conn.close()
+            raise
+        conn.done()
+        if conn.keep_alive and not conn.closed and not self._closing:
+            idle = self._idle.setdefault(address, [])
+            if len(idle) < MAX_IDLE_PER_ADDRESS:
+                idle.append(conn)
+                return status, payload
+        conn.close()
+        return status, payload
+
+    def forget(self, address: str) -> None:
+        """Close pooled connections to an address that left the endpoints."""
+        for conn in self._idle.pop(address, []):
+            conn.close()
+        self._heads.pop(address, None)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._closing = True
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
         await asyncio.sleep(0)
+
+    def pooled(self) -> dict[str, Any]:
+        return {a: len(c) for a, c in self._idle.items()}

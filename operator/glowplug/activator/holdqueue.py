@@ -46,11 +46,10 @@ class ServiceGone(Exception):
 class Backend:
     """One pod address and the requests in flight on it."""
 
-    __slots__ = ("address", "cooldown_until", "inflight", "ready", "url")
+    __slots__ = ("address", "cooldown_until", "inflight", "ready")
 
     def __init__(self, address: str) -> None:
         self.address = address
-        self.url = f"http://{address}/v1/embeddings"
         self.inflight = 0
         self.ready = True
         self.cooldown_until = 0.0

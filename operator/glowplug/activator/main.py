@@ -65,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="read services and endpoints from this YAML file instead of the Kubernetes API",
     )
     parser.add_argument(
+        "--event-loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="auto: uvloop when it is installed (faster, see docs/benchmarks.md), else asyncio",
+    )
+    parser.add_argument(
         "--log-level", default=os.environ.get("GLOWPLUG_LOG_LEVEL", "INFO"), help="log level"
     )
 
@@ -73,12 +79,14 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
-        import uvloop  # type: ignore[import-not-found]  # optional, faster event loop
+    if args.event_loop != "asyncio":
+        try:
+            import uvloop  # type: ignore[import-not-found]  # optional, faster event loop
 
-        uvloop.install()
-    except ImportError:
-        pass
+            uvloop.install()
+        except ImportError:
+            if args.event_loop == "uvloop":
+                raise
     return asyncio.run(serve(args))
 
 

@@ -209,7 +209,7 @@ class Activator:
                 tu = time.monotonic()
                 completed = False
                 try:
-                    status, body = await self.forwarder.post(b.url, payload, request_timeout)
+                    status, body = await self.forwarder.post(b.address, payload, request_timeout)
                     completed = True
                 except ConnectFailed:
                     state.cool_down(b)

@@ -1,0 +1,1 @@
+"""Benchmarks (``make bench``): they report numbers, they never fail the build."""

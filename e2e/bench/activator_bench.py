@@ -1,0 +1,413 @@
+"""Activator overhead benchmark (``make bench``): direct vs activator vs nginx, one backend.
+
+Targets, all in front of the same canned backend (``e2e.bench.backend``, a test double):
+
+- ``direct``: the backend itself;
+- ``activator``: ``glowplug activator --static-config`` (the real code path), with the
+  event loop it picks by default (uvloop when installed) and with plain asyncio;
+- ``nginx``: nginx as a keep-alive reverse proxy (Debian package; installed with apt if
+  missing and possible, else skipped with a message);
+- ``stack-SERVER-CLIENT-LOOP``: the minimal proxies of ``e2e.bench.stacks`` (aiohttp or
+  httptools server, aiohttp or httptools client), used to choose the HTTP stack.
+
+Load: ``wrk`` (Debian package) in closed loop at concurrency 1, 16 and 64 (one thread,
+one connection per concurrent request) gives the highest rate and the latency
+percentiles at each concurrency; an open-loop Python generator in its own process
+(``--rate``, default 500 req/s) gives latency at a fixed rate. "Added" latency is the
+target's percentile minus the direct percentile of the same run. Everything runs on this
+machine, so the load generator, the proxy and the backend share its cores: the numbers
+are a floor for what a proxy gets on a dedicated core.
+
+Writes ``e2e/bench/results/activator-<UTC time>.json`` and prints a table. Reports only:
+it never fails on a slow result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "e2e" / "bench" / "results"
+BODY = '{"model": "bench", "input": "the quick brown fox"}'
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '%s'
+wrk.headers["Content-Type"] = "application/json"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'JSON {"requests":%%d,"duration_us":%%d,"errors":%%d,"non2xx":%%d,' ..
+    '"p50_us":%%d,"p90_us":%%d,"p99_us":%%d,"max_us":%%d,"mean_us":%%.1f}\\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency.max, latency.mean))
+end
+""" % BODY.replace("'", "\\'")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, limit_s: float = 20) -> None:
+    end = time.monotonic() + limit_s
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+@contextlib.contextmanager
+def process(cmd: list[str], port: int, **kw: Any) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+    try:
+        wait_port(port, proc)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def ensure_nginx() -> str | None:
+    found = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("nginx missing: installing the Debian package (apt-get install nginx-light)")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light"], check=False, env=env)
+        return shutil.which("nginx") or (
+            "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+        )
+    return None
+
+
+def ensure_wrk() -> str | None:
+    found = shutil.which("wrk")
+    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return found
+    print("wrk missing: installing the Debian package")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False, env=env)
+    return shutil.which("wrk")
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  upstream backend {{ server 127.0.0.1:{backend}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=1024;
+    keepalive_requests 1000000;
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
+
+def run_wrk(wrk: str, port: int, conns: int, seconds: float, script: Path) -> dict[str, Any]:
+    out = subprocess.run(
+        [wrk, "-t1", f"-c{conns}", f"-d{seconds:g}s", "-s", str(script),
+         f"http://127.0.0.1:{port}/v1/embeddings"],
+        capture_output=True, text=True, timeout=seconds + 60, check=False,
+    )  # fmt: skip
+    m = re.search(r"^JSON (.*)$", out.stdout, re.M)
+    if not m:
+        raise RuntimeError(f"wrk failed: {out.stdout} {out.stderr}")
+    r: dict[str, Any] = json.loads(m.group(1))
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    return r
+
+
+def run_rate(port: int, rate: float, seconds: float) -> dict[str, Any]:
+    """Open-loop latency at a fixed rate, from a separate process."""
+    out = subprocess.run(
+        [sys.executable, "-m", "e2e.bench.activator_bench", "--rate-worker",
+         str(port), str(rate), str(seconds)],
+        capture_output=True, text=True, cwd=ROOT, timeout=seconds + 60, check=False,
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+async def _rate_worker(port: int, rate: float, seconds: float) -> dict[str, Any]:
+    import aiohttp
+
+    url = f"http://127.0.0.1:{port}/v1/embeddings"
+    data = BODY.encode()
+    headers = {"Content-Type": "application/json"}
+    lat: list[float] = []
+    errors = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+        for _ in range(50):  # warm the pools on both sides
+            async with s.post(url, data=data, headers=headers) as r:
+                await r.read()
+
+        async def one() -> None:
+            nonlocal errors
+            t = time.perf_counter()
+            try:
+                async with s.post(url, data=data, headers=headers) as r:
+                    await r.read()
+                    if r.status != 200:
+                        errors += 1
+                        return
+            except aiohttp.ClientError:
+                errors += 1
+                return
+            lat.append(time.perf_counter() - t)
+
+        n = int(rate * seconds)
+        start = time.perf_counter()
+        tasks = []
+        for i in range(n):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start
+    lat.sort()
+
+    def pct(p: float) -> float:
+        return lat[min(len(lat) - 1, int(p / 100 * len(lat)))] * 1e6 if lat else float("nan")
+
+    return {
+        "rate": rate,
+        "achieved_rps": len(lat) / elapsed,
+        "requests": n,
+        "errors": errors,
+        "p50_us": pct(50),
+        "p90_us": pct(90),
+        "p99_us": pct(99),
+        "max_us": lat[-1] * 1e6 if lat else float("nan"),
+    }
+
+
+def targets(
+    backend_port: int, tmp: Path, nginx: str | None
+) -> list[tuple[str, list[str], int, str]]:
+    """(name, command, port, note) for every proxy target."""
+    py = sys.executable
+    out = []
+    config = tmp / "static.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "services": [
+                    {
+                        "metadata": {"name": "bench", "namespace": "bench"},
+                        "spec": {
+                            "model": {"id": "bench", "source": {"huggingFace": {}}},
+                            "replicas": 1,
+                            "scaling": {"targetConcurrency": 1000},
+                        },
+                        "endpoints": [f"127.0.0.1:{backend_port}"],
+                    }
+                ]
+            }
+        )
+    )
+    glowplug = [py, "-m", "glowplug.cli", "activator", "--host", "127.0.0.1",
+                "--static-config", str(config), "--log-level", "WARNING"]  # fmt: skip
+    have_uvloop = _importable("uvloop")
+    if have_uvloop:
+        p = free_port()
+        out.append(("activator", [*glowplug, "--port", str(p), "--event-loop", "uvloop"], p,
+                    "glowplug activator, uvloop"))  # fmt: skip
+    p = free_port()
+    out.append(("activator-asyncio", [*glowplug, "--port", str(p), "--event-loop", "asyncio"], p,
+                "glowplug activator, asyncio loop"))  # fmt: skip
+    if nginx:
+        p = free_port()
+        (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, backend=backend_port, port=p))
+        out.append(("nginx", [nginx, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)], p,
+                    "nginx 1 worker, keep-alive upstream"))  # fmt: skip
+    backend = f"127.0.0.1:{backend_port}"
+    if not _importable("httptools"):
+        print("httptools not installed: only the aiohttp stack is compared (pip install httptools)")
+    for server in ("aiohttp", "httptools"):
+        for client in ("aiohttp", "httptools"):
+            if "httptools" in (server, client) and not _importable("httptools"):
+                continue
+            for loop in (["uvloop"] if have_uvloop else []) + ["asyncio"]:
+                p = free_port()
+                cmd = [py, "-m", "e2e.bench.stacks", server, client, str(p), backend]
+                if loop == "uvloop":
+                    cmd.append("uvloop")
+                name = f"stack-{server}-{client}-{loop}"
+                out.append(
+                    (name, cmd, p, f"minimal proxy: {server} server, {client} client, {loop}")
+                )
+    return out
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--seconds", type=float, default=5.0, help="duration of each wrk run")
+    ap.add_argument("--concurrency", default="1,16,64")
+    ap.add_argument("--rate", type=float, default=500.0, help="fixed rate for the open-loop run")
+    ap.add_argument("--rate-seconds", type=float, default=8.0)
+    ap.add_argument("--only", default="", help="comma-separated target names (default: all)")
+    ap.add_argument(
+        "--rate-worker", nargs=3, metavar=("PORT", "RATE", "SECONDS"), help=argparse.SUPPRESS
+    )
+    args = ap.parse_args()
+    if args.rate_worker:
+        port, rate, secs = args.rate_worker
+        print(json.dumps(asyncio.run(_rate_worker(int(port), float(rate), float(secs)))))
+        return 0
+
+    wrk = ensure_wrk()
+    if not wrk:
+        print("wrk is not installed and cannot be installed here: no closed-loop numbers")
+    nginx = ensure_nginx()
+    if not nginx:
+        print("nginx is not installed and cannot be installed here: skipping the nginx target")
+    conc = [int(c) for c in args.concurrency.split(",")]
+    only = {s for s in args.only.split(",") if s}
+    results: dict[str, Any] = {
+        "time": datetime.now(UTC).isoformat(),
+        "cpus": os.cpu_count(),
+        "load_before": os.getloadavg(),
+        "python": sys.version.split()[0],
+        "wrk_seconds": args.seconds,
+        "rate": args.rate,
+        "targets": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="glowplug-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        bport = free_port()
+        with process([sys.executable, "-m", "e2e.bench.backend", str(bport)], bport, cwd=ROOT):
+            all_targets = [("direct", [], bport, "the backend itself")]
+            all_targets += targets(bport, tmp, nginx)
+            for name, cmd, port, note in all_targets:
+                if only and name not in only and name != "direct":
+                    continue
+                print(f"-- {name}: {note}", flush=True)
+                ctx = process(cmd, port, cwd=ROOT) if cmd else contextlib.nullcontext()
+                with ctx:
+                    entry: dict[str, Any] = {"note": note, "wrk": {}}
+                    if wrk:
+                        script = tmp / "post.lua"
+                        script.write_text(WRK_SCRIPT)
+                        run_wrk(wrk, port, 4, 1, script)  # warm-up
+                        for c in conc:
+                            entry["wrk"][str(c)] = run_wrk(wrk, port, c, args.seconds, script)
+                    try:
+                        entry["rate"] = run_rate(port, args.rate, args.rate_seconds)
+                    except (RuntimeError, subprocess.TimeoutExpired) as err:
+                        print(f"   open-loop run failed: {err}")
+                        entry["rate"] = {"error": str(err)[-500:]}
+                    results["targets"][name] = entry
+    add_deltas(results)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"activator-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+    print(f"\nwrote {path.relative_to(ROOT)}")
+    return 0
+
+
+def add_deltas(results: dict[str, Any]) -> None:
+    direct = results["targets"].get("direct")
+    if not direct:
+        return
+    for entry in results["targets"].values():
+        for c, r in entry["wrk"].items():
+            d = direct["wrk"].get(c)
+            if d:
+                r["added_p50_us"] = r["p50_us"] - d["p50_us"]
+                r["added_p99_us"] = r["p99_us"] - d["p99_us"]
+        r = entry["rate"]
+        d = direct["rate"]
+        if "error" in r or "error" in d:
+            continue
+        r["added_p50_us"] = r["p50_us"] - d["p50_us"]
+        r["added_p99_us"] = r["p99_us"] - d["p99_us"]
+
+
+def print_table(results: dict[str, Any]) -> None:
+    conc = sorted({int(c) for e in results["targets"].values() for c in e["wrk"]})
+    print("\nclosed loop (wrk): requests/s, p50 / p99 ms, added p50 / p99 ms vs direct")
+    print(
+        f"{'target':24} {'conc':>4} {'req/s':>8} {'p50':>7} {'p99':>7} {'+p50':>7} {'+p99':>7} {'err':>4}"
+    )
+    for name, e in results["targets"].items():
+        for c in conc:
+            r = e["wrk"].get(str(c))
+            if not r:
+                continue
+            print(
+                f"{name:24} {c:>4} {r['rps']:>8.0f} {r['p50_us'] / 1e3:>7.2f} {r['p99_us'] / 1e3:>7.2f}"
+                f" {r.get('added_p50_us', 0) / 1e3:>7.2f} {r.get('added_p99_us', 0) / 1e3:>7.2f}"
+                f" {r['errors'] + r['non2xx']:>4}"
+            )
+    print(f"\nopen loop at {results['rate']:g} req/s: p50 / p99 ms, added p50 / p99 ms vs direct")
+    print(f"{'target':24} {'req/s':>8} {'p50':>7} {'p99':>7} {'+p50':>7} {'+p99':>7} {'err':>4}")
+    for name, e in results["targets"].items():
+        r = e["rate"]
+        if "error" in r:
+            print(f"{name:24} failed")
+            continue
+        print(
+            f"{name:24} {r['achieved_rps']:>8.0f} {r['p50_us'] / 1e3:>7.2f} {r['p99_us'] / 1e3:>7.2f}"
+            f" {r['added_p50_us'] / 1e3:>7.2f} {r['added_p99_us'] / 1e3:>7.2f} {r['errors']:>4}"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
