@@ -610,6 +610,12 @@ class Cluster:
 
         for line in sweep_recorded(self.agent_dir):
             self.log(line)
+        # A killed agent could not put net.ipv4.ip_forward back either.
+        saved = self.agent_dir / "ip_forward.before"
+        if saved.exists():
+            Path("/proc/sys/net/ipv4/ip_forward").write_text(saved.read_text().strip() + "\n")
+            saved.unlink()
+            self.log("restored net.ipv4.ip_forward")
 
 
 def code_version() -> str:
