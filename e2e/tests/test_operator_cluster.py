@@ -160,7 +160,23 @@ def test_operator_renders_owned_deployment_and_service_and_follows_replicas(
     events = cluster.kubectl(
         "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=rendered"
     ).stdout
-    assert "Created" in events
+    assert "Created" in events and "Scaled" in events
+
+    # kopf guards the autoscaler's per-object daemon with a finalizer under our name; with
+    # the operator running, a delete completes and the owned objects are collected.
+    def finalizers() -> list[str]:
+        return list(get(cluster, "embsvc", "rendered", namespace)["metadata"].get("finalizers", []))
+
+    assert wait_for(finalizers, 30, what="kopf's finalizer") == ["glowplug.dev/finalizer"]
+    cluster.kubectl("delete", "embsvc", "rendered", "-n", namespace, "--wait=false")
+
+    def collected() -> bool:
+        left = cluster.kubectl(
+            "get", "embsvc,deployment,service", "-n", namespace, "-o", "name", check=False
+        ).stdout.split()
+        return not [x for x in left if x.endswith("/rendered")]
+
+    wait_for(collected, 60, what="the EmbeddingService, Deployment and Service gone")
 
 
 def test_missing_secret_fails_then_recovers(

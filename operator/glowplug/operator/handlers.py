@@ -10,8 +10,10 @@ included, which is the "resume") is reconciled at once, idempotently, with serve
 apply. Events of a generation already applied (our own status writes, the ledger's) are
 skipped without an API call.
 
-Deletion needs no handler and no finalizer: the Deployment and Service carry an owner
-reference to the EmbeddingService, so the garbage collector removes them.
+Deletion needs no handler: the Deployment and Service carry an owner reference to the
+EmbeddingService, so the garbage collector removes them. (kopf still adds its finalizer,
+named ``FINALIZER`` here, because the autoscaler runs one kopf daemon per object and kopf
+stops daemons before it lets the object go.)
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from glowplug.operator.kube import Kube, new_api_client
 
 log = logging.getLogger(__name__)
 
+# kopf's finalizer on EmbeddingServices (for the autoscaler's per-object daemon), under
+# our own name so `kubectl get -o yaml` says whose it is.
+FINALIZER = "glowplug.dev/finalizer"
 # How often a Secret that is missing is looked for again (no watch on Secrets: the
 # operator needs only `get` on them).
 SECRET_RECHECK_SECONDS = 5.0
@@ -361,6 +366,7 @@ def register() -> None:
             prefix="glowplug.dev"
         )
         settings.posting.level = logging.INFO
+        settings.persistence.finalizer = FINALIZER
         # kopf waits this long after an event for more before handling the latest; its
         # 0.1 s default would be added to every wake.
         settings.batching.batch_window = 0.01
