@@ -47,18 +47,18 @@ RESULTS = ROOT / "e2e" / "bench" / "results"
 BODY = '{"model": "bench", "input": "the quick brown fox"}'
 WRK_SCRIPT = """
 wrk.method = "POST"
-wrk.body = '%s'
+wrk.body = '@BODY@'
 wrk.headers["Content-Type"] = "application/json"
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
-    'JSON {"requests":%%d,"duration_us":%%d,"errors":%%d,"non2xx":%%d,' ..
-    '"p50_us":%%d,"p90_us":%%d,"p99_us":%%d,"max_us":%%d,"mean_us":%%.1f}\\n',
+    'JSON {"requests":%d,"duration_us":%d,"errors":%d,"non2xx":%d,' ..
+    '"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f}\\n',
     summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
     latency:percentile(50), latency:percentile(90), latency:percentile(99),
     latency.max, latency.mean))
 end
-""" % BODY.replace("'", "\\'")
+""".replace("@BODY@", BODY.replace("'", "\\'"))
 
 
 def free_port() -> int:
@@ -383,28 +383,29 @@ def add_deltas(results: dict[str, Any]) -> None:
 def print_table(results: dict[str, Any]) -> None:
     conc = sorted({int(c) for e in results["targets"].values() for c in e["wrk"]})
     print("\nclosed loop (wrk): requests/s, p50 / p99 ms, added p50 / p99 ms vs direct")
-    print(
-        f"{'target':24} {'conc':>4} {'req/s':>8} {'p50':>7} {'p99':>7} {'+p50':>7} {'+p99':>7} {'err':>4}"
-    )
+    cols = f"{'req/s':>8} {'p50':>7} {'p99':>7} {'+p50':>7} {'+p99':>7} {'err':>4}"
+    print(f"{'target':32} {'conc':>4} {cols}")
     for name, e in results["targets"].items():
         for c in conc:
             r = e["wrk"].get(str(c))
             if not r:
                 continue
             print(
-                f"{name:24} {c:>4} {r['rps']:>8.0f} {r['p50_us'] / 1e3:>7.2f} {r['p99_us'] / 1e3:>7.2f}"
+                f"{name:32} {c:>4} {r['rps']:>8.0f} {r['p50_us'] / 1e3:>7.2f}"
+                f" {r['p99_us'] / 1e3:>7.2f}"
                 f" {r.get('added_p50_us', 0) / 1e3:>7.2f} {r.get('added_p99_us', 0) / 1e3:>7.2f}"
                 f" {r['errors'] + r['non2xx']:>4}"
             )
     print(f"\nopen loop at {results['rate']:g} req/s: p50 / p99 ms, added p50 / p99 ms vs direct")
-    print(f"{'target':24} {'req/s':>8} {'p50':>7} {'p99':>7} {'+p50':>7} {'+p99':>7} {'err':>4}")
+    print(f"{'target':32} {cols}")
     for name, e in results["targets"].items():
         r = e["rate"]
         if "error" in r:
-            print(f"{name:24} failed")
+            print(f"{name:32} failed")
             continue
         print(
-            f"{name:24} {r['achieved_rps']:>8.0f} {r['p50_us'] / 1e3:>7.2f} {r['p99_us'] / 1e3:>7.2f}"
+            f"{name:32} {r['achieved_rps']:>8.0f} {r['p50_us'] / 1e3:>7.2f}"
+            f" {r['p99_us'] / 1e3:>7.2f}"
             f" {r['added_p50_us'] / 1e3:>7.2f} {r['added_p99_us'] / 1e3:>7.2f} {r['errors']:>4}"
         )
 
