@@ -102,6 +102,12 @@ def cached_bin_dir() -> Path | None:
     return bin_dir if all((bin_dir / b).exists() for b in BINARIES) else None
 
 
+def _first_host(cidr: str) -> str:
+    import ipaddress
+
+    return str(next(ipaddress.ip_network(cidr).hosts()))
+
+
 @dataclass
 class Config:
     """Addresses and ports of the test bed. Defaults suit one cluster per machine."""
@@ -110,9 +116,11 @@ class Config:
     etcd_port: int = int(os.environ.get("GLOWPLUG_ETCD_PORT", "23790"))
     apiserver_port: int = int(os.environ.get("GLOWPLUG_APISERVER_PORT", "6443"))
     # The host end of every pod's veth carries this address; pods reach the API server here.
-    host_ip: str = "10.244.0.1"
-    pod_cidr: str = "10.244.0.0/16"
+    pod_cidr: str = os.environ.get("GLOWPLUG_POD_CIDR", "10.244.0.0/16")
+    host_ip: str = _first_host(os.environ.get("GLOWPLUG_POD_CIDR", "10.244.0.0/16"))
     service_cidr: str = "10.96.0.0/16"
+    controller_manager_port: int = int(os.environ.get("GLOWPLUG_CONTROLLER_MANAGER_PORT", "10257"))
+    scheduler_port: int = int(os.environ.get("GLOWPLUG_SCHEDULER_PORT", "10259"))
     node_name: str = os.environ.get("GLOWPLUG_NODE_NAME", "glowplug-testbed")
     # Base of the crash-loop back-off (the kubelet uses 10 s, doubling up to 5 min).
     backoff_base: float = float(os.environ.get("GLOWPLUG_AGENT_BACKOFF_BASE", "10"))
@@ -372,7 +380,7 @@ class Cluster:
         t0 = time.monotonic()
         pki = ensure_pki(
             self.state_dir / "pki",
-            ip_sans=["127.0.0.1", cfg.host_ip, _first_service_ip(cfg.service_cidr)],
+            ip_sans=["127.0.0.1", cfg.host_ip, _first_host(cfg.service_cidr)],
             dns_sans=[
                 "localhost",
                 "kubernetes",
@@ -491,7 +499,7 @@ class Cluster:
                         f"--service-cluster-ip-range={cfg.service_cidr}",
                         "--controllers=*",
                         "--bind-address=127.0.0.1",
-                        "--secure-port=10257",
+                        f"--secure-port={cfg.controller_manager_port}",
                         "--profiling=false",
                         "--v=1",
                     ],
@@ -506,7 +514,7 @@ class Cluster:
                         f"--kubeconfig={self.state_dir / 'scheduler.kubeconfig'}",
                         "--leader-elect=false",
                         "--bind-address=127.0.0.1",
-                        "--secure-port=10259",
+                        f"--secure-port={cfg.scheduler_port}",
                         "--profiling=false",
                         "--v=1",
                     ],
@@ -628,12 +636,6 @@ def code_version() -> str:
             if f.suffix in (".py", ".yaml", ".sh"):
                 h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
-
-
-def _first_service_ip(cidr: str) -> str:
-    import ipaddress
-
-    return str(next(ipaddress.ip_network(cidr).hosts()))
 
 
 def _my_start() -> int:
