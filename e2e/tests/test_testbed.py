@@ -180,6 +180,73 @@ def test_service_account_token_works_inside_a_pod(cluster: Cluster, namespace: s
     assert f"USER=system:serviceaccount:{namespace}:default NS={namespace}" in text
 
 
+def test_init_container_volumes_and_env(cluster: Cluster, namespace: str) -> None:
+    cluster.kubectl(
+        "create", "secret", "generic", "creds", "-n", namespace, "--from-literal=token=s3cret"
+    )
+    mount = "/run/glowplug-testbed/shared"  # a mount point; bound only inside the pod
+    writer = f"open({mount + '/greeting'!r}, 'w').write('hello from init')"
+    reader = (
+        "import os\n"
+        f"print('GREETING=' + open({mount + '/greeting'!r}).read())\n"
+        "e = os.environ\n"
+        "print('TOKEN=' + e['HF_TOKEN'] + ' POD=' + e['POD'] + ' IP=' + e['IP'])\n"
+    )
+    apply(cluster, namespace, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "volumes"},
+        "spec": {
+            "restartPolicy": "Never",
+            "volumes": [{"name": "shared", "emptyDir": {}}],
+            "initContainers": [{"name": "init", "image": PROBE_IMAGE, "args": ["-c", writer],
+                                "volumeMounts": [{"name": "shared", "mountPath": mount}]}],
+            "containers": [{
+                "name": "main", "image": PROBE_IMAGE, "args": ["-c", reader],
+                "volumeMounts": [{"name": "shared", "mountPath": mount, "readOnly": True}],
+                "env": [
+                    {"name": "HF_TOKEN",
+                     "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+                    {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                ],
+            }],
+        },
+    })  # fmt: skip
+    p = wait_for(
+        lambda: (
+            (q := pod(cluster, namespace, "volumes"))["status"].get("phase")
+            in ("Succeeded", "Failed")
+            and q
+        ),
+        60,
+        what="the pod to finish",
+    )
+    out = cluster.pod_logs(namespace, "volumes")
+    assert p["status"]["phase"] == "Succeeded", out
+    assert "GREETING=hello from init" in out
+    assert f"TOKEN=s3cret POD=volumes IP={p['status']['podIP']}" in out
+    assert p["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+
+
+def test_missing_secret_is_a_create_container_config_error(
+    cluster: Cluster, namespace: str
+) -> None:
+    apply(cluster, namespace, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nosecret"},
+        "spec": {"containers": [{
+            "name": "engine", "image": STANDIN_IMAGE,
+            "env": [{"name": "HF_TOKEN",
+                     "valueFrom": {"secretKeyRef": {"name": "absent", "key": "token"}}}],
+        }]},
+    })  # fmt: skip
+
+    def waiting() -> dict[str, Any] | None:
+        cs = pod(cluster, namespace, "nosecret")["status"].get("containerStatuses") or [{}]
+        w = cs[0].get("state", {}).get("waiting", {})
+        return w if w.get("reason") == "CreateContainerConfigError" else None
+
+    assert 'secret "absent" not found' in wait_for(waiting, 30, what="the config error")["message"]
+
+
 def test_crashing_container_shows_crash_loop_back_off(cluster: Cluster, namespace: str) -> None:
     apply(cluster, namespace, {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "crasher"},
