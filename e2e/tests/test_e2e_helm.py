@@ -51,6 +51,17 @@ IDLE_TIMEOUT_S = 15
 GLOWPLUG_KINDS = "deployments,services,serviceaccounts,roles,rolebindings,poddisruptionbudgets"
 
 
+def chart_values(**extra: Any) -> dict[str, Any]:
+    """Values for the suite's releases; ``GLOWPLUG_E2E_IMAGE`` (repo:tag) picks the image
+    (kind: the image `make image` built and `make kind-load` loaded)."""
+    values: dict[str, Any] = dict(extra)
+    image = os.environ.get("GLOWPLUG_E2E_IMAGE", "")
+    if image:
+        repo, _, tag = image.rpartition(":")
+        values["image"] = {"repository": repo, "tag": tag}
+    return values
+
+
 @pytest.fixture
 def kube(request: pytest.FixtureRequest) -> Kube:
     if EXTERNAL:
@@ -249,7 +260,7 @@ def test_helm_install_wake_idle_upgrade_uninstall(kube: Kube, namespaces: tuple[
     with diagnose_on_failure(kube, namespaces):
         release_ns, app_ns = namespaces
         release, name = "gp", "qwen3-small"
-        values: dict[str, Any] = {"watchNamespaces": [app_ns]}
+        values = chart_values(watchNamespaces=[app_ns])
         activators = Activators(kube, release_ns, release)
         try:
             install_chart(kube, release, release_ns, values)
@@ -275,7 +286,9 @@ def test_helm_install_wake_idle_upgrade_uninstall(kube: Kube, namespaces: tuple[
             wait_until(activators.refresh, 60, "ready activator endpoints")
             models = [m.id for m in activators.client().models.list().data]
             assert name in models
+            started = time.monotonic()
             vector = embed(activators, name, "hello from the helm suite", timeout=WAKE_TIMEOUT)
+            print(f"first request (woke the service): {time.monotonic() - started:.1f} s")
             assert len(vector) > 0
             obj = embsvc(kube, app_ns, name)
             assert obj["spec"]["replicas"] >= 1
@@ -294,11 +307,15 @@ def test_helm_install_wake_idle_upgrade_uninstall(kube: Kube, namespaces: tuple[
             with Traffic(activators, name) as traffic:
                 install_chart(kube, release, release_ns, values, upgrade=True)
                 time.sleep(3)  # and a little traffic on the new pods alone
+            print(
+                f"helm upgrade under traffic: {traffic.ok} requests, {len(traffic.errors)} errors"
+            )
             assert not traffic.errors, traffic.errors[:5]
             assert traffic.ok > 0
             new_pods = {
                 p["metadata"]["uid"]
                 for p in kube.items("pods", "-n", release_ns, "-l", "app.kubernetes.io/instance=gp")
+                if not p["metadata"].get("deletionTimestamp")  # old ones may still drain
             }
             assert not old_pods & new_pods, "helm upgrade did not roll the pods"
 
@@ -314,6 +331,10 @@ def test_helm_install_wake_idle_upgrade_uninstall(kube: Kube, namespaces: tuple[
             )
             status = wait_until(
                 lambda: status_in_phase(kube, app_ns, name, "Idle"), 60, "phase Idle"
+            )
+            print(
+                f"ledger: gpuSeconds {status['gpuSeconds']:.1f},"
+                f" baselineGpuSeconds {status['baselineGpuSeconds']:.1f}"
             )
             assert status["gpuSeconds"] > 0
             assert status["baselineGpuSeconds"] > status["gpuSeconds"]
@@ -339,7 +360,7 @@ def test_helm_cluster_wide_install(kube: Kube, namespaces: tuple[str, str]) -> N
         release, name = "gpc", "minilm"
         activators = Activators(kube, release_ns, release)
         try:
-            install_chart(kube, release, release_ns, {})
+            install_chart(kube, release, release_ns, chart_values())
             assert kube.get("clusterkopfpeering", "glowplug") is not None
             kube.apply(example_service(name, app_ns, engine=ENGINE))
             wait_until(
