@@ -464,6 +464,7 @@ def test_ledger_matches_scripted_pod_lifetimes_across_an_operator_kill(
 
     expected = sum(r["gone"] - r["bound"] for r in seen.values())
     status = obj(cluster, namespace)["status"]
+    print(f"ledger: gpuSeconds {status['gpuSeconds']} vs pod lifetimes {expected:.2f}")
     assert status["gpuSeconds"] == pytest.approx(expected, rel=0.02), (status, seen)
     # The baseline: one always-on replica since creation, plus what ran above it.
     meta = obj(cluster, namespace)["metadata"]
