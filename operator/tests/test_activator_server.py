@@ -325,3 +325,53 @@ async def test_body_limits() -> None:
         assert status == 413 and "1000 bytes" in body["error"]["message"]
         status, body, _ = await post(s, h.url, emb(inp=["a", "b", "c", "d"]))
         assert status == 400 and "at most 3" in body["error"]["message"]
+
+
+async def test_forwarder_reads_chunked_answers_and_times_out() -> None:
+    from aiohttp import web
+
+    from glowplug.activator.forwarder import ConnectFailed, Forwarder, UpstreamTimeout
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for part in (b'{"object": "list", ', b'"data": []}'):
+            await resp.write(part)
+        await resp.write_eof()
+        return resp
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/v1/embeddings", chunked)
+    app.router.add_post("/slow/v1/embeddings", slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    address = f"127.0.0.1:{runner.addresses[0][1]}"
+    fwd = Forwarder(connect_timeout=1)
+    try:
+        for _ in range(3):  # the second and third reuse the pooled connection
+            status, body = await fwd.post(address, b"{}", 5)
+            assert status == 200 and json.loads(body) == {"object": "list", "data": []}
+        assert fwd.pooled() == {address: 1}
+        await runner.cleanup()
+        await asyncio.sleep(0.1)  # let the client see the server close its idle connection
+        with pytest.raises(ConnectFailed):
+            await fwd.post(address, b"{}", 5)
+    finally:
+        await fwd.close()
+        await runner.cleanup()
+    # a backend that never answers: the request timeout (spec.engine.requestTimeout)
+    async with engines(1) as (e,):
+        e.gate = asyncio.Event()
+        fwd = Forwarder()
+        try:
+            with pytest.raises(UpstreamTimeout):
+                await fwd.post(e.address, b'{"model": "m", "input": "x"}', 0.2)
+        finally:
+            e.gate.set()
+            await fwd.close()

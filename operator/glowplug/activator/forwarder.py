@@ -134,6 +134,7 @@ class Forwarder:
         self._idle: dict[str, list[_Connection]] = {}
         self._heads: dict[str, bytes] = {}
         self._closing = False
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def _head(self, address: str) -> bytes:
         head = self._heads.get(address)
@@ -173,8 +174,29 @@ class Forwarder:
             raise ConnectFailed(f"connect to {address}: {err.strerror or err}") from None
         return conn
 
+    def _sweep(self) -> None:
+        """Close idle connections past IDLE_SECONDS, including those to pods that left."""
+        limit = time.monotonic() - IDLE_SECONDS
+        for address in list(self._idle):
+            keep = []
+            for conn in self._idle[address]:
+                if conn.closed or conn.idle_since <= limit:
+                    conn.close()
+                else:
+                    keep.append(conn)
+            if keep:
+                self._idle[address] = keep
+            else:
+                del self._idle[address]
+                self._heads.pop(address, None)
+        self._sweeper = None
+        if self._idle and not self._closing:
+            self._sweeper = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._sweep)
+
     async def post(self, address: str, body: bytes, limit_s: float) -> tuple[int, bytes]:
         """Send one request; return (status, body) or raise an UpstreamError."""
+        if self._sweeper is None and not self._closing:
+            self._sweeper = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._sweep)
         data = self._head(address) + str(len(body)).encode() + b"\r\n\r\n" + body
         conn = self._pooled(address) or await self._connect(address)
         try:
@@ -195,14 +217,10 @@ class Forwarder:
         conn.close()
         return status, payload
 
-    def forget(self, address: str) -> None:
-        """Close pooled connections to an address that left the endpoints."""
-        for conn in self._idle.pop(address, []):
-            conn.close()
-        self._heads.pop(address, None)
-
     async def close(self) -> None:
         self._closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for conns in self._idle.values():
             for conn in conns:
                 conn.close()
