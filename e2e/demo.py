@@ -33,7 +33,10 @@ RELEASE = "glowplug"
 RELEASE_NS = "glowplug-system"
 APP_NS = "glowplug-demo"
 SERVICE = "qwen3-small"
-IDLE_TIMEOUT_S = 30
+IDLE_TIMEOUT_S = 15
+# After scale to zero the demo waits this long so the ledger (checkpointed into status
+# about every 10 s) shows the always-on baseline growing while glowplug holds nothing.
+SHOW_ZERO_S = 30
 
 
 class Clock:
@@ -133,12 +136,20 @@ def report_changes(clock: Clock, before: dict[str, str], after: dict[str, str]) 
             clock.say(f"{key}: {old} -> {new}")
 
 
-def watch_until(kube: Kube, clock: Clock, done: threading.Event | None, stop_when: Any) -> None:
-    state: dict[str, str] = {}
+def watch_until(
+    kube: Kube,
+    clock: Clock,
+    state: dict[str, str],
+    done: threading.Event | None,
+    stop_when: Any,
+) -> None:
+    """Print every change until ``done`` is set or ``stop_when(state)``; ``state`` is
+    updated in place so the next watch continues where this one stopped."""
     while True:
         new = snapshot(kube)
         report_changes(clock, state, new)
-        state = new
+        state.clear()
+        state.update(new)
         if (done is not None and done.is_set()) or (stop_when is not None and stop_when(state)):
             return
         time.sleep(0.5)
@@ -169,6 +180,8 @@ def main() -> int:
     wait_until(lambda: kube.get("deployment", SERVICE, "-n", APP_NS), 60, "the engine Deployment")
     clock.say("the operator rendered its Deployment at 0 replicas: no GPU held")
 
+    state = snapshot(kube)
+    clock.say(f"replicas {state['replicas']}, phase {state['phase']}")
     url, forward = base_url(kube, on_testbed)
     client = OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=900)
     clock.say(f"activator at {url}; models: {[m.id for m in client.models.list().data]}")
@@ -188,7 +201,7 @@ def main() -> int:
 
     clock.say(f'POST /v1/embeddings model="{SERVICE}" (held by the activator while it wakes)')
     threading.Thread(target=request, daemon=True).start()
-    watch_until(kube, clock, done, None)
+    watch_until(kube, clock, state, done, None)
     if "error" in result:
         clock.say(f"request failed: {result['error']}")
         return 1
@@ -203,9 +216,12 @@ def main() -> int:
     watch_until(
         kube,
         clock,
+        state,
         None,
         lambda s: s["replicas"] == "0" and s["phase"] == "Idle" and len(s) == 2,
     )
+    clock.say(f"at zero: no GPU held; watching the ledger for {SHOW_ZERO_S}s ...")
+    time.sleep(SHOW_ZERO_S)
     if forward is not None:
         forward.terminate()
 
