@@ -121,6 +121,8 @@ class Config:
     service_cidr: str = "10.96.0.0/16"
     controller_manager_port: int = int(os.environ.get("GLOWPLUG_CONTROLLER_MANAGER_PORT", "10257"))
     scheduler_port: int = int(os.environ.get("GLOWPLUG_SCHEDULER_PORT", "10259"))
+    # The agent's log endpoint (what the kubelet serves on 10250), for `kubectl logs`.
+    kubelet_port: int = int(os.environ.get("GLOWPLUG_KUBELET_PORT", "10250"))
     node_name: str = os.environ.get("GLOWPLUG_NODE_NAME", "glowplug-testbed")
     # Base of the crash-loop back-off (the kubelet uses 10 s, doubling up to 5 min).
     backoff_base: float = float(os.environ.get("GLOWPLUG_AGENT_BACKOFF_BASE", "10"))
@@ -475,6 +477,10 @@ class Cluster:
                         f"--service-cluster-ip-range={cfg.service_cidr}",
                         # The advertise address is not a real node of a real network.
                         "--endpoint-reconciler-type=none",
+                        # kubectl logs: the API server calls the agent's log endpoint.
+                        f"--kubelet-client-certificate={pki.kubelet_client_crt}",
+                        f"--kubelet-client-key={pki.kubelet_client_key}",
+                        "--kubelet-preferred-address-types=InternalIP",
                         "--allow-privileged=true",
                         "--profiling=false",
                         "--v=1",
@@ -538,6 +544,10 @@ class Cluster:
                         f"--pod-cidr={cfg.pod_cidr}",
                         f"--api-port={cfg.apiserver_port}",
                         f"--backoff-base={cfg.backoff_base}",
+                        f"--kubelet-port={cfg.kubelet_port}",
+                        f"--serving-cert={pki.apiserver_crt}",
+                        f"--serving-key={pki.apiserver_key}",
+                        f"--client-ca={pki.ca_crt}",
                     ],
                     logs / "node-agent.log",
                     env=env,

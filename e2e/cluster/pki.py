@@ -44,6 +44,15 @@ class Pki:
         return self.dir / "sa.pub"
 
     @property
+    def kubelet_client_crt(self) -> Path:
+        """The API server's client certificate towards the node agent (kubectl logs)."""
+        return self.dir / "kubelet-client.crt"
+
+    @property
+    def kubelet_client_key(self) -> Path:
+        return self.dir / "kubelet-client.key"
+
+    @property
     def sans_file(self) -> Path:
         return self.dir / "apiserver.sans"
 
@@ -63,6 +72,7 @@ def ensure_pki(directory: Path, ip_sans: list[str], dns_sans: list[str]) -> Pki:
             "-days", "3650", "-subj", "/CN=glowplug-testbed-ca", "-out", str(pki.ca_crt),
         )  # fmt: skip
         pki.apiserver_crt.unlink(missing_ok=True)
+        pki.kubelet_client_crt.unlink(missing_ok=True)
     sans = ",".join([f"IP:{ip}" for ip in ip_sans] + [f"DNS:{d}" for d in dns_sans])
     # A serving certificate is remade whenever the wanted names change.
     if (
@@ -89,9 +99,27 @@ def ensure_pki(directory: Path, ip_sans: list[str], dns_sans: list[str]) -> Pki:
             "-out", str(pki.apiserver_crt),
         )  # fmt: skip
         pki.sans_file.write_text(sans)
+    if not pki.kubelet_client_crt.exists():
+        csr = directory / "kubelet-client.csr"
+        ext = directory / "kubelet-client.ext"
+        ext.write_text(
+            "basicConstraints=CA:FALSE\n"
+            "keyUsage=digitalSignature,keyEncipherment\n"
+            "extendedKeyUsage=clientAuth\n"
+        )
+        _openssl("genrsa", "-out", str(pki.kubelet_client_key), "2048")
+        _openssl(
+            "req", "-new", "-key", str(pki.kubelet_client_key),
+            "-subj", "/O=system:masters/CN=kube-apiserver-kubelet-client", "-out", str(csr),
+        )  # fmt: skip
+        _openssl(
+            "x509", "-req", "-in", str(csr), "-CA", str(pki.ca_crt), "-CAkey", str(pki.ca_key),
+            "-CAcreateserial", "-days", "3650", "-sha256", "-extfile", str(ext),
+            "-out", str(pki.kubelet_client_crt),
+        )  # fmt: skip
     if not (pki.sa_key.exists() and pki.sa_pub.exists()):
         _openssl("genrsa", "-out", str(pki.sa_key), "2048")
         _openssl("rsa", "-in", str(pki.sa_key), "-pubout", "-out", str(pki.sa_pub))
-    for key in (pki.ca_key, pki.apiserver_key, pki.sa_key):
+    for key in (pki.ca_key, pki.apiserver_key, pki.sa_key, pki.kubelet_client_key):
         key.chmod(0o600)
     return pki

@@ -25,6 +25,7 @@ import aiohttp
 from e2e.node import netns
 from e2e.node.api import Api, ApiError
 from e2e.node.images import REPO, ImageMap
+from e2e.node.logserver import LogServer
 from e2e.node.pod import PodRunner, now_rfc3339
 
 log = logging.getLogger("node-agent")
@@ -48,6 +49,17 @@ class Agent:
         self.memory: str = args.memory
         self.gpus: int = args.gpus
         self.labels = dict(kv.split("=", 1) for kv in args.node_label)
+        self.kubelet_port: int = args.kubelet_port if args.serving_cert else 0
+        self.log_server: LogServer | None = None
+        if args.serving_cert:
+            self.log_server = LogServer(
+                self.state_dir / "pods",
+                args.kubelet_port,
+                args.serving_cert,
+                args.serving_key,
+                args.client_ca,
+                self.container_running,
+            )
         self.pods: dict[str, PodRunner] = {}
         self._probe_session: aiohttp.ClientSession | None = None
         self._ip_forward_before: str | None = None
@@ -67,6 +79,12 @@ class Agent:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def container_running(self, namespace: str, pod: str, container: str) -> bool:
+        for r in self.pods.values():
+            if r.namespace == namespace and r.name == pod:
+                return r.container_running(container)
+        return False
 
     def forget(self, uid: str) -> None:
         self.pods.pop(uid, None)
@@ -111,7 +129,7 @@ class Agent:
                 {"type": "InternalIP", "address": self.host_ip},
                 {"type": "Hostname", "address": self.node_name},
             ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
             "nodeInfo": {
                 "machineID": "glowplug-testbed",
                 "systemUUID": "glowplug-testbed",
@@ -288,6 +306,8 @@ class Agent:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         await self.register()
+        if self.log_server is not None:
+            await self.log_server.start()
         tasks = [asyncio.create_task(self.heartbeat()), asyncio.create_task(self.watch_pods())]
         await stop.wait()
         log.info("stopping: %d pods", len(self.pods))
@@ -298,6 +318,8 @@ class Agent:
         )
         for line in netns.sweep_recorded(self.state_dir):
             log.info(line)
+        if self.log_server is not None:
+            await self.log_server.stop()
         if self._probe_session is not None:
             await self._probe_session.close()
         await self.api.close()
@@ -334,6 +356,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--api-port", type=int, default=6443)
     p.add_argument("--backoff-base", type=float, default=10.0, help="crash-loop back-off base (s)")
     p.add_argument("--image-map", default=None, help="image map YAML (default: images.yaml)")
+    p.add_argument("--kubelet-port", type=int, default=10250, help="log endpoint port")
+    p.add_argument(
+        "--serving-cert", default=None, help="TLS cert of the log endpoint (off if unset)"
+    )
+    p.add_argument("--serving-key", default=None)
+    p.add_argument("--client-ca", default=None, help="CA of the API server's client certificate")
     # Fake capacity: the operator asks for GPUs and may ask for more CPU than this machine has.
     p.add_argument("--cpu", default=os.environ.get("GLOWPLUG_NODE_CPU", "64"))
     p.add_argument("--memory", default=os.environ.get("GLOWPLUG_NODE_MEMORY", "512Gi"))

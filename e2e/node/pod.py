@@ -169,6 +169,9 @@ class PodRunner:
     def ident(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    def container_running(self, name: str) -> bool:
+        return any(c.name == name and _alive(c) for c in self.init_containers + self.containers)
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:

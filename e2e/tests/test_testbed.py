@@ -174,8 +174,8 @@ def test_service_account_token_works_inside_a_pod(cluster: Cluster, namespace: s
         60,
         what="the pod to finish",
     )
-    logs = list((cluster.agent_dir / "pods").glob(f"{namespace}_whoami_*/probe.log"))
-    text = logs[0].read_text() if logs else ""
+    # kubectl logs goes API server -> the agent's log endpoint (client certificate).
+    text = cluster.kubectl("logs", "whoami", "-n", namespace).stdout
     assert p["status"]["phase"] == "Succeeded", text
     assert f"USER=system:serviceaccount:{namespace}:default NS={namespace}" in text
 
