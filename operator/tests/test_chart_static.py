@@ -424,3 +424,27 @@ def test_rendered_args_parse_with_the_real_commands(sets: tuple[str, ...]) -> No
         assert (getattr(args, "namespace", None) or getattr(args, "namespaces", None) or []) == (
             ["search", "team-b"] if sets else []
         )
+
+
+def test_promtool_check_metrics_on_the_exposition() -> None:
+    """The activator's and the operator's /metrics pass `promtool check metrics` (lint)."""
+    from prometheus_client import REGISTRY, generate_latest
+
+    from glowplug.activator.metrics import Metrics
+    from glowplug.operator import handlers, servicemetrics
+
+    activator = Metrics()
+    activator.service("search", "qwen3")
+    # Children in the operator's global collectors, removed again for the other tests.
+    handlers.REPLICAS.labels("t-promtool", "qwen3", "desired").set(1)
+    servicemetrics.GPU_SECONDS.labels("t-promtool", "qwen3", "L4").inc(0)
+    try:
+        expositions = (activator.render(), generate_latest(REGISTRY))
+    finally:
+        handlers.REPLICAS.remove("t-promtool", "qwen3", "desired")
+        servicemetrics.GPU_SECONDS.remove("t-promtool", "qwen3", "L4")
+    for exposition in expositions:
+        out = subprocess.run(
+            [promtool(), "check", "metrics"], input=exposition, capture_output=True, timeout=60
+        )
+        assert out.returncode == 0, (out.stdout + out.stderr).decode()

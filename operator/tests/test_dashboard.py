@@ -192,3 +192,54 @@ def test_recording_rules_name_exported_metrics() -> None:
             assert rule["record"].count(":") == 2, rule["record"]
             unknown = {n for n in metric_names(rule["expr"]) if not known(n, recorded)}
             assert not unknown, f"{unknown} in {rule['record']}"
+
+
+def exported_collectors() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """name -> (type, label names) of every collector the code creates."""
+    from glowplug.activator.metrics import Metrics
+    from glowplug.operator import handlers, servicemetrics
+
+    collectors = [
+        *vars(Metrics()).values(),
+        *vars(servicemetrics).values(),
+        *vars(handlers).values(),
+    ]
+    out: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for c in collectors:
+        name, kind = getattr(c, "_name", None), getattr(c, "_type", None)
+        if isinstance(name, str) and isinstance(kind, str) and name.startswith(m.PREFIX):
+            # prometheus-client drops a counter's _total suffix from _name.
+            full = f"{name}_total" if kind == "counter" and not name.endswith("_total") else name
+            out[full] = (kind, tuple(c._labelnames))
+    return out
+
+
+def test_every_metric_name_is_exported_with_the_right_type() -> None:
+    exported = exported_collectors()
+    assert set(exported) == set(m.ALL_METRICS)
+    assert {n for n, (kind, _) in exported.items() if kind == "histogram"} == HISTOGRAMS
+
+
+def test_queries_use_labels_the_metrics_have() -> None:
+    exported = exported_collectors()
+
+    def labels_of(metric: str) -> set[str]:
+        for suffix in HISTOGRAM_SUFFIXES:
+            if metric.endswith(suffix) and metric[: -len(suffix)] in exported:
+                extra = {"le"} if suffix == "_bucket" else set()
+                return set(exported[metric[: -len(suffix)]][1]) | extra
+        return set(exported[metric][1])
+
+    exprs = all_exprs(load_dashboard())
+    exprs += [r["expr"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+    for expr in exprs:
+        raw = {n for n in metric_names(expr) if n in exported or n.rsplit("_", 1)[0] in exported}
+        if not raw:
+            continue  # built only on recorded series
+        available = set().union(*(labels_of(n) for n in raw))
+        for metric, matchers in re.findall(r"(glowplug_\w+)\{([^}]*)\}", expr):
+            used = set(re.findall(r"(\w+)\s*[=!]~?", matchers))
+            assert used <= labels_of(metric), (metric, used - labels_of(metric), expr)
+        for clause in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr):
+            used = {w.strip() for w in clause.split(",") if w.strip()}
+            assert used <= available, (used - available, expr)
