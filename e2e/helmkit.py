@@ -55,13 +55,13 @@ def find_tool(name: str, bin_dir: Path | None = None) -> str | None:
     return shutil.which(name)
 
 
-def wait_until(cond: Callable[[], T], timeout: float, what: str, interval: float = 0.5) -> T:
+def wait_until(cond: Callable[[], T | None], timeout: float, what: str, interval: float = 0.5) -> T:
     """Poll ``cond()`` until it returns something truthy and return it."""
     deadline = time.monotonic() + timeout
     last: T | None = None
     while time.monotonic() < deadline:
         last = cond()
-        if last:
+        if last is not None and last:
             return last
         time.sleep(interval)
     raise Timeout(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")

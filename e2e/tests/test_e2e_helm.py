@@ -339,7 +339,7 @@ def test_helm_install_wake_idle_upgrade_uninstall(kube: Kube, namespaces: tuple[
             assert status["gpuSeconds"] > 0
             assert status["baselineGpuSeconds"] > status["gpuSeconds"]
 
-            # Delete the service while the operator still runs (it may hold a finalizer).
+            # Delete the service while the operator still runs: its Deployment goes with it.
             kube.kubectl(
                 "delete", "embeddingservice", name, "-n", app_ns, "--wait", "--timeout=120s"
             )
