@@ -80,6 +80,45 @@ class Agent:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def event(
+        self, pod: dict[str, Any], etype: str, reason: str, message: str, container: str = ""
+    ) -> None:
+        """Record a core/v1 Event on the pod as the kubelet would (best effort, async)."""
+        meta = pod["metadata"]
+        now = datetime_micro()
+        ref: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "namespace": meta["namespace"],
+            "name": meta["name"],
+            "uid": meta["uid"],
+        }
+        if container:
+            ref["fieldPath"] = f"spec.containers{{{container}}}"
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{os.urandom(8).hex()}"},
+            "involvedObject": ref,
+            "type": etype,
+            "reason": reason,
+            "message": message,
+            "source": {"component": "kubelet", "host": self.node_name},
+            "reportingComponent": "kubelet",
+            "reportingInstance": self.node_name,
+            "firstTimestamp": now[:19] + "Z",
+            "lastTimestamp": now[:19] + "Z",
+            "count": 1,
+        }
+
+        async def post() -> None:
+            with contextlib.suppress(ApiError, aiohttp.ClientError, TimeoutError):
+                await self.api.request(
+                    "POST", f"/api/v1/namespaces/{meta['namespace']}/events", body
+                )
+
+        self._background(post())
+
     def container_running(self, namespace: str, pod: str, container: str) -> bool:
         for r in self.pods.values():
             if r.namespace == namespace and r.name == pod:

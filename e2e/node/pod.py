@@ -164,10 +164,21 @@ class PodRunner:
         self._main: asyncio.Task[None] | None = None
         self._termination: asyncio.Task[None] | None = None
         self._token_paths: list[tuple[Path, dict[str, Any]]] = []
+        self._event_times: dict[tuple[str, str], float] = {}
 
     @property
     def ident(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    def event(self, etype: str, reason: str, message: str, c: Container | None = None) -> None:
+        # At most one event per (container, reason) every 10 s, as the kubelet's
+        # aggregation would show it; probes retried every 0.1 s must not flood the API.
+        key = (c.name if c else "", reason)
+        now = time.monotonic()
+        if now - self._event_times.get(key, -1e9) < 10.0:
+            return
+        self._event_times[key] = now
+        self.agent.event(self.pod, etype, reason, message, c.name if c else "")
 
     def container_running(self, name: str) -> bool:
         return any(c.name == name and _alive(c) for c in self.init_containers + self.containers)
@@ -243,6 +254,9 @@ class PodRunner:
         """preStop, SIGTERM, wait out the grace period, SIGKILL; then delete the pod object."""
         self.terminating = True
         log.info("%s: terminating (grace %.0f s)", self.ident, grace)
+        for c in self.containers:
+            if _alive(c):
+                self.event("Normal", "Killing", f"Stopping container {c.name}", c)
         deadline = time.monotonic() + grace
         running = [c for c in self.init_containers + self.containers if _alive(c)]
         hooks = [
@@ -344,9 +358,13 @@ class PodRunner:
                 )
             except ImageNotMapped as e:
                 c.state = {"waiting": {"reason": "ErrImagePull", "message": str(e)}}
+                self.event("Warning", "Failed", f"Failed to pull image: {e}", c)
                 self.mark()
                 await asyncio.sleep(1.0)
                 c.state = {"waiting": {"reason": "ImagePullBackOff", "message": str(e)}}
+                self.event(
+                    "Normal", "BackOff", f'Back-off pulling image "{c.spec.get("image")}"', c
+                )
                 self.mark()
                 await asyncio.Event().wait()  # never resolves; ends when the pod goes
                 return False
@@ -354,6 +372,7 @@ class PodRunner:
                 env = await self._env(c)
             except ConfigError as e:
                 c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
+                self.event("Warning", "Failed", f"Error: {e}", c)
                 self.mark()
                 await asyncio.sleep(2.0)
                 continue
@@ -380,6 +399,13 @@ class PodRunner:
                         f"pod={self.name}_{self.namespace}({self.uid})",
                     }
                 }
+                self.event(
+                    "Warning",
+                    "BackOff",
+                    f"Back-off restarting failed container {c.name} in pod "
+                    f"{self.name}_{self.namespace}({self.uid})",
+                    c,
+                )
                 self.mark()
                 await asyncio.sleep(delay)
         return False
@@ -428,6 +454,7 @@ class PodRunner:
         c.ready = False
         probes = [asyncio.create_task(self._probe_lifecycle(c))]
         log.info("%s: started %s (pid %d): %s", self.ident, c.name, c.proc.pid, shlex.join(argv))
+        self.event("Normal", "Started", f"Started container {c.name} (local process)", c)
         self.mark()
         rc = await c.proc.wait()
         for t in probes:
@@ -458,7 +485,7 @@ class PodRunner:
         if startup and not c.init:
             ok = await self._until_success(c, Probe(startup), "startup")
             if not ok:
-                await self._restart_container(c, "startup probe failed")
+                await self._restart_container(c, "startup probe")
                 return
         c.started = True
         self.mark()
@@ -491,6 +518,7 @@ class PodRunner:
             if time.monotonic() >= next_tick:
                 failures += 1
                 next_tick += p.period
+                self.event("Warning", "Unhealthy", f"{kind.capitalize()} probe failed", c)
                 if failures >= p.failure_threshold:
                     log.info(
                         "%s: %s probe of %s failed %d times", self.ident, kind, c.name, failures
@@ -517,6 +545,7 @@ class PodRunner:
             else:
                 failures += 1
                 successes = 0
+                self.event("Warning", "Unhealthy", "Readiness probe failed", c)
                 if c.ready and failures >= p.failure_threshold:
                     c.ready = False
                     self.mark()
@@ -530,13 +559,15 @@ class PodRunner:
                 failures = 0
                 continue
             failures += 1
+            self.event("Warning", "Unhealthy", "Liveness probe failed", c)
             if failures >= p.failure_threshold:
-                await self._restart_container(c, "liveness probe failed")
+                await self._restart_container(c, "liveness probe")
                 return
 
     async def _restart_container(self, c: Container, why: str) -> None:
-        log.info("%s: %s: %s; restarting it", self.ident, c.name, why)
+        log.info("%s: %s failed its %s; restarting it", self.ident, c.name, why)
         c.killed_for = f"Container {c.name} failed {why}, will be restarted"
+        self.event("Normal", "Killing", c.killed_for, c)
         grace = float(self.spec.get("terminationGracePeriodSeconds", 30))
         _signal(c, signal.SIGTERM)
         await _wait_exit([c], grace)

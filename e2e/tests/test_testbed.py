@@ -268,6 +268,14 @@ def test_crashing_container_shows_crash_loop_back_off(cluster: Cluster, namespac
         what="a rising restartCount",
     )
 
+    def back_off_events() -> str:
+        return cluster.kubectl(
+            "get", "events", "-n", namespace, "-o", "name",
+            "--field-selector", "involvedObject.name=crasher,reason=BackOff",
+        ).stdout.strip()  # fmt: skip
+
+    wait_for(back_off_events, 30, what="a BackOff event, as the kubelet records")
+
 
 def test_readiness_and_liveness_probes(cluster: Cluster, namespace: str, tmp_path: Any) -> None:
     ready_flag = tmp_path / "ready"
