@@ -275,6 +275,18 @@ class Cluster:
         (self.state_dir / "users" / f"{os.getpid()}.json").unlink(missing_ok=True)
         return self._live_users()
 
+    def release(self) -> None:
+        """End of a test session: detach, and stop the cluster if a test session started
+        it and no other session still uses it (checked and done under the lock)."""
+        with self._lock():
+            others = self.detach()
+            if self.started_by() != "pytest":
+                return
+            if others:
+                self.log(f"leaving the cluster up for {len(others)} other session(s)")
+                return
+            self._down_locked()
+
     def users(self) -> list[Proc]:
         """Test sessions currently attached to the cluster (other than this process)."""
         return self._live_users()

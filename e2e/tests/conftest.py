@@ -67,16 +67,11 @@ def cluster() -> Iterator[Cluster]:
     bin_dir = ensure_binaries()
     c = Cluster(bin_dir=bin_dir)
     c.attach()
-    started = c.up(started_by="pytest")
     try:
+        c.up(started_by="pytest")
         yield c
     finally:
-        others = c.detach()
-        if started or c.started_by() == "pytest":
-            if others:
-                c.log(f"leaving the cluster up for {len(others)} other session(s)")
-            else:
-                c.down()
+        c.release()
 
 
 @pytest.fixture
