@@ -3,12 +3,15 @@
 Targets, all in front of the same canned backend (``e2e.bench.backend``, a test double):
 
 - ``direct``: the backend itself;
-- ``activator``: ``glowplug activator --static-config`` (the real code path), with the
-  event loop it picks by default (uvloop when installed) and with plain asyncio;
+- ``activator``: ``glowplug activator --static-config`` (the real code path) with the
+  event loop it picks by default (uvloop when installed); ``activator-asyncio``: the
+  same with plain asyncio;
 - ``nginx``: nginx as a keep-alive reverse proxy (Debian package; installed with apt if
   missing and possible, else skipped with a message);
-- ``stack-SERVER-CLIENT-LOOP``: the minimal proxies of ``e2e.bench.stacks`` (aiohttp or
-  httptools server, aiohttp or httptools client), used to choose the HTTP stack.
+- ``stack-SERVER-CLIENT-LOOP`` (``--stacks``): the minimal proxies of ``e2e.bench.stacks``
+  (aiohttp or httptools server, aiohttp or httptools client), which chose the HTTP stack.
+
+By default: direct, activator and nginx, three interleaved rounds, medians reported.
 
 Load: ``wrk`` (Debian package) in closed loop at concurrency 1, 16 and 64 (one thread,
 one connection per concurrent request) gives the highest rate and the latency
@@ -301,7 +304,17 @@ def main() -> int:
     ap.add_argument("--concurrency", default="1,16,64")
     ap.add_argument("--rate", type=float, default=500.0, help="fixed rate for the open-loop run")
     ap.add_argument("--rate-seconds", type=float, default=8.0)
-    ap.add_argument("--only", default="", help="comma-separated target names (default: all)")
+    ap.add_argument(
+        "--only",
+        default="activator,nginx",
+        help="comma-separated target names, or 'all' (default: activator,nginx; direct always)",
+    )
+    ap.add_argument(
+        "--stacks", action="store_true", help="also the minimal proxies that chose the stack"
+    )
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="rounds over all targets; medians are reported"
+    )
     ap.add_argument(
         "--rate-worker", nargs=3, metavar=("PORT", "RATE", "SECONDS"), help=argparse.SUPPRESS
     )
@@ -318,7 +331,17 @@ def main() -> int:
     if not nginx:
         print("nginx is not installed and cannot be installed here: skipping the nginx target")
     conc = [int(c) for c in args.concurrency.split(",")]
-    only = {s for s in args.only.split(",") if s}
+    only = {s for s in args.only.split(",") if s and s != "all"}
+    if args.stacks and only:
+        only |= {
+            "activator-asyncio",
+            *(
+                f"stack-{a}-{b}-{c}"
+                for a in ("aiohttp", "httptools")
+                for b in ("aiohttp", "httptools")
+                for c in ("uvloop", "asyncio")
+            ),
+        }
     results: dict[str, Any] = {
         "time": datetime.now(UTC).isoformat(),
         "cpus": os.cpu_count(),
@@ -326,6 +349,7 @@ def main() -> int:
         "python": sys.version.split()[0],
         "wrk_seconds": args.seconds,
         "rate": args.rate,
+        "repeat": args.repeat,
         "targets": {},
     }
     with tempfile.TemporaryDirectory(prefix="glowplug-bench-") as tmpdir:
@@ -334,25 +358,22 @@ def main() -> int:
         with process([sys.executable, "-m", "e2e.bench.backend", str(bport)], bport, cwd=ROOT):
             all_targets = [("direct", [], bport, "the backend itself")]
             all_targets += targets(bport, tmp, nginx)
-            for name, cmd, port, note in all_targets:
-                if only and name not in only and name != "direct":
-                    continue
-                print(f"-- {name}: {note}", flush=True)
-                ctx = process(cmd, port, cwd=ROOT) if cmd else contextlib.nullcontext()
-                with ctx:
-                    entry: dict[str, Any] = {"note": note, "wrk": {}}
-                    if wrk:
-                        script = tmp / "post.lua"
-                        script.write_text(WRK_SCRIPT)
-                        run_wrk(wrk, port, 4, 1, script)  # warm-up
-                        for c in conc:
-                            entry["wrk"][str(c)] = run_wrk(wrk, port, c, args.seconds, script)
-                    try:
-                        entry["rate"] = run_rate(port, args.rate, args.rate_seconds)
-                    except (RuntimeError, subprocess.TimeoutExpired) as err:
-                        print(f"   open-loop run failed: {err}")
-                        entry["rate"] = {"error": str(err)[-500:]}
-                    results["targets"][name] = entry
+            runs: dict[str, list[dict[str, Any]]] = {}
+            notes: dict[str, str] = {}
+            # Rounds interleave the targets, so a burst of load from elsewhere on the
+            # machine hits them alike; medians over rounds are what the table shows.
+            for rnd in range(args.repeat):
+                for name, cmd, port, note in all_targets:
+                    if only and name not in only and name != "direct":
+                        continue
+                    print(f"-- round {rnd + 1}/{args.repeat} {name}: {note}", flush=True)
+                    notes[name] = note
+                    runs.setdefault(name, []).append(
+                        measure(cmd, port, wrk, conc, args, tmp / "post.lua")
+                    )
+            for name, entries in runs.items():
+                results["targets"][name] = {"note": notes[name], **median_entry(entries)}
+                results["targets"][name]["runs"] = entries
     add_deltas(results)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"activator-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
@@ -360,6 +381,47 @@ def main() -> int:
     print_table(results)
     print(f"\nwrote {path.relative_to(ROOT)}")
     return 0
+
+
+def measure(
+    cmd: list[str], port: int, wrk: str | None, conc: list[int], args: Any, script: Path
+) -> dict[str, Any]:
+    ctx = process(cmd, port, cwd=ROOT) if cmd else contextlib.nullcontext()
+    with ctx:
+        entry: dict[str, Any] = {"wrk": {}}
+        if wrk:
+            script.write_text(WRK_SCRIPT)
+            run_wrk(wrk, port, 4, 1, script)  # warm-up
+            for c in conc:
+                entry["wrk"][str(c)] = run_wrk(wrk, port, c, args.seconds, script)
+        try:
+            entry["rate"] = run_rate(port, args.rate, args.rate_seconds)
+        except (RuntimeError, subprocess.TimeoutExpired) as err:
+            print(f"   open-loop run failed: {err}")
+            entry["rate"] = {"error": str(err)[-500:]}
+    return entry
+
+
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+def _median_dict(items: list[dict[str, Any]]) -> dict[str, Any]:
+    good = [i for i in items if "error" not in i]
+    if not good:
+        return items[0]
+    keys = [k for k, v in good[0].items() if isinstance(v, (int, float))]
+    return {k: _median([float(i[k]) for i in good]) for k in keys}
+
+
+def median_entry(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    conc = entries[0]["wrk"].keys()
+    return {
+        "wrk": {c: _median_dict([e["wrk"][c] for e in entries]) for c in conc},
+        "rate": _median_dict([e["rate"] for e in entries]),
+    }
 
 
 def add_deltas(results: dict[str, Any]) -> None:
@@ -394,7 +456,7 @@ def print_table(results: dict[str, Any]) -> None:
                 f"{name:32} {c:>4} {r['rps']:>8.0f} {r['p50_us'] / 1e3:>7.2f}"
                 f" {r['p99_us'] / 1e3:>7.2f}"
                 f" {r.get('added_p50_us', 0) / 1e3:>7.2f} {r.get('added_p99_us', 0) / 1e3:>7.2f}"
-                f" {r['errors'] + r['non2xx']:>4}"
+                f" {r['errors'] + r['non2xx']:>4.0f}"
             )
     print(f"\nopen loop at {results['rate']:g} req/s: p50 / p99 ms, added p50 / p99 ms vs direct")
     print(f"{'target':32} {cols}")
@@ -406,7 +468,7 @@ def print_table(results: dict[str, Any]) -> None:
         print(
             f"{name:32} {r['achieved_rps']:>8.0f} {r['p50_us'] / 1e3:>7.2f}"
             f" {r['p99_us'] / 1e3:>7.2f}"
-            f" {r['added_p50_us'] / 1e3:>7.2f} {r['added_p99_us'] / 1e3:>7.2f} {r['errors']:>4}"
+            f" {r['added_p50_us'] / 1e3:>7.2f} {r['added_p99_us'] / 1e3:>7.2f} {r['errors']:>4.0f}"
         )
 
 
