@@ -389,7 +389,11 @@ class Cluster:
         for name in COMPONENTS[:-1]:
             if not (bin_dir / name).exists():
                 raise FileNotFoundError(f"{bin_dir / name} is missing: run `make binaries`")
+        # Each cluster gets fresh logs; the previous cluster's stay in logs.prev.
         logs = self.state_dir / "logs"
+        if logs.exists():
+            shutil.rmtree(self.state_dir / "logs.prev", ignore_errors=True)
+            logs.rename(self.state_dir / "logs.prev")
         logs.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         pki = ensure_pki(
