@@ -231,6 +231,12 @@ def status_in_phase(kube: Kube, namespace: str, name: str, phase: str) -> dict[s
     return dict(status) if status.get("phase") == phase else None
 
 
+def saving(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    status = embsvc(kube, namespace, name).get("status") or {}
+    used, baseline = status.get("gpuSeconds", 0), status.get("baselineGpuSeconds", 0)
+    return dict(status) if baseline > used > 0 else None
+
+
 def assert_nothing_left(kube: Kube, namespaces: tuple[str, ...], release: str) -> None:
     try:
         wait_until(lambda: not leftovers(kube, namespaces, release), 180, "no leftovers", 2)
@@ -329,9 +335,10 @@ def test_helm_install_wake_idle_upgrade_uninstall(kube: Kube, namespaces: tuple[
                 "scale to zero after the idle timeout",
                 interval=2,
             )
-            status = wait_until(
-                lambda: status_in_phase(kube, app_ns, name, "Idle"), 60, "phase Idle"
-            )
+            wait_until(lambda: status_in_phase(kube, app_ns, name, "Idle"), 60, "phase Idle")
+            # At zero the always-on baseline keeps growing and the GPU-seconds do not; the
+            # ledger reaches status at its next checkpoint.
+            status = wait_until(lambda: saving(kube, app_ns, name), 90, "savings in status", 2)
             print(
                 f"ledger: gpuSeconds {status['gpuSeconds']:.1f},"
                 f" baselineGpuSeconds {status['baselineGpuSeconds']:.1f}"
