@@ -150,7 +150,9 @@ async def serve(args: argparse.Namespace) -> int:
     await stop.wait()
 
     log.info("shutting down")
-    await activator.drain(args.shutdown_timeout)
+    await activator.drain()
+    await site.stop()  # no new connections; open ones keep being served
+    await activator.wait_idle(args.shutdown_timeout)
     await runner.cleanup()
     await waker.close()
     if source is not None:

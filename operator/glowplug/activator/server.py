@@ -347,18 +347,20 @@ class Activator:
             r.state.inflight == 0 and r.state.queued == 0 for r in self.services.routes.values()
         )
 
-    async def drain(self, max_wait: float) -> None:
-        """Fail readiness, keep serving ``drain_seconds``, then wait for in-flight and queued."""
+    async def drain(self) -> None:
+        """Fail readiness and keep serving ``drain_seconds`` (load balancers notice)."""
         self.draining = True
-        log.info(
-            "draining: serving %.1fs more, then finishing in-flight requests",
-            self.config.drain_seconds,
-        )
+        log.info("draining: /readyz fails, serving %.1fs more", self.config.drain_seconds)
         await asyncio.sleep(self.config.drain_seconds)
+
+    async def wait_idle(self, max_wait: float) -> None:
+        """Wait until no request is in flight or queued, at most ``max_wait`` seconds."""
         end = time.monotonic() + max_wait
         # Polling is fine here: it runs once, at shutdown, for a few seconds.
         while not self.idle() and time.monotonic() < end:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+        if not self.idle():
+            log.warning("shutdown timeout: exiting with requests still in flight or queued")
 
     async def close(self) -> None:
         await self.forwarder.close()
