@@ -82,6 +82,8 @@ class ClusterAPIDouble:
         self.warnings: list[tuple[str, str]] = []
         self.scale_writes: list[int] = []
         self.conflict_next_scale = False
+        self.write_latency = 0.0  # seconds each ledger write takes (a slow API server)
+        self.write_delay = 0.0
 
     def _bump(self) -> None:
         meta = self.obj["metadata"]
@@ -286,3 +288,24 @@ async def test_ledger_survives_a_restart_without_ledger_time_in_the_schema() -> 
     status = api.obj["status"]  # the last checkpoint: T0+58
     assert status["gpuSeconds"] == 58 - 3
     assert status["baselineGpuSeconds"] == 58
+
+
+async def test_a_checkpoint_landing_in_a_later_second_is_rewritten() -> None:
+    # The write's stamp is a second after the tick's whole second: without the
+    # re-write, a restart would resume a second late and lose a second per GPU.
+    api, _load, clock = make(replicas=1)
+    api.pods = [a_pod("a", T0)]
+    first = ServiceLoop(api, None, Options(checkpoint_every=5.0), clock=clock)
+    clock.t = T0 + 0.9
+    api.write_latency = 0.0
+    for step in range(12):
+        clock.t = T0 + step + 0.9
+        api.write_delay = 0.3  # every write lands in the next second
+        await first.tick(copy.deepcopy(api.obj))
+    stamp = parse_time(api.obj["metadata"]["managedFields"][0]["time"])
+    assert stamp is not None
+    assert api.obj["status"]["gpuSeconds"] == stamp - T0  # totals agree with the stamp
+    second = ServiceLoop(api, None, Options(checkpoint_every=5.0), clock=clock)
+    clock.t = T0 + 20.0
+    await second.tick(copy.deepcopy(api.obj))
+    assert second.ledger is not None and second.ledger.gpu_seconds == 20

@@ -120,7 +120,9 @@ def configure(args: argparse.Namespace) -> None:
 class ServiceAPI(Protocol):
     async def read_object(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
-    async def write_ledger(self, namespace: str, name: str, fields: dict[str, Any]) -> None: ...
+    async def write_ledger(
+        self, namespace: str, name: str, fields: dict[str, Any]
+    ) -> float | None: ...
 
     async def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]: ...
 
@@ -154,12 +156,16 @@ class KubeServiceAPI:
     async def read_object(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self.kube.get_embsvc(namespace, name)
 
-    async def write_ledger(self, namespace: str, name: str, fields: dict[str, Any]) -> None:
-        """The ledger checkpoint: its own field manager, no precondition (see ledger.py)."""
+    async def write_ledger(self, namespace: str, name: str, fields: dict[str, Any]) -> float | None:
+        """The ledger checkpoint: its own field manager, no precondition (see ledger.py).
+
+        Returns the time the API server recorded for it in managedFields.
+        """
         kwargs: dict[str, Any] = {"_content_type": MERGE, "field_manager": LEDGER_MANAGER}
-        await self.custom.patch_namespaced_custom_object_status(
+        stored = await self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": fields}, **kwargs
         )
+        return checkpoint_time((stored or {}).get("metadata") or {})
 
     async def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
         pods = await self.core.list_namespaced_pod(
@@ -332,7 +338,7 @@ class ServiceLoop:
         due = second - self.last_checkpoint >= self.options.checkpoint_every
         if (pod_set != self.last_pods or due) and second > self.last_checkpoint:
             try:
-                await self.api.write_ledger(namespace, name, self.ledger.checkpoint())
+                await self._checkpoint(namespace, name, holds, float(baseline))
             except Exception as err:  # kept in memory; the next checkpoint catches up
                 log.warning("%s/%s: ledger checkpoint failed: %s", namespace, name, err)
             else:
@@ -355,6 +361,26 @@ class ServiceLoop:
 
         if patch:
             await self._write_status(namespace, name, patch, spec_replicas, ready)
+
+    async def _checkpoint(
+        self, namespace: str, name: str, holds: list[PodHold], baseline: float
+    ) -> None:
+        """Write the checkpoint so that its recorded time is its ``as_of``.
+
+        The API server stamps managedFields in whole seconds at the write; when the
+        write lands in a later second than ``as_of``, a restart would resume from that
+        later second and lose the difference. So advance the ledger to the recorded
+        second (the same pods held it: they were just listed) and write again.
+        """
+        assert self.ledger is not None
+        for _ in range(3):
+            recorded = await self.api.write_ledger(namespace, name, self.ledger.checkpoint())
+            if recorded is None or recorded <= self.ledger.as_of:
+                return
+            delta = self.ledger.advance(recorded, holds, baseline)
+            if self.series is not None:
+                self.series.gpu.inc(delta.gpu_seconds)
+                self.series.baseline.inc(delta.baseline_gpu_seconds)
 
     def _failure(self, failure: WakeFailure | None, body: Mapping[str, Any]) -> dict[str, Any]:
         if failure is not None and failure.reason != self.reported:
@@ -566,6 +592,8 @@ async def _daemon(**kwargs: Any) -> None:
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # one bad tick must not end the loop
+                if stopped:
+                    break  # shutting down: the API client may already be closed
                 logger.warning("autoscaler tick failed: %s", err, exc_info=True)
             elapsed = time.monotonic() - started
             await stopped.wait(max(0.05, OPTIONS.interval - elapsed))
