@@ -239,7 +239,18 @@ class PodRunner:
         )
         log.info("%s: netns %s, ip %s", self.ident, self.net.netns, self.pod_ip)
         self.mark()
-        await self._prepare_volumes()
+        while True:
+            try:
+                await self._prepare_volumes()
+                break
+            except ConfigError as e:
+                # As the kubelet: the pod stays ContainerCreating and the mount is retried.
+                self._token_paths.clear()
+                for c in self.init_containers + self.containers:
+                    c.state = {"waiting": {"reason": "ContainerCreating", "message": str(e)}}
+                self.event("Warning", "FailedMount", f"MountVolume.SetUp failed: {e}")
+                self.mark()
+                await asyncio.sleep(2.0)
         if self._token_paths:
             self.tasks.append(asyncio.create_task(self._refresh_tokens()))
 

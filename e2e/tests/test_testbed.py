@@ -247,6 +247,36 @@ def test_missing_secret_is_a_create_container_config_error(
     assert 'secret "absent" not found' in wait_for(waiting, 30, what="the config error")["message"]
 
 
+def test_secret_volume_waits_for_its_secret(cluster: Cluster, namespace: str) -> None:
+    mount = "/run/glowplug-testbed/secret"
+    script = f"print('KEY=' + open({mount + '/key'!r}).read())"
+    apply(cluster, namespace, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "mounts"},
+        "spec": {
+            "restartPolicy": "Never",
+            "volumes": [{"name": "s", "secret": {"secretName": "later"}}],
+            "containers": [{"name": "c", "image": PROBE_IMAGE, "args": ["-c", script],
+                            "volumeMounts": [{"name": "s", "mountPath": mount}]}],
+        },
+    })  # fmt: skip
+
+    def creating() -> bool:
+        cs = pod(cluster, namespace, "mounts")["status"].get("containerStatuses") or [{}]
+        w = cs[0].get("state", {}).get("waiting", {})
+        return w.get("reason") == "ContainerCreating" and "later" in w.get("message", "")
+
+    wait_for(creating, 30, what="ContainerCreating while the Secret is missing")
+    cluster.kubectl(
+        "create", "secret", "generic", "later", "-n", namespace, "--from-literal=key=v1"
+    )
+    wait_for(
+        lambda: pod(cluster, namespace, "mounts")["status"].get("phase") == "Succeeded",
+        60,
+        what="the pod to run once the Secret exists",
+    )
+    assert "KEY=v1" in cluster.pod_logs(namespace, "mounts", "c")
+
+
 def test_crashing_container_shows_crash_loop_back_off(cluster: Cluster, namespace: str) -> None:
     apply(cluster, namespace, {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "crasher"},
