@@ -8,8 +8,9 @@ The local test bed maps ``lmsysorg/sglang*`` images to this server. It accepts S
 ``--enable-metrics``, ``/metrics``. Like SGLang loading weights, its port stays closed
 for the load delay.
 
-Vectors are deterministic and content dependent (a sum of hash-seeded word vectors, so
-texts sharing words are similar), L2-normalised. No model is loaded.
+Vectors are deterministic and content dependent (a hash-seeded whole-text vector plus
+hashed word features, so texts sharing words are similar), L2-normalised. No model is
+loaded.
 
 Knobs (flag or environment, since the operator renders the command line):
   --load-delay / STANDIN_LOAD_DELAY     seconds before the port opens (default 0)
@@ -32,11 +33,11 @@ import json
 import logging
 import math
 import os
-import random
 import re
 import struct
 import sys
 import time
+from array import array
 from functools import lru_cache
 from typing import Any
 
@@ -52,23 +53,35 @@ def count_tokens(text: str) -> int:
     return len(_WORD.findall(text)) + 2
 
 
-@lru_cache(maxsize=50_000)
-def _word_vector(seed_text: str, dims: int) -> tuple[float, ...]:
-    seed = int.from_bytes(hashlib.sha256(seed_text.encode()).digest()[:8], "little")
-    rng = random.Random(seed)
-    return tuple(rng.gauss(0.0, 1.0) for _ in range(dims))
+# Each word adds +-1 at this many hashed positions (feature hashing): texts sharing words
+# share positions, so they come out similar; cheap enough for long batches in pure Python.
+POSITIONS_PER_WORD = 16
+
+
+def _dense(seed_text: str, dims: int) -> list[float]:
+    """A deterministic pseudo-random vector in [-1, 1), from SHAKE-256 (fast, in C)."""
+    raw = array("h", hashlib.shake_256(seed_text.encode()).digest(2 * dims))
+    return [x / 32768.0 for x in raw]
+
+
+@lru_cache(maxsize=100_000)
+def _word_positions(seed_text: str, dims: int) -> tuple[tuple[int, float], ...]:
+    h = hashlib.shake_256(seed_text.encode()).digest(4 * POSITIONS_PER_WORD)
+    out = []
+    for k in range(POSITIONS_PER_WORD):
+        n = int.from_bytes(h[4 * k : 4 * k + 4], "little")
+        out.append((n % dims, 1.0 if n & 0x80000000 else -1.0))
+    return tuple(out)
 
 
 def embed(model: str, text: str, dims: int) -> list[float]:
     """Deterministic, content-dependent unit vector of ``dims`` floats."""
-    words = [w.lower() for w in _WORD.findall(text)][:256] or [""]
-    acc = [0.0] * dims
-    for w in words:
-        for i, x in enumerate(_word_vector(f"{model}\0{w}", dims)):
-            acc[i] += x
-    # A small whole-text component, so different texts never collide exactly.
-    for i, x in enumerate(_word_vector(f"{model}\0\0{text}", dims)):
-        acc[i] += 0.25 * x
+    # A whole-text component, so different texts never collide exactly ...
+    acc = [0.5 * x for x in _dense(f"{model}\0\0{text}", dims)]
+    # ... plus the words, so texts sharing words are close.
+    for w in [w.lower() for w in _WORD.findall(text)][:1024]:
+        for idx, sign in _word_positions(f"{model}\0{w}", dims):
+            acc[idx] += sign
     return normalise(acc)
 
 
