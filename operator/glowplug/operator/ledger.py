@@ -9,7 +9,7 @@ Rules (DESIGN.md section 3.5):
 - A pod holds ``gpus`` GPUs from the moment it is bound to a node (Pending included:
   the GPU is allocated while the image pulls and the model loads) until it is gone from
   the API. A pod that vanished between two observations is charged up to the later one
-  (the moment we learned it was gone): never less than it held.
+  (the moment we learned it was gone; the live loop observes on whole seconds).
 - The baseline is what ``max(actual, cost.baselineReplicas)`` always-on replicas would
   hold over the same time: at each instant max(GPUs held, baselineReplicas x gpus).
 - Totals are cumulative and cover the time up to ``as_of``. The checkpoint in status is
