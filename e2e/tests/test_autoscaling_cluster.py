@@ -484,3 +484,54 @@ def test_ledger_matches_scripted_pod_lifetimes_across_an_operator_kill(
     expected_baseline = (ledger_time - created) + above
     assert status["baselineGpuSeconds"] == pytest.approx(expected_baseline, rel=0.02)
     assert status["gpuHours"] == round(status["gpuSeconds"] / 3600, 2)
+
+
+def test_wake_failure_becomes_failed_condition_and_event_then_clears(
+    cluster: Cluster, namespace: str, activators: Any, operator_factory: OperatorFactory
+) -> None:
+    [act] = activators(1)
+    start_operator(operator_factory, namespace, [act])
+    svc = embedding_service(idleTimeout="30s")
+    svc["spec"]["engine"]["image"] = "example.invalid/nothing:1"  # the test bed cannot pull it
+    apply(cluster, namespace, svc)
+    assert embed(act.url, timeout=90) != 200  # held, then failed fast with the reason
+
+    def failed() -> dict[str, Any] | None:
+        status = obj(cluster, namespace).get("status") or {}
+        cond = next((c for c in status.get("conditions") or [] if c["type"] == "Failed"), None)
+        return cond if cond and cond["status"] == "True" else None
+
+    cond = wait_for(failed, 60, what="the Failed condition")
+    assert cond["reason"] == "ImagePullBackOff", cond
+    assert "example.invalid/nothing:1" in cond["message"]
+    assert obj(cluster, namespace)["status"]["phase"] == "Failed"
+    events = json.loads(
+        cluster.kubectl(
+            "get", "events", "-n", namespace, "-o", "json",
+            "--field-selector", f"involvedObject.name={NAME},type=Warning",
+        ).stdout
+    )["items"]  # fmt: skip
+    assert any(e["reason"] == "ImagePullBackOff" for e in events), events
+
+    # Fixing the spec clears the failure, and the next request wakes a working pod.
+    cluster.kubectl(
+        "patch", f"embsvc/{NAME}", "-n", namespace, "--type=merge",
+        "-p", json.dumps({"spec": {"engine": {"image": ""}}}),
+    )  # fmt: skip
+    wait_for(lambda: failed() is None, 60, what="the Failed condition to clear")
+
+    def old_pods_gone() -> bool:
+        return not any(
+            c.get("image") == "example.invalid/nothing:1"
+            for p in pods(cluster, namespace)
+            for c in p["spec"]["containers"]
+        )
+
+    # (The activator also reads pods itself: it fails requests while the old pod lives.)
+    wait_for(old_pods_gone, 90, what="the failing pod to go")
+    assert embed(act.url) == 200
+    wake = wait_for(
+        lambda: (obj(cluster, namespace).get("status") or {}).get("lastWakeSeconds"),
+        30, what="lastWakeSeconds",
+    )  # fmt: skip
+    assert 0 < wake < 120
