@@ -61,6 +61,7 @@ class Agent:
                 self.container_running,
             )
         self.pods: dict[str, PodRunner] = {}
+        self.finished: set[str] = set()  # uids of pods stopped for good
         self._probe_session: aiohttp.ClientSession | None = None
         self._ip_forward_before: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -127,6 +128,7 @@ class Agent:
 
     def forget(self, uid: str) -> None:
         self.pods.pop(uid, None)
+        self.finished.add(uid)
 
     # -- node ----------------------------------------------------------------------------------
 
@@ -262,11 +264,14 @@ class Agent:
         if runner is not None:
             runner.update(pod)
             return
+        if uid in self.finished:
+            # Events queued before our own DELETE of a pod we already stopped: never
+            # start it again.
+            return
         phase = pod.get("status", {}).get("phase")
-        never_ran = not pod.get("status", {}).get("containerStatuses")
-        if pod["metadata"].get("deletionTimestamp") and (
-            phase in ("Succeeded", "Failed") or never_ran
-        ):
+        if pod["metadata"].get("deletionTimestamp"):
+            # Being deleted and not running here (never started, or started by an earlier
+            # agent whose processes are gone): only the object is left to remove.
             self._background(self._delete_object(pod))
             return
         if phase in ("Succeeded", "Failed"):
