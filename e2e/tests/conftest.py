@@ -20,6 +20,7 @@ the Go toolchain is missing (the binaries cannot be built) or when not running a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -59,19 +60,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(pytest.mark.skip(reason=f"cluster test skipped: {reason}"))
 
 
+@contextlib.contextmanager
+def _live_output(config: pytest.Config) -> Iterator[None]:
+    """Let progress lines (a cold build takes minutes) reach the terminal uncaptured."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if capman is None:
+        yield
+        return
+    with capman.global_and_fixture_disabled():
+        yield
+
+
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
+def cluster(pytestconfig: pytest.Config) -> Iterator[Cluster]:
     reason = _skip_reason()
     if reason is not None:
         pytest.skip(reason)
-    bin_dir = ensure_binaries()
+    with _live_output(pytestconfig):
+        bin_dir = ensure_binaries()
     c = Cluster(bin_dir=bin_dir)
     c.attach()
     try:
-        c.up(started_by="pytest")
+        with _live_output(pytestconfig):
+            c.up(started_by="pytest")
         yield c
     finally:
-        c.release()
+        with _live_output(pytestconfig):
+            c.release()
 
 
 @pytest.fixture
