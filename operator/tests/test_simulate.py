@@ -142,3 +142,34 @@ def test_command_line_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixtu
     gen = tmp_path / "day.csv"
     assert simulate.run(parser.parse_args(["--generate-seed-day", str(gen)])) == 0
     assert len(seedday.read_csv(gen)) == len(seedday.generate(1))
+
+
+def test_prewarm_window_holds_a_replica_on_the_virtual_clock() -> None:
+    from dataclasses import replace
+
+    from glowplug.api.spec import PrewarmWindow
+
+    window = PrewarmWindow(schedule="0 0 * * *", duration=60.0)  # midnight of the epoch
+    spec = replace(SMALL_CONFIG.scaling, prewarm=(window,))
+    r = simulate.simulate([(200.0, 1.0)], replace(SMALL_CONFIG, scaling=spec, horizon=300.0))
+    # 0-60 held by the window (idle since the first tick, so it goes as the window
+    # closes), then the request at 200 wakes a replica held 200-241.
+    assert r.gpu_seconds == 60 + 41
+    assert r.wakes == 2
+
+
+def test_prewarm_option_parses(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import argparse
+
+    path = tmp_path / "t.csv"
+    seedday.write_csv(path, [(200.0, 1.0)])
+    parser = argparse.ArgumentParser()
+    simulate.add_arguments(parser)
+    args = parser.parse_args(
+        [str(path), "--prewarm", "0 0 * * *,1m", "--idle-timeout", "30s", "--wake-delay",
+         "10s", "--scale-down-delay", "5s", "--horizon", "300s", "--json"]
+    )  # fmt: skip
+    assert simulate.run(args) == 0
+    assert json.loads(capsys.readouterr().out)[0]["gpu_seconds"] == 101
+    with pytest.raises(SystemExit):
+        parser.parse_args([str(path), "--prewarm", "not a cron,1h"])

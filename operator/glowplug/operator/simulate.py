@@ -41,11 +41,13 @@ from pathlib import Path
 from typing import Any
 
 from glowplug.api.durations import DurationError, parse_duration
-from glowplug.api.spec import ScalingSpec
-from glowplug.operator import seedday
+from glowplug.api.spec import PrewarmWindow, ScalingSpec
+from glowplug.operator import prewarm, seedday, timefmt
 from glowplug.operator.autoscaler import ScalerState, ServiceLoad, decide
 
 DEFAULT_IDLE_TIMEOUTS = ("1m", "2m", "5m", "10m", "15m")
+# Trace second 0 is midnight UTC of Monday 2026-06-15 unless --day-start says otherwise.
+DEFAULT_EPOCH = 1781481600.0
 
 Trace = Sequence[tuple[float, float]]
 
@@ -60,6 +62,8 @@ class SimConfig:
     gpu_hourly_price: float = 0.80
     start: float = 0.0
     horizon: float | None = None  # end of the simulated time; default: see default_horizon
+    # The unix time of trace second 0, for pre-warm windows (scaling.prewarm) in wall time.
+    epoch: float = DEFAULT_EPOCH
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,17 @@ def simulate(trace: Trace, config: SimConfig) -> SimResult:
     next_tick = config.start
     i = 0
 
+    floors: dict[int, int] = {}
+
+    def prewarm_floor(now: float) -> int:
+        # Windows open and close on whole minutes: one evaluation per minute.
+        if not scaling.prewarm:
+            return 0
+        minute = math.floor((config.epoch + now) / 60)
+        if minute not in floors:
+            floors[minute] = prewarm.floor(scaling.prewarm, minute * 60.0)
+        return floors[minute]
+
     def set_replicas(n: int, now: float) -> None:
         nonlocal wakes, peak
         if n > len(pods):
@@ -228,7 +243,7 @@ def simulate(trace: Trace, config: SimConfig) -> SimResult:
                 waking=bool(queue),
                 last_request_finished=last_finished,
             )
-            decision = decide(t, len(pods), scaling, load, state)
+            decision = decide(t, len(pods), scaling, load, state, prewarm_floor(t))
             set_replicas(decision.replicas, t)
             next_tick += config.tick
     waits.sort()
@@ -267,6 +282,22 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _window(text: str) -> PrewarmWindow:
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) < 2:
+        raise argparse.ArgumentTypeError("a window is CRON,DURATION[,REPLICAS[,TZ]]")
+    try:
+        prewarm.parse_cron(parts[0])
+        return PrewarmWindow(
+            schedule=parts[0],
+            duration=parse_duration(parts[1]),
+            replicas=int(parts[2]) if len(parts) > 2 else 1,
+            time_zone=parts[3] if len(parts) > 3 else "UTC",
+        )
+    except (ValueError, DurationError) as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("trace", nargs="?", type=Path, help="CSV: arrival_seconds,duration_seconds")
@@ -294,6 +325,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--horizon",
         type=_duration,
         help="simulated time (default: a day for --seed-day, else until idle after the trace)",
+    )
+    parser.add_argument(
+        "--prewarm",
+        action="append",
+        type=_window,
+        default=[],
+        metavar="CRON,DURATION[,REPLICAS[,TZ]]",
+        help='a pre-warm window, e.g. "55 7 * * 1-5,10h" (repeatable)',
+    )
+    parser.add_argument(
+        "--day-start",
+        default="2026-06-15T00:00:00Z",
+        help="wall-clock time of trace second 0, for --prewarm (default a Monday, UTC)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -327,7 +371,9 @@ def run(args: argparse.Namespace) -> int:
             max_replicas=args.max_replicas,
             scale_down_delay=args.scale_down_delay,
             target_concurrency=args.target_concurrency,
+            prewarm=tuple(args.prewarm),
         ),
+        epoch=timefmt.parse_time(args.day_start) or DEFAULT_EPOCH,
         wake_delay=args.wake_delay,
         tick=args.tick,
         gpus=args.gpus,
