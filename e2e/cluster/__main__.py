@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
         cluster = Cluster(bin_dir=ensure_binaries())
         if not cluster.up(started_by="cli"):
             print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
+        # kubectl 1.35 and helm 4 of the test bed (the machine's own may be too old).
+        print(f"[cluster] kubectl, helm: export PATH={cluster.bin_dir}:$PATH", file=sys.stderr)
         return 0
     cluster = Cluster()
     if args.action == "down":
