@@ -309,3 +309,24 @@ async def test_a_checkpoint_landing_in_a_later_second_is_rewritten() -> None:
     clock.t = T0 + 20.0
     await second.tick(copy.deepcopy(api.obj))
     assert second.ledger is not None and second.ledger.gpu_seconds == 20
+
+
+async def test_a_spec_change_clears_the_failure_or_reports_the_new_one() -> None:
+    api, load, clock = make(replicas=1)
+    loop = ServiceLoop(api, load, Options(), clock=clock)
+    api.pods = [a_pod("old", T0, waiting="ImagePullBackOff")]
+    await run_until(loop, api, clock, T0 + 2)
+    assert api.obj["status"]["phase"] == "Failed"
+    # A new spec (new generation): the old pod's failure no longer counts.
+    api.obj["metadata"]["generation"] = 2
+    await run_until(loop, api, clock, T0 + 4)
+    failed = next(c for c in api.obj["status"]["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "False"
+    # Its new pod fails the same way: reported again, with a fresh Event.
+    api.pods = [a_pod("new", T0 + 5, waiting="ImagePullBackOff")]
+    clock.t = T0 + 6
+    await run_until(loop, api, clock, T0 + 8)
+    failed = next(c for c in api.obj["status"]["conditions"] if c["type"] == "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "ImagePullBackOff")
+    assert "pod-new" in failed["message"]
+    assert [w[0] for w in api.warnings] == ["ImagePullBackOff", "ImagePullBackOff"]

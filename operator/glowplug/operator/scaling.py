@@ -288,6 +288,7 @@ class ServiceLoop:
         self.generation: int | None = None
         self.spec_changed_at: float | None = None
         self.reported: str | None = None  # the wake-failure reason in status, if ours
+        self.clear_pending = False  # the spec changed while a wake failure was reported
 
     async def tick(self, body: Mapping[str, Any]) -> None:
         now = self.clock()
@@ -298,8 +299,13 @@ class ServiceLoop:
             svc: EmbeddingService | None = parse(body)
         except SpecError:
             svc = None
-        if svc is not None and self.series is None:
-            self.series = _series(svc)
+        if svc is not None:
+            if self.series is not None and self.series.gpu_type != svc.resources.gpu_label:
+                self.series.remove()  # gpuType changed: the old series end here
+                self.series = None
+            if self.series is None:
+                self.series = _series(svc)
+            self.series.price(svc.cost.gpu_hourly_price)
         spec_replicas = _raw_int(body, "spec", "replicas", default=0)
         generation = _raw_int(body, "metadata", "generation", default=0)
         if self.generation is None:
@@ -314,6 +320,10 @@ class ServiceLoop:
         elif generation != self.generation:
             self.generation = generation
             self.spec_changed_at = now
+            if self.reported is not None:
+                # A new spec: its pods may fail differently or not at all; say so afresh.
+                self.reported = None
+                self.clear_pending = True
         pods = await self.api.list_pods(namespace, name)
         patch: dict[str, Any] = {}
 
@@ -385,12 +395,14 @@ class ServiceLoop:
     def _failure(self, failure: WakeFailure | None, body: Mapping[str, Any]) -> dict[str, Any]:
         if failure is not None and failure.reason != self.reported:
             self.reported = failure.reason
+            self.clear_pending = False
             log.warning("%s: wake failure %s: %s", _key(body), failure.reason, failure.message)
             self.api.warn(body, failure.reason, failure.message)
             return {"__failed__": failure}
-        if failure is None and self.reported is not None:
-            # A ready pod (or no failing pod any more): the failure is over.
+        if failure is None and (self.reported is not None or self.clear_pending):
+            # A ready pod, no failing pod any more, or a new spec: the failure is over.
             self.reported = None
+            self.clear_pending = False
             return {"__clear_failed__": True}
         return {}
 

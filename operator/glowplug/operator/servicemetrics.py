@@ -57,6 +57,9 @@ class ServiceSeries:
             WAKES.labels(svc.namespace, svc.name, outcome)
         WAKE_DURATION.labels(svc.namespace, svc.name)
 
+    def price(self, dollars_per_gpu_hour: float) -> None:
+        GPU_PRICE.labels(self.namespace, self.name, self.gpu_type).set(dollars_per_gpu_hour)
+
     def wake(self, outcome: str, seconds: float | None = None) -> None:
         WAKES.labels(self.namespace, self.name, outcome).inc()
         if seconds is not None:
