@@ -238,16 +238,16 @@ class Cluster:
                     self.log(f"already running (state in {self.state_dir}); reusing it")
                     return False
                 users = self._live_users()
-                if users:
+                if users or state.get("started_by") != "pytest":
+                    # Someone is using it (a test session, or whoever ran cluster-up by
+                    # hand): never restart it under them.
                     self.log(
                         "WARNING: the running test bed predates changes to e2e/cluster or "
-                        f"e2e/node, but {len(users)} other session(s) use it; reusing it"
+                        "e2e/node; reusing it (make cluster-down && make cluster-up picks "
+                        "them up)"
                     )
                     return False
                 self.log("the test-bed code changed since this cluster started; restarting it")
-                # A cluster someone started by hand stays theirs (pytest will not stop it).
-                if state.get("started_by") == "cli":
-                    started_by = "cli"
                 self._down_locked()
             if self._read_state():
                 self.log("found a partial cluster from an earlier run; stopping it first")
