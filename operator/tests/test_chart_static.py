@@ -448,3 +448,22 @@ def test_promtool_check_metrics_on_the_exposition() -> None:
             [promtool(), "check", "metrics"], input=exposition, capture_output=True, timeout=60
         )
         assert out.returncode == 0, (out.stdout + out.stderr).decode()
+
+
+@pytest.mark.parametrize("sets", [(), ("watchNamespaces={search}",)], ids=["cluster", "ns"])
+def test_notes_example_is_a_valid_embedding_service(sets: tuple[str, ...]) -> None:
+    """The EmbeddingService NOTES.txt tells users to apply parses (required fields set)."""
+    from glowplug.api import parse
+
+    args = [helm(), "install", "gp", str(CHART), "-n", "glowplug-system", "--dry-run=client"]
+    for s in sets:
+        args += ["--set", s]
+    out = run(*args)
+    assert out.returncode == 0, out.stderr
+    notes = out.stdout.split("NOTES:", 1)[1]
+    block = notes.split("<<'YAML'\n", 1)[1].split("   YAML\n", 1)[0]
+    obj = yaml.safe_load("\n".join(line.removeprefix("   ") for line in block.splitlines()))
+    svc = parse(obj)
+    assert svc.model.served_name == "qwen3-small"
+    assert (obj["metadata"].get("namespace") == "search") == bool(sets)
+    assert "svc/gp-glowplug-activator 8000:80" in notes
