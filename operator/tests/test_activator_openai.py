@@ -149,3 +149,23 @@ def test_token_id_inputs_are_counted() -> None:
     assert oai.parse_request(b'{"model":"m","input":[1,2,3]}', max_inputs=2).n_inputs == 1
     assert oai.parse_request(b'{"model":"m","input":[[1],[2]]}', max_inputs=2).n_inputs == 2
     assert not oai.parse_request(b'{"model":"m","input":[[1]]}', max_inputs=2).text_inputs
+
+
+def test_rewrite_fast_path_matches_full_parse() -> None:
+    engine = {
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -1.5]}],
+        "model": '/models/we"ird\\path',
+        "usage": {"prompt_tokens": 2, "total_tokens": 2},
+    }
+    for sep in ((",", ":"), (", ", ": ")):
+        body = json.dumps(engine, separators=sep).encode()
+        out = json.loads(oai.rewrite_response(body, 'se"rved', "float"))
+        assert out == {**engine, "model": 'se"rved'}
+    # no model field at all: added by the full parse
+    out = json.loads(oai.rewrite_response(b'{"object": "list", "data": []}', "m", "float"))
+    assert out == {"object": "list", "data": [], "model": "m"}
+    # base64 already done by the engine passes through untouched
+    body = json.dumps({**engine, "data": [{"index": 0, "embedding": "AACAPg=="}]}).encode()
+    out = json.loads(oai.rewrite_response(body, "m", "base64"))
+    assert out["data"][0]["embedding"] == "AACAPg==" and out["model"] == "m"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import sys
 from array import array
 from dataclasses import dataclass
@@ -292,13 +293,28 @@ class UpstreamFormatError(Exception):
     """The engine answered 200 with a body that is not an embeddings response."""
 
 
+_MODEL_VALUE = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
+_FLOAT_EMBEDDING = re.compile(rb'"embedding"\s*:\s*\[')
+
+
 def rewrite_response(body: bytes, served_name: str, encoding_format: str) -> bytes:
     """Rewrite ``model`` to the served name and honour ``encoding_format: base64``.
 
     SGLang reports the model path as ``model``; older engines ignore ``encoding_format``
     and return floats, so floats are converted here when the client asked for base64, and
     strings the engine already encoded pass through.
+
+    Fast path: when nothing but ``model`` must change, the field is replaced in the bytes
+    (embeddings responses hold no other string that could contain it), sparing a JSON
+    decode and encode of every vector. Anything unusual takes the full parse.
     """
+    if encoding_format == "float" or not _FLOAT_EMBEDDING.search(body):
+        i = body.find(b'"model"')
+        if i > 0 and body.rfind(b'"model"') == i and body.lstrip()[:1] == b"{":
+            m = _MODEL_VALUE.match(body, i)
+            if m is not None and b'"data"' in body:
+                name = json.dumps(served_name).encode()
+                return b"".join((body[: m.start()], b'"model":', name, body[m.end() :]))
     try:
         doc = json.loads(body)
         data = doc["data"]
