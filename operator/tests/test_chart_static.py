@@ -467,3 +467,25 @@ def test_notes_example_is_a_valid_embedding_service(sets: tuple[str, ...]) -> No
     assert svc.model.served_name == "qwen3-small"
     assert (obj["metadata"].get("namespace") == "search") == bool(sets)
     assert "svc/gp-glowplug-activator 8000:80" in notes
+
+
+def test_image_and_chart_agree() -> None:
+    """Not a build (no Docker in CI): the Dockerfile's user, entrypoint and build context
+    match what the chart and the package expect."""
+    dockerfile = (REPO / "images" / "glowplug" / "Dockerfile").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    uid = values["podSecurityContext"]["runAsUser"]
+    assert f"USER {uid}:{values['podSecurityContext']['runAsGroup']}" in dockerfile
+    assert 'ENTRYPOINT ["glowplug"]' in dockerfile
+    assert "FROM ${PYTHON_IMAGE} AS build" in dockerfile  # multi-stage: no compiler at runtime
+    assert "ENV PYTHONDONTWRITEBYTECODE=1" in dockerfile  # read-only root filesystem
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    assert ignore[ignore.index("*") :][:4] == [
+        "*",
+        "!pyproject.toml",
+        "!README.md",
+        "!operator/glowplug/",
+    ]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["glowplug"] == "glowplug.cli:main"
+    assert project["readme"] == "README.md"  # copied into the build stage
