@@ -489,3 +489,80 @@ def test_image_and_chart_agree() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["glowplug"] == "glowplug.cli:main"
     assert project["readme"] == "README.md"  # copied into the build stage
+
+
+# --- the dashboard's queries through promtool ------------------------------------------------
+
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "5m",
+    "$__range": "1h",
+    "$namespace": ".*",
+    "$service": ".*",
+}
+
+
+def dashboard_queries() -> dict[str, str]:
+    """title/refId -> PromQL with Grafana's variables replaced as Grafana would."""
+    dashboard = json.loads((CHART / "dashboards" / "glowplug.json").read_text())
+    out: dict[str, str] = {}
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for var, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(var, value)
+            out[f"{panel['title']}/{target['refId']}"] = expr
+    return out
+
+
+def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query_{i}:check", "expr": expr}
+                    for i, expr in enumerate(dashboard_queries().values())
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard.rules.yaml"
+    path.write_text(yaml.safe_dump(rules))
+    out = run(promtool(), "check", "rules", str(path))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_promtool_evaluates_the_savings_panels(tmp_path: Path) -> None:
+    """The stat panels on the synthetic day of glowplug.rules.test.yaml: a quarter of the
+    always-on GPU time at $0.96/h, 240 inputs embedded in the hour."""
+    rules_test = yaml.safe_load((CHART / "rules" / "glowplug.rules.test.yaml").read_text())
+    series = rules_test["tests"][0]["input_series"]
+    queries = dashboard_queries()
+    expected = {
+        "GPU-hours used/A": 0.25,
+        "GPU-hours always-on/A": 1,
+        "GPU time saved/A": 0.75,
+        "Dollars saved/A": 0.72,
+        "Dollars spent/A": 0.24,
+        "Cost per 1,000 embeddings/A": 1,
+    }
+    # Only the qwen3 service: the panels sum over everything the variables select.
+    qwen3_series = [s for s in series if 'service="qwen3"' in s["series"]]
+    test = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": qwen3_series,
+                "promql_expr_test": [
+                    {"expr": queries[key], "eval_time": "2h", "exp_samples": [{"value": value}]}
+                    for key, value in expected.items()
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "dashboard.test.yaml"
+    path.write_text(yaml.safe_dump(test))
+    out = run(promtool(), "test", "rules", str(path))
+    assert out.returncode == 0, out.stdout + out.stderr
