@@ -41,7 +41,7 @@ NAMESPACED_OPERATOR = {
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "pods"): {"get", "list", "watch"},
-    ("", "secrets"): {"get", "list", "watch"},
+    ("", "secrets"): {"get"},  # the token-secret check reads one Secret by name
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},

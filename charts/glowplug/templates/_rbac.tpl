@@ -25,10 +25,11 @@ same rule lists back the ClusterRoles (cluster-wide mode) and the per-namespace 
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
-# Only to check that spec.model.source.huggingFace.tokenSecretRef exists (SecretNotFound).
+# Only to check that spec.model.source.huggingFace.tokenSecretRef exists (SecretNotFound):
+# one get by name, never a list or watch of every Secret.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, list, watch]
+  verbs: [get]
 # Events on EmbeddingServices (kopf posts through the core API).
 - apiGroups: [""]
   resources: [events]
