@@ -184,6 +184,7 @@ def example_service(
     engine: str = "sglang",
     idle_timeout: str = "20s",
     load_delay_s: float = 2.0,
+    token_secret: str | None = None,
 ) -> dict[str, Any]:
     """A small EmbeddingService. ``engine="sglang"`` asks for one GPU (the test bed maps the
     SGLang image to its CPU stand-in); ``engine="tei"`` runs Hugging Face
@@ -213,6 +214,10 @@ def example_service(
             "env": [{"name": "STANDIN_LOAD_DELAY", "value": str(load_delay_s)}],
         }
         spec["resources"] = {"gpus": 1, "gpuType": "L4", "cpu": "1", "memory": "2Gi"}
+    if token_secret:
+        spec["model"]["source"] = {
+            "huggingFace": {"tokenSecretRef": {"name": token_secret, "key": "token"}}
+        }
     return {
         "apiVersion": "glowplug.dev/v1alpha1",
         "kind": "EmbeddingService",

@@ -231,6 +231,13 @@ def status_in_phase(kube: Kube, namespace: str, name: str, phase: str) -> dict[s
     return dict(status) if status.get("phase") == phase else None
 
 
+def failed_reason(kube: Kube, namespace: str, name: str) -> str | None:
+    for cond in (embsvc(kube, namespace, name).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Failed" and cond.get("status") == "True":
+            return str(cond.get("reason"))
+    return None
+
+
 def saving(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
     status = embsvc(kube, namespace, name).get("status") or {}
     used, baseline = status.get("gpuSeconds", 0), status.get("baselineGpuSeconds", 0)
@@ -279,7 +286,27 @@ def test_helm_install_wake_idle_upgrade_uninstall(kube: Kube, namespaces: tuple[
                 assert {p["spec"]["serviceAccountName"] for p in pods} == {f"gp-glowplug-{comp}"}
 
             kube.apply(
-                example_service(name, app_ns, engine=ENGINE, idle_timeout=f"{IDLE_TIMEOUT_S}s")
+                example_service(
+                    name,
+                    app_ns,
+                    engine=ENGINE,
+                    idle_timeout=f"{IDLE_TIMEOUT_S}s",
+                    token_secret="hf",
+                )
+            )
+            # The token Secret is missing: the operator (reading Secrets under the chart's
+            # RBAC) reports SecretNotFound, and recovers once the Secret exists.
+            failed = wait_until(
+                lambda: failed_reason(kube, app_ns, name), 60, "the SecretNotFound condition"
+            )
+            assert failed == "SecretNotFound"
+            kube.kubectl(
+                "create", "secret", "generic", "hf", "-n", app_ns, "--from-literal=token=test"
+            )
+            wait_until(
+                lambda: failed_reason(kube, app_ns, name) is None or None,
+                60,
+                "the Failed condition to clear",
             )
             # The operator renders the Deployment at zero replicas: no GPU held.
             deployment = wait_until(
