@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from glowplug.activator.holdqueue import ServiceState
+from glowplug.activator.http import HttpServer
 from glowplug.activator.metrics import Metrics
 from glowplug.activator.server import Activator, Config
 from glowplug.activator.services import Services
@@ -190,24 +191,22 @@ class Harness:
         self.scaler.services = self.services
         self.activator = Activator(self.services, metrics=self.metrics, config=config)
         self.activator.synced.set()
-        self.runner: web.AppRunner | None = None
+        self.server: HttpServer | None = None
         self.url = ""
 
     def state(self, name: str = "emb", namespace: str = "ns1") -> ServiceState:
         return self.services.routes[f"{namespace}/{name}"].state
 
     async def start(self) -> None:
-        self.runner = web.AppRunner(
-            self.activator.app(), access_log=None, handler_cancellation=True
+        self.server = HttpServer(
+            self.activator.handle, max_body=self.activator.config.max_body_bytes
         )
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        port = await self.server.start("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{port}"
 
     async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
+        if self.server is not None:
+            await self.server.close()
         await self.waker.close()
         await self.activator.close()
 

@@ -92,9 +92,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
     from glowplug.activator import static
+    from glowplug.activator.http import HttpServer
     from glowplug.activator.metrics import Metrics
     from glowplug.activator.server import Activator, Config
     from glowplug.activator.services import Services
@@ -138,11 +137,9 @@ async def serve(args: argparse.Namespace) -> int:
 
         synced_task = asyncio.create_task(mark_synced())
 
-    runner = web.AppRunner(activator.app(), access_log=None, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port, backlog=1024)
-    await site.start()
-    log.info("listening on %s:%d", args.host, args.port)
+    server = HttpServer(activator.handle, max_body=args.max_body_bytes)
+    port = await server.start(args.host, args.port)
+    log.info("listening on %s:%d", args.host, port)
     # Startup objects (API client, modules) never die: keep them out of the collector's
     # scans so that full collections on the request path stay short.
     gc.freeze()
@@ -155,9 +152,9 @@ async def serve(args: argparse.Namespace) -> int:
 
     log.info("shutting down")
     await activator.drain()
-    await site.stop()  # no new connections; open ones keep being served
+    server.stop_listening()  # no new connections; open ones are served, then closed
     await activator.wait_idle(args.shutdown_timeout)
-    await runner.cleanup()
+    await server.close()
     await waker.close()
     if source is not None:
         synced_task.cancel()

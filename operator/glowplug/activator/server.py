@@ -13,10 +13,9 @@ import json
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-from aiohttp import web
 
 from glowplug.activator import openai as oai
 from glowplug.activator.forwarder import (
@@ -27,6 +26,7 @@ from glowplug.activator.forwarder import (
     UpstreamTimeout,
 )
 from glowplug.activator.holdqueue import HoldTimeout, QueueFull, ServiceFailed, ServiceGone
+from glowplug.activator.http import Request, Response
 from glowplug.activator.metrics import Metrics
 from glowplug.activator.services import Route, Services
 from glowplug.activator.stats import stats
@@ -50,12 +50,20 @@ class Config:
     name: str = field(default_factory=socket.gethostname)
 
 
-def _error(err: oai.APIError) -> web.Response:
-    return web.Response(status=err.status, body=err.body(), content_type=JSON, headers=err.headers)
+def _error(err: oai.APIError) -> Response:
+    return Response(err.status, err.body(), JSON, err.headers)
+
+
+def _json(doc: Any) -> Response:
+    return Response(200, json.dumps(doc).encode(), JSON)
+
+
+def _text(status: int, text: str) -> Response:
+    return Response(status, text.encode(), "text/plain; charset=utf-8")
 
 
 class Activator:
-    """The aiohttp application and the request path."""
+    """The request path and the small endpoints, served by ``http.HttpServer``."""
 
     def __init__(
         self,
@@ -71,41 +79,55 @@ class Activator:
         self.config = config or Config()
         self.synced = asyncio.Event()  # the sources have listed everything once
         self.draining = False
+        self._routes: dict[str, Callable[[], Response]] = {
+            "/v1/models": self.models,
+            "/models": self.models,
+            "/stats": self.stats,
+            "/metrics": self.prometheus,
+            "/healthz": self.healthz,
+            "/readyz": self.readyz,
+        }
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.max_body_bytes)
-        r = app.router
-        r.add_route("*", "/v1/embeddings", self.embeddings)
-        r.add_route("*", "/embeddings", self.embeddings)
-        r.add_get("/v1/models", self.models)
-        r.add_get("/stats", self.stats)
-        r.add_get("/metrics", self.prometheus)
-        r.add_get("/healthz", self.healthz)
-        r.add_get("/readyz", self.readyz)
-        r.add_route("*", "/{tail:.*}", self.not_found)
-        return app
+    async def handle(self, request: Request) -> Response:
+        """Route one request (the HTTP server's handler)."""
+        path = request.path
+        if path in ("/v1/embeddings", "/embeddings"):
+            return await self.embeddings(request)
+        get = self._routes.get(path)
+        if get is None:
+            return _error(
+                oai.APIError(404, f"no such endpoint: {request.method} {path}", code="not_found")
+            )
+        if request.method not in ("GET", "HEAD"):
+            return _error(
+                oai.APIError(
+                    405,
+                    f"method {request.method} is not allowed on {path}; use GET",
+                    code="method_not_allowed",
+                    headers={"Allow": "GET"},
+                )
+            )
+        return get()
 
     # --- small endpoints ----------------------------------------------------------------
 
-    async def healthz(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+    def healthz(self) -> Response:
+        return _text(200, "ok\n")
 
-    async def readyz(self, request: web.Request) -> web.Response:
+    def readyz(self) -> Response:
         if self.draining:
-            return web.Response(status=503, text="draining\n")
+            return _text(503, "draining\n")
         if not self.synced.is_set():
-            return web.Response(status=503, text="not synced with the API server yet\n")
-        return web.Response(text="ok\n")
+            return _text(503, "not synced with the API server yet\n")
+        return _text(200, "ok\n")
 
-    async def stats(self, request: web.Request) -> web.Response:
-        return web.json_response(stats(self.services, self.config.name))
+    def stats(self) -> Response:
+        return _json(stats(self.services, self.config.name))
 
-    async def prometheus(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
-        )
+    def prometheus(self) -> Response:
+        return Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
 
-    async def models(self, request: web.Request) -> web.Response:
+    def models(self) -> Response:
         table = self.services.table
         data = []
         for svc in table:
@@ -133,26 +155,19 @@ class Activator:
                     },
                 }
             )
-        return web.json_response({"object": "list", "data": data})
-
-    async def not_found(self, request: web.Request) -> web.Response:
-        return _error(
-            oai.APIError(
-                404, f"no such endpoint: {request.method} {request.path}", code="not_found"
-            )
-        )
+        return _json({"object": "list", "data": data})
 
     # --- the request path ---------------------------------------------------------------
 
-    async def embeddings(self, request: web.Request) -> web.Response:
+    async def embeddings(self, request: Request) -> Response:
         t0 = time.monotonic()
         try:
-            req, route, payload = await self._admit(request)
+            req, route, payload = self._admit(request)
         except oai.APIError as err:
             return _error(err)
         return await self._serve(req, route, payload, t0)
 
-    async def _admit(self, request: web.Request) -> tuple[oai.EmbeddingRequest, Route, bytes]:
+    def _admit(self, request: Request) -> tuple[oai.EmbeddingRequest, Route, bytes]:
         if request.method != "POST":
             raise oai.APIError(
                 405,
@@ -160,7 +175,7 @@ class Activator:
                 code="method_not_allowed",
                 headers={"Allow": "POST"},
             )
-        ctype = request.headers.get("Content-Type")
+        ctype = request.headers.get("content-type")
         if ctype is not None:
             main = ctype.split(";", 1)[0].strip().lower()
             if main != JSON and not main.endswith("+json"):
@@ -169,14 +184,10 @@ class Activator:
                     f"Content-Type must be application/json, got {main!r}",
                     code="unsupported_media_type",
                 )
-        limit = self.config.max_body_bytes
-        length = request.content_length
-        if length is not None and length > limit:
-            raise self._too_large(length)
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise self._too_large(None) from None
+        if request.too_large:
+            length = request.headers.get("content-length")
+            raise self._too_large(int(length) if length and length.isdigit() else None)
+        body = request.body
         req = oai.parse_request(body, max_inputs=self.config.max_inputs)
         route = self.services.resolve(req.model)
         oai.check_dimensions(req, route.spec)
@@ -192,7 +203,7 @@ class Activator:
 
     async def _serve(
         self, req: oai.EmbeddingRequest, route: Route, payload: bytes, t0: float
-    ) -> web.Response:
+    ) -> Response:
         state, sm, spec = route.state, route.metrics, route.spec
         path = "warm" if state.has_ready else "cold"
         deadline = t0 + spec.scaling.activation_timeout
@@ -322,18 +333,16 @@ class Activator:
                     "upstream_error",
                 )
             sm.embeddings.inc(req.n_inputs)
-            resp = web.Response(body=out, content_type=JSON)
+            resp = Response(200, out, JSON)
         else:
-            resp = web.Response(status=status, body=_engine_error(status, body), content_type=JSON)
+            resp = Response(status, _engine_error(status, body), JSON)
         total = time.monotonic() - t0
         sm.requests(status, path).inc()
         sm.duration[path].observe(total)
         sm.overhead.observe(max(0.0, total - waited - upstream))
         return resp
 
-    def _reject(
-        self, route: Route, path: str, err: oai.APIError, reason: str | None
-    ) -> web.Response:
+    def _reject(self, route: Route, path: str, err: oai.APIError, reason: str | None) -> Response:
         sm = route.metrics
         sm.requests(err.status, path).inc()
         if reason is not None:
