@@ -548,6 +548,7 @@ class _Shared:
     api: ServiceAPI | None = None
     reader: LoadReader | None = None
     api_client: Any = None
+    closing: bool = False  # cleanup began: the clients are being closed under the loops
 
 
 SHARED = _Shared()
@@ -584,6 +585,7 @@ async def _startup(**kwargs: Any) -> None:
 
 
 async def _cleanup(**_: Any) -> None:
+    SHARED.closing = True
     if SHARED.reader is not None:
         await SHARED.reader.close()
     if SHARED.api_client is not None:
@@ -604,7 +606,7 @@ async def _daemon(**kwargs: Any) -> None:
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # one bad tick must not end the loop
-                if stopped:
+                if stopped or SHARED.closing:
                     break  # shutting down: the API client may already be closed
                 logger.warning("autoscaler tick failed: %s", err, exc_info=True)
             elapsed = time.monotonic() - started
