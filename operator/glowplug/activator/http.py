@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ log = logging.getLogger("glowplug.activator.http")
 
 MAX_PIPELINED = 32  # requests buffered on one connection before reading pauses
 MAX_HEADER_BYTES = 64 * 1024
+# A connection with no request being handled for this long is closed (keep-alive idle,
+# or a request that never completes).
+IDLE_TIMEOUT = 75.0
 
 
 @dataclass
@@ -88,6 +92,7 @@ class _Connection(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.closed = False
         self.paused = False
+        self.last_active = time.monotonic()
         self._reset()
 
     def _reset(self) -> None:
@@ -125,6 +130,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._reset()
+        self.last_active = time.monotonic()
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -213,6 +219,7 @@ class _Connection(asyncio.Protocol):
                     return
         finally:
             self.task = None
+            self.last_active = time.monotonic()
 
     def _fail(self, status: int, message: str) -> None:
         if self.transport is not None and not self.closed:
@@ -222,8 +229,10 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
         self.closed = True
 
-    def close_if_idle(self) -> None:
-        if self.task is None and not self.pending and self.transport is not None:
+    def close_if_idle(self, idle_since: float | None = None) -> None:
+        idle = self.task is None and not self.pending and self.transport is not None
+        if idle and (idle_since is None or self.last_active < idle_since):
+            assert self.transport is not None
             self.transport.close()
 
 
@@ -236,14 +245,22 @@ class HttpServer:
         self.connections: set[_Connection] = set()
         self.closing = False  # answer with Connection: close
         self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def start(self, host: str, port: int, backlog: int = 1024) -> int:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: _Connection(self), host, port, backlog=backlog, reuse_address=True
         )
+        self._sweeper = loop.call_later(IDLE_TIMEOUT / 5, self._sweep)
         sock = self._server.sockets[0]
         return int(sock.getsockname()[1])
+
+    def _sweep(self) -> None:
+        limit = time.monotonic() - IDLE_TIMEOUT
+        for conn in list(self.connections):
+            conn.close_if_idle(limit)
+        self._sweeper = asyncio.get_running_loop().call_later(IDLE_TIMEOUT / 5, self._sweep)
 
     def stop_listening(self) -> None:
         """No new connections; open ones are served, and closed when idle."""
@@ -255,6 +272,8 @@ class HttpServer:
 
     async def close(self) -> None:
         self.stop_listening()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()

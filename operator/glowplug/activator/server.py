@@ -98,7 +98,7 @@ class Activator:
             return _error(
                 oai.APIError(404, f"no such endpoint: {request.method} {path}", code="not_found")
             )
-        if request.method not in ("GET", "HEAD"):
+        if request.method != "GET":
             return _error(
                 oai.APIError(
                     405,
