@@ -11,6 +11,7 @@ when the client disconnects (a held request leaves its queue at once).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import deque
@@ -223,9 +224,9 @@ class _Connection(asyncio.Protocol):
 
     def _fail(self, status: int, message: str) -> None:
         if self.transport is not None and not self.closed:
-            body = f'{{"error": {{"message": "{message}", "type": "invalid_request_error",'
-            body += ' "param": null, "code": "bad_request"}}'
-            self.transport.write(encode(Response(status, body.encode()), keep_alive=False))
+            err = {"message": message, "type": "invalid_request_error", "param": None}
+            body = json.dumps({"error": {**err, "code": "bad_request"}}).encode()
+            self.transport.write(encode(Response(status, body), keep_alive=False))
             self.transport.close()
         self.closed = True
 
