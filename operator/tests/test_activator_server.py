@@ -375,3 +375,16 @@ async def test_forwarder_reads_chunked_answers_and_times_out() -> None:
         finally:
             e.gate.set()
             await fwd.close()
+
+
+async def test_connect_errors_until_the_deadline_are_502() -> None:
+    async with harness() as h, aiohttp.ClientSession() as s:
+        dead = FakeEngine()
+        await dead.start()
+        dead_addr = dead.address
+        await dead.stop()
+        h.services.apply_service(service_obj(scaling={"activationTimeout": "1s"}))
+        h.services.set_endpoints("ns1", "emb", [dead_addr])
+        status, body, _ = await post(s, h.url, emb())
+        assert status == 502 and "connect to" in body["error"]["message"]
+        assert h.state().inflight == 0 and h.state().queued == 0

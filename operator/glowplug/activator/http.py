@@ -52,6 +52,9 @@ class Response:
 Handler = Callable[[Request], Awaitable[Response]]
 
 _STATUS_LINES: dict[int, bytes] = {}
+_INTERNAL_ERROR = json.dumps(
+    {"error": {"message": "internal error", "type": "server_error", "param": None, "code": None}}
+).encode()
 
 
 def _status_line(status: int) -> bytes:
@@ -209,7 +212,7 @@ class _Connection(asyncio.Protocol):
                     raise
                 except Exception:
                     log.exception("handler failed for %s %s", req.method, req.path)
-                    resp = Response(500, b'{"error": {"message": "internal error"}}')
+                    resp = Response(500, _INTERNAL_ERROR)
                 keep_alive = req.keep_alive and not self.server.closing
                 if self.closed or self.transport is None:
                     return

@@ -210,6 +210,7 @@ class Activator:
         request_timeout = spec.engine.request_timeout
         waited = upstream = 0.0
         retried_drop = False
+        refusal: ConnectFailed | None = None  # the last connect error, if any
         try:
             while True:
                 b = state.try_acquire()
@@ -218,16 +219,15 @@ class Activator:
                     b = await state.acquire(max(0.0, deadline - tw))
                     waited += time.monotonic() - tw
                 tu = time.monotonic()
-                completed = False
+                completed = refused = False
                 try:
                     status, body = await self.forwarder.post(b.address, payload, request_timeout)
                     completed = True
-                except ConnectFailed:
+                except ConnectFailed as err:
                     state.cool_down(b)
                     if time.monotonic() >= deadline:
                         raise
-                    await asyncio.sleep(CONNECT_RETRY_DELAY)
-                    continue
+                    refused, refusal = True, err
                 except DroppedBeforeResponse:
                     if retried_drop:
                         raise
@@ -239,6 +239,10 @@ class Activator:
                 finally:
                     upstream += time.monotonic() - tu
                     state.release(b, completed=completed)
+                if refused:
+                    # Not connected: retry (another pod first) until the deadline.
+                    await asyncio.sleep(CONNECT_RETRY_DELAY)
+                    continue
                 break
         except oai.APIError as err:
             return self._reject(route, path, err, None)
@@ -257,6 +261,20 @@ class Activator:
                 "queue_full",
             )
         except HoldTimeout:
+            if refusal is not None:
+                # It waited because the pods refused connections: say that, not "timeout".
+                return self._reject(
+                    route,
+                    path,
+                    oai.APIError(
+                        502,
+                        f"model {spec.model.served_name!r}: the engine refused connections"
+                        f" until the activation timeout: {refusal}",
+                        type="upstream_error",
+                        code="upstream_error",
+                    ),
+                    "upstream_error",
+                )
             what = "was not ready" if not state.has_ready else "had no free slot"
             return self._reject(
                 route,
