@@ -98,7 +98,8 @@ async def serve(args: argparse.Namespace) -> int:
     from glowplug.activator.server import Activator, Config
     from glowplug.activator.services import Services
     from glowplug.activator.waker import KubeScaler, Waker
-    from glowplug.activator.watch import KubeSource, kube_client
+    from glowplug.activator.watch import KubeSource
+    from glowplug.kubeclient import new_api_client
 
     metrics = Metrics()
     services = Services(metrics)
@@ -123,7 +124,7 @@ async def serve(args: argparse.Namespace) -> int:
     else:
         from kubernetes_asyncio import client
 
-        api_client = await kube_client()
+        api_client = await new_api_client()
         waker = Waker(KubeScaler(client.CustomObjectsApi(api_client)), metrics)
         services.set_waker(waker)
         source = KubeSource(api_client, services, args.namespaces)

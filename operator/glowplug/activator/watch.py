@@ -187,16 +187,3 @@ class KubeSource:
         elif typ == "DELETED":
             kind.delete(obj)
         return new_rv
-
-
-async def kube_client() -> Any:
-    """An ApiClient from $KUBECONFIG / ~/.kube/config, or the in-cluster service account."""
-    import os
-
-    from kubernetes_asyncio import client, config
-
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    else:
-        await config.load_kube_config()
-    return client.ApiClient()

@@ -31,9 +31,10 @@ from prometheus_client import Gauge
 
 from glowplug import metrics
 from glowplug.api.spec import GROUP, PLURAL, VERSION, EmbeddingService, SpecError, parse
+from glowplug.kubeclient import new_api_client
 from glowplug.operator import conditions as cond
 from glowplug.operator import render
-from glowplug.operator.kube import Kube, new_api_client
+from glowplug.operator.kube import Kube
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from glowplug.api.spec import GROUP, PLURAL, VERSION
@@ -25,15 +25,6 @@ MERGE = "application/merge-patch+json"
 Manifest = dict[str, Any]
 # Given the current object, return the status fields to write (None: nothing to write).
 StatusMutation = Callable[[Mapping[str, Any]], Awaitable[Manifest | None] | Manifest | None]
-
-
-async def new_api_client() -> client.ApiClient:
-    """In-cluster credentials when running in a pod, else $KUBECONFIG / ~/.kube/config."""
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        await config.load_kube_config()
-    return client.ApiClient()
 
 
 def is_status(err: BaseException, *codes: int) -> bool:

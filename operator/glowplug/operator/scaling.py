@@ -558,7 +558,7 @@ async def _startup(**kwargs: Any) -> None:
     logger: logging.Logger = kwargs.get("logger") or log
     from kubernetes_asyncio import client
 
-    from glowplug.operator.kube import new_api_client
+    from glowplug.kubeclient import new_api_client
 
     SHARED.api_client = await new_api_client()
     SHARED.api = KubeServiceAPI(SHARED.api_client)
