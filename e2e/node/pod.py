@@ -30,7 +30,7 @@ import aiohttp
 
 from e2e.node import netns
 from e2e.node.api import ApiError
-from e2e.node.images import ImageNotMapped
+from e2e.node.images import REPO, ImageNotMapped
 
 if TYPE_CHECKING:
     from e2e.node.agent import Agent
@@ -429,6 +429,13 @@ class PodRunner:
         assert self.net is not None
         mounts = self._mounts(c)
         script = "set -e\n"
+        # Pods run host programs from the checkout (its .venv, the stand-in): a volume
+        # mounted over one of its ancestors (a chart's emptyDir at /tmp, with the checkout
+        # under /tmp) would hide them. Bind the checkout aside first, back on top after.
+        keep = self._repo_keep_dir([dst for _, dst, _ in mounts])
+        if keep is not None:
+            script += f"mkdir -p {shlex.quote(str(keep))}"
+            script += f" && mount --bind {shlex.quote(str(REPO))} {shlex.quote(str(keep))}\n"
         for src, dst, ro in mounts:
             mk = f"mkdir -p {shlex.quote(dst)}"
             if src.is_file():
@@ -436,6 +443,9 @@ class PodRunner:
             script += f"{mk} && mount --bind {shlex.quote(str(src))} {shlex.quote(dst)}\n"
             if ro:
                 script += f"mount -o remount,bind,ro {shlex.quote(dst)}\n"
+        if keep is not None:
+            script += f"mkdir -p {shlex.quote(str(REPO))}"
+            script += f" && mount --bind {shlex.quote(str(keep))} {shlex.quote(str(REPO))}\n"
         workdir = c.spec.get("workingDir")
         if workdir:
             script += f"mkdir -p {shlex.quote(workdir)} && cd {shlex.quote(workdir)}\n"
@@ -839,6 +849,19 @@ class PodRunner:
             for target, tok in self._token_paths:
                 with contextlib.suppress(Exception):
                     await self._write_token(target, tok)
+
+    def _repo_keep_dir(self, mount_paths: list[str]) -> Path | None:
+        """Where to keep the checkout while volumes cover it; None when none covers it."""
+
+        def covered(path: Path) -> bool:
+            return any(path == Path(m) or Path(m) in path.parents for m in mount_paths)
+
+        if not covered(REPO):
+            return None
+        for keep in (self.dir / "repo", Path("/run/glowplug-testbed") / self.uid / "repo"):
+            if not covered(keep):
+                return keep
+        raise RuntimeError(f"volume mounts {mount_paths} hide the checkout {REPO}")
 
     def _mounts(self, c: Container) -> list[tuple[Path, str, bool]]:
         out = []
