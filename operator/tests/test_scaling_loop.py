@@ -10,9 +10,10 @@ import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import pytest
+
 from glowplug.operator.activity import Snapshot
 from glowplug.operator.autoscaler import ActivatorLoad
-from glowplug.operator.ledger import LEDGER_MANAGER
 from glowplug.operator.scaling import Options, ServiceLoop, pod_gpus, pod_hold
 from glowplug.operator.timefmt import format_time, parse_time
 
@@ -82,8 +83,6 @@ class ClusterAPIDouble:
         self.warnings: list[tuple[str, str]] = []
         self.scale_writes: list[int] = []
         self.conflict_next_scale = False
-        self.write_latency = 0.0  # seconds each ledger write takes (a slow API server)
-        self.write_delay = 0.0
 
     def _bump(self) -> None:
         meta = self.obj["metadata"]
@@ -93,16 +92,7 @@ class ClusterAPIDouble:
         return copy.deepcopy(self.obj)
 
     async def write_ledger(self, namespace: str, name: str, fields: dict[str, Any]) -> None:
-        status = self.obj.setdefault("status", {})
-        fields = {k: v for k, v in fields.items() if k != "ledgerTime"}  # pruned by the CRD
-        status.update(fields)
-        self.obj["metadata"]["managedFields"] = [
-            {
-                "manager": LEDGER_MANAGER,
-                "subresource": "status",
-                "time": format_time(float(int(self.clock()))).replace(".000000", ""),
-            }
-        ]
+        self.obj.setdefault("status", {}).update(fields)
         self._bump()
 
     async def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
@@ -271,7 +261,7 @@ async def test_wake_is_measured_from_the_stamp_to_the_first_ready_pod() -> None:
     assert "wakeStartedTime" not in api.obj["status"]
 
 
-async def test_ledger_survives_a_restart_without_ledger_time_in_the_schema() -> None:
+async def test_ledger_survives_a_restart() -> None:
     api, _load, clock = make(replicas=1)
     api.pods = [a_pod("a", T0 + 3)]
     first = ServiceLoop(api, None, Options(checkpoint_every=5.0), clock=clock)
@@ -290,25 +280,24 @@ async def test_ledger_survives_a_restart_without_ledger_time_in_the_schema() -> 
     assert status["baselineGpuSeconds"] == 58
 
 
-async def test_a_checkpoint_landing_in_a_later_second_is_rewritten() -> None:
-    # The write's stamp is a second after the tick's whole second: without the
-    # re-write, a restart would resume a second late and lose a second per GPU.
+async def test_restart_resumes_at_a_ledger_time_between_whole_seconds() -> None:
+    # Ticks land 0.9 s past each second; the checkpoint's time is the tick's, to the
+    # microsecond, so a restart resumes exactly where the totals stop.
     api, _load, clock = make(replicas=1)
     api.pods = [a_pod("a", T0)]
     first = ServiceLoop(api, None, Options(checkpoint_every=5.0), clock=clock)
-    clock.t = T0 + 0.9
-    api.write_latency = 0.0
     for step in range(12):
         clock.t = T0 + step + 0.9
-        api.write_delay = 0.3  # every write lands in the next second
         await first.tick(copy.deepcopy(api.obj))
-    stamp = parse_time(api.obj["metadata"]["managedFields"][0]["time"])
-    assert stamp is not None
-    assert api.obj["status"]["gpuSeconds"] == stamp - T0  # totals agree with the stamp
+    when = parse_time(api.obj["status"]["ledgerTime"])
+    assert when is not None and when == pytest.approx(T0 + 11.9)
+    # one pod held since T0: the totals agree with their time
+    assert api.obj["status"]["gpuSeconds"] == pytest.approx(when - T0)
     second = ServiceLoop(api, None, Options(checkpoint_every=5.0), clock=clock)
     clock.t = T0 + 20.0
     await second.tick(copy.deepcopy(api.obj))
-    assert second.ledger is not None and second.ledger.gpu_seconds == 20
+    assert second.ledger is not None
+    assert second.ledger.gpu_seconds == pytest.approx(20)
 
 
 async def test_a_spec_change_clears_the_failure_or_reports_the_new_one() -> None:

@@ -9,7 +9,7 @@ Rules (DESIGN.md section 3.5):
 - A pod holds ``gpus`` GPUs from the moment it is bound to a node (Pending included:
   the GPU is allocated while the image pulls and the model loads) until it is gone from
   the API. A pod that vanished between two observations is charged up to the later one
-  (the moment we learned it was gone; the live loop observes on whole seconds).
+  (the moment we learned it was gone).
 - The baseline is what ``max(actual, cost.baselineReplicas)`` always-on replicas would
   hold over the same time: at each instant max(GPUs held, baselineReplicas x gpus).
 - Totals are cumulative and cover the time up to ``as_of``. The checkpoint in status is
@@ -17,12 +17,6 @@ Rules (DESIGN.md section 3.5):
   a restart the ledger continues from ledgerTime: a re-listed pod is charged from
   max(bound time, ledgerTime), never twice. What cannot be known after a restart is a
   pod that came and went while no operator ran; the checkpoint interval bounds that.
-- Where the CRD's status schema has no ``ledgerTime`` (the API server prunes unknown
-  status fields), the checkpoint's time is read back from ``metadata.managedFields``:
-  checkpoints are written by their own field manager (``LEDGER_MANAGER``) and nothing
-  else, at whole-second ``as_of`` times, and every checkpoint changes a value it owns
-  (time moved, so the baseline grew), so that manager's entry time (whole seconds) is
-  the checkpoint's ``as_of``.
 """
 
 from __future__ import annotations
@@ -33,8 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glowplug.operator import timefmt
-
-LEDGER_MANAGER = "glowplug-ledger"
 
 
 @dataclass(frozen=True)
@@ -96,17 +88,10 @@ class Ledger:
         }
 
     @classmethod
-    def restore(
-        cls,
-        status: Mapping[str, Any] | None,
-        created: float,
-        now: float,
-        checkpoint_time: float | None = None,
-    ) -> Ledger:
+    def restore(cls, status: Mapping[str, Any] | None, created: float, now: float) -> Ledger:
         """Continue from the checkpoint in ``status``; a new service starts at ``created``.
 
-        The checkpoint's time is ``status.ledgerTime``, else ``checkpoint_time`` (from
-        managedFields, see ``checkpoint_time``). Without either (a service the ledger
+        The checkpoint's time is ``status.ledgerTime``. Without it (a service the ledger
         never saw) accounting starts at ``created``, or at ``now`` when totals exist but
         their time is unknown (counting from creation again would double count).
         """
@@ -114,19 +99,9 @@ class Ledger:
         gpu = _number(status.get("gpuSeconds"))
         base = _number(status.get("baselineGpuSeconds"))
         when = timefmt.parse_time(status.get("ledgerTime"))
-        if when is None and (gpu or base):
-            when = checkpoint_time
         if when is None:
             when = now if (gpu or base) else min(created, now)
         return cls(gpu_seconds=gpu, baseline_gpu_seconds=base, as_of=min(when, now), seen=None)
-
-
-def checkpoint_time(metadata: Mapping[str, Any]) -> float | None:
-    """When ``LEDGER_MANAGER`` last wrote status, from ``metadata.managedFields``."""
-    for entry in metadata.get("managedFields") or []:
-        if entry.get("manager") == LEDGER_MANAGER and entry.get("subresource") == "status":
-            return timefmt.parse_time(entry.get("time"))
-    return None
 
 
 def integrate(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from glowplug.operator.activity import (
     StaticDiscovery,
 )
 from glowplug.operator.autoscaler import ScalerState, decide
-from glowplug.operator.ledger import LEDGER_MANAGER, Ledger, PodHold, checkpoint_time
+from glowplug.operator.ledger import Ledger, PodHold
 from glowplug.operator.timefmt import format_time, parse_time
 from glowplug.operator.wakefailures import WakeFailure, is_ready, service_failure
 
@@ -120,9 +119,7 @@ def configure(args: argparse.Namespace) -> None:
 class ServiceAPI(Protocol):
     async def read_object(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
-    async def write_ledger(
-        self, namespace: str, name: str, fields: dict[str, Any]
-    ) -> float | None: ...
+    async def write_ledger(self, namespace: str, name: str, fields: dict[str, Any]) -> None: ...
 
     async def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]: ...
 
@@ -146,8 +143,9 @@ class KubeServiceAPI:
     def __init__(self, api_client: Any) -> None:
         from kubernetes_asyncio import client
 
-        from glowplug.operator.kube import Kube
+        from glowplug.operator.kube import FIELD_MANAGER, Kube
 
+        self.field_manager = FIELD_MANAGER
         self.api_client = api_client
         self.kube = Kube(api_client)
         self.core = client.CoreV1Api(api_client)
@@ -156,16 +154,15 @@ class KubeServiceAPI:
     async def read_object(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self.kube.get_embsvc(namespace, name)
 
-    async def write_ledger(self, namespace: str, name: str, fields: dict[str, Any]) -> float | None:
-        """The ledger checkpoint: its own field manager, no precondition (see ledger.py).
+    async def write_ledger(self, namespace: str, name: str, fields: dict[str, Any]) -> None:
+        """The ledger checkpoint: one merge patch of the fields only the ledger writes.
 
-        Returns the time the API server recorded for it in managedFields.
+        No precondition: the fields are written together and nobody else writes them.
         """
-        kwargs: dict[str, Any] = {"_content_type": MERGE, "field_manager": LEDGER_MANAGER}
-        stored = await self.custom.patch_namespaced_custom_object_status(
+        kwargs: dict[str, Any] = {"_content_type": MERGE, "field_manager": self.field_manager}
+        await self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": fields}, **kwargs
         )
-        return checkpoint_time((stored or {}).get("metadata") or {})
 
     async def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
         pods = await self.core.list_namespaced_pod(
@@ -327,33 +324,31 @@ class ServiceLoop:
         pods = await self.api.list_pods(namespace, name)
         patch: dict[str, Any] = {}
 
-        # 1. the ledger, on whole seconds (see ledger.py: the checkpoint's time)
-        second = float(math.floor(now))
+        # 1. the ledger
         if self.ledger is None:
+            # The latest checkpoint: the body kopf hands over may lag the last write.
             fresh = await self.api.read_object(namespace, name) or body
-            fresh_meta = fresh.get("metadata") or {}
-            created = parse_time(fresh_meta.get("creationTimestamp")) or second
-            self.ledger = Ledger.restore(
-                fresh.get("status"), created, second, checkpoint_time(fresh_meta)
-            )
-            self.last_checkpoint = second
+            created = parse_time((fresh.get("metadata") or {}).get("creationTimestamp")) or now
+            self.ledger = Ledger.restore(fresh.get("status"), created, now)
+            self.last_checkpoint = now
         holds = [h for h in (pod_hold(p) for p in pods) if h is not None]
         gpus = _raw_int(body, "spec", "resources", "gpus", default=1)
         baseline = _raw_int(body, "spec", "cost", "baselineReplicas", default=1) * gpus
-        delta = self.ledger.advance(second, holds, float(baseline))
+        delta = self.ledger.advance(now, holds, float(baseline))
         if self.series is not None:
             self.series.gpu.inc(delta.gpu_seconds)
             self.series.baseline.inc(delta.baseline_gpu_seconds)
         pod_set = frozenset(h.uid for h in holds)
-        due = second - self.last_checkpoint >= self.options.checkpoint_every
-        if (pod_set != self.last_pods or due) and second > self.last_checkpoint:
+        due = now - self.last_checkpoint >= self.options.checkpoint_every
+        # Never twice at one instant; right after a restore, status holds a checkpoint.
+        if (pod_set != self.last_pods or due) and now > self.last_checkpoint:
             try:
-                await self._checkpoint(namespace, name, holds, float(baseline))
+                await self.api.write_ledger(namespace, name, self.ledger.checkpoint())
             except Exception as err:  # kept in memory; the next checkpoint catches up
                 log.warning("%s/%s: ledger checkpoint failed: %s", namespace, name, err)
             else:
                 self.last_pods = pod_set
-                self.last_checkpoint = second
+                self.last_checkpoint = now
 
         # 2. wake failures and wake duration
         ready = sum(1 for p in pods if is_ready(p))
@@ -371,26 +366,6 @@ class ServiceLoop:
 
         if patch:
             await self._write_status(namespace, name, patch, spec_replicas, ready)
-
-    async def _checkpoint(
-        self, namespace: str, name: str, holds: list[PodHold], baseline: float
-    ) -> None:
-        """Write the checkpoint so that its recorded time is its ``as_of``.
-
-        The API server stamps managedFields in whole seconds at the write; when the
-        write lands in a later second than ``as_of``, a restart would resume from that
-        later second and lose the difference. So advance the ledger to the recorded
-        second (the same pods held it: they were just listed) and write again.
-        """
-        assert self.ledger is not None
-        for _ in range(3):
-            recorded = await self.api.write_ledger(namespace, name, self.ledger.checkpoint())
-            if recorded is None or recorded <= self.ledger.as_of:
-                return
-            delta = self.ledger.advance(recorded, holds, baseline)
-            if self.series is not None:
-                self.series.gpu.inc(delta.gpu_seconds)
-                self.series.baseline.inc(delta.baseline_gpu_seconds)
 
     def _failure(self, failure: WakeFailure | None, body: Mapping[str, Any]) -> dict[str, Any]:
         if failure is not None and failure.reason != self.reported:
