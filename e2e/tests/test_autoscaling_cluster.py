@@ -211,6 +211,9 @@ class ReplicaRecorder:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
+        # One last sample: a wait that just saw a change may have beaten the sampler to it.
+        with contextlib.suppress(Exception):
+            self.samples.append((time.time(), desired(self.cluster, self.namespace)))
 
     def values(self) -> list[int]:
         out: list[int] = []
