@@ -283,9 +283,11 @@ def test_burst_jumps_to_backlog_replicas_and_scale_down_waits(
     assert at_five is not None
     first_drop = next((t for t, r in rec.samples if t > at_five and r < 5), None)
     assert first_drop is not None, values
-    # Demand can only fall once requests finish (2.5 s each, after the first pod is
-    # ready), and then a replica goes only after scaleDownDelay (8 s) of lower demand.
-    assert first_drop - at_five >= 8.0 + 2.5 - 0.5, (first_drop - at_five, values)
+    # The write of 5 saw all 40 requests, so demand falls only after it, and a replica
+    # goes only after scaleDownDelay (8 s) of lower demand. (The first pod may have been
+    # serving since before that write, so its 2.5 s requests give no further margin.)
+    # 0.5 s covers the sampler seeing 5 late (0.2 s period plus a kubectl round trip).
+    assert first_drop - at_five >= 8.0 - 0.5, (first_drop - at_five, values)
 
 
 def test_twenty_wake_idle_cycles_with_requests_at_the_scale_to_zero_instant(
