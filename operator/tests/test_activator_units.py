@@ -109,6 +109,15 @@ def test_pod_failures() -> None:
     )
     assert f is not None and f.reason == "OOMKilled"
     assert pod_failure(_pod({"waiting": {"reason": "ContainerCreating"}})) is None
+    # The activator uses the operator's classification, but leaves Unschedulable (a GPU
+    # pod waiting for a new node) to the operator's Failed condition.
+    pending = _pod({"waiting": {"reason": "ContainerCreating"}})
+    pending["status"]["conditions"] = [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "x"}
+    ]
+    assert pod_failure(pending) is None
+    f = pod_failure(_pod({"waiting": {"reason": "CreateContainerConfigError", "message": "k"}}))
+    assert f is not None and f.reason == "CreateContainerConfigError" and "k" in f.message
     assert pod_failure(_pod({"running": {}})) is None
     cond = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "X"}]}}
     assert condition_failure(cond) == Failure("X", "X")

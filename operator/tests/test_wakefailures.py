@@ -58,6 +58,10 @@ def test_each_reason() -> None:
     assert f is not None and f.reason == "OOMKilled"
     f = pod_failure(pod(terminated="OOMKilled"))
     assert f is not None and f.reason == "OOMKilled"
+    for waiting in ("CreateContainerConfigError", "CreateContainerError"):
+        f = pod_failure(pod(waiting=waiting))
+        assert f is not None and f.reason == "CreateContainerConfigError", waiting
+        assert waiting in f.message and "details" in f.message
 
 
 def test_healthy_and_starting_pods_are_not_failures() -> None:

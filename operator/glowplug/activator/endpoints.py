@@ -11,26 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from glowplug.operator import wakefailures
+
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 SERVICE_LABEL = "glowplug.dev/service"
 PORT_NAME = "http"
-
-# Container waiting/terminated reasons that mean the pod will not become ready by itself.
-# Unschedulable is deliberately absent: with a cluster autoscaler a pending GPU pod is
-# expected to wait minutes for a node, so that verdict belongs to the operator (which
-# reports it as the Failed condition on the EmbeddingService).
-POD_FAILURE_REASONS = frozenset(
-    {
-        "ImagePullBackOff",
-        "ErrImagePull",
-        "InvalidImageName",
-        "ErrImageNeverPull",
-        "CrashLoopBackOff",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-        "OOMKilled",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -63,38 +48,18 @@ def ready_addresses(slice_obj: Mapping[str, Any]) -> list[str]:
 
 
 def pod_failure(pod: Mapping[str, Any]) -> Failure | None:
-    """The reason a pod cannot start (ImagePullBackOff, CrashLoopBackOff, OOMKilled, ...)."""
-    status = pod.get("status") or {}
-    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+    """The reason a pod cannot start (ImagePullBackOff, CrashLoopBackOff, OOMKilled, ...).
+
+    The operator's classification (``wakefailures``), except Unschedulable: with a cluster
+    autoscaler a pending GPU pod is expected to wait minutes for a node, so that verdict
+    is the operator's to make (it arrives as the service's ``Failed`` condition).
+    """
+    if (pod.get("metadata") or {}).get("deletionTimestamp") or wakefailures.is_ready(pod):
         return None
-    name = (pod.get("metadata") or {}).get("name", "?")
-    statuses = list(status.get("initContainerStatuses") or []) + list(
-        status.get("containerStatuses") or []
-    )
-    for cs in statuses:
-        if cs.get("ready"):
-            continue
-        state = cs.get("state") or {}
-        waiting = state.get("waiting") or {}
-        reason = waiting.get("reason")
-        if reason in POD_FAILURE_REASONS:
-            last = (cs.get("lastState") or {}).get("terminated") or {}
-            # A crash loop caused by the OOM killer is reported as OOMKilled.
-            if reason == "CrashLoopBackOff" and last.get("reason") == "OOMKilled":
-                reason = "OOMKilled"
-            detail = waiting.get("message") or last.get("message") or ""
-            return Failure(reason, _message(name, cs.get("name", "?"), reason, detail))
-        term = state.get("terminated") or {}
-        if term.get("reason") == "OOMKilled":
-            return Failure(
-                "OOMKilled", _message(name, cs.get("name", "?"), "OOMKilled", term.get("message"))
-            )
-    return None
-
-
-def _message(pod: str, container: str, reason: str, detail: str | None) -> str:
-    text = f"pod {pod} container {container}: {reason}"
-    return f"{text}: {detail}" if detail else text
+    found = wakefailures.pod_failure(pod)
+    if found is None or found.reason == wakefailures.UNSCHEDULABLE:
+        return None
+    return Failure(found.reason, found.message)
 
 
 def condition_failure(obj: Mapping[str, Any]) -> Failure | None:

@@ -9,6 +9,8 @@ pods disagree (the most specific first):
 - ``CrashLoopBackOff``: a container waits in CrashLoopBackOff;
 - ``ImagePullBackOff``: a container waits in ImagePullBackOff, ErrImagePull or
   InvalidImageName;
+- ``CreateContainerConfigError``: a container cannot be created (CreateContainerConfigError,
+  e.g. a Secret or ConfigMap key its env names is missing, or CreateContainerError);
 - ``Unschedulable``: PodScheduled is False with reason Unschedulable.
 """
 
@@ -23,9 +25,11 @@ from glowplug.operator.timefmt import parse_time
 OOM_KILLED = "OOMKilled"
 CRASH_LOOP = "CrashLoopBackOff"
 IMAGE_PULL = "ImagePullBackOff"
+CREATE_CONTAINER = "CreateContainerConfigError"
 UNSCHEDULABLE = "Unschedulable"
-PRIORITY = (OOM_KILLED, CRASH_LOOP, IMAGE_PULL, UNSCHEDULABLE)
+PRIORITY = (OOM_KILLED, CRASH_LOOP, IMAGE_PULL, CREATE_CONTAINER, UNSCHEDULABLE)
 _PULL_REASONS = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"}
+_CREATE_REASONS = {"CreateContainerConfigError", "CreateContainerError"}
 
 Pod = Mapping[str, Any]
 
@@ -76,6 +80,12 @@ def pod_failure(pod: Pod) -> WakeFailure | None:
             found.setdefault(
                 IMAGE_PULL,
                 f"pod {name}: cannot pull image {cs.get('image', '?')} ({reason})"
+                + (f": {detail}" if detail else ""),
+            )
+        elif reason in _CREATE_REASONS:
+            found.setdefault(
+                CREATE_CONTAINER,
+                f"pod {name}: container {container} cannot be created ({reason})"
                 + (f": {detail}" if detail else ""),
             )
     for cond in (pod.get("status") or {}).get("conditions") or []:
