@@ -356,7 +356,9 @@ def main() -> int:
         tmp = Path(tmpdir)
         bport = free_port()
         with process([sys.executable, "-m", "e2e.bench.backend", str(bport)], bport, cwd=ROOT):
-            all_targets = [("direct", [], bport, "the backend itself")]
+            all_targets: list[tuple[str, list[str], int, str]] = [
+                ("direct", [], bport, "the backend itself")
+            ]
             all_targets += targets(bport, tmp, nginx)
             runs: dict[str, list[dict[str, Any]]] = {}
             notes: dict[str, str] = {}
