@@ -110,3 +110,12 @@ def test_status_equal() -> None:
     assert c.status_equal({"a": 1, "b": 2}, {"a": 1})
     assert not c.status_equal({"a": 1}, {"a": 2})
     assert c.status_equal({}, {"a": None})  # a null in a merge patch deletes: no change
+
+
+def test_every_wake_failure_reason_is_cleared_by_the_watcher() -> None:
+    # The watcher clears only WAKE_REASONS: a reason wakefailures reports but this set
+    # lacks would stay Failed forever.
+    from glowplug.operator import wakefailures
+
+    assert set(wakefailures.PRIORITY) <= c.WAKE_REASONS
+    assert not (c.WAKE_REASONS & c.SPEC_REASONS)

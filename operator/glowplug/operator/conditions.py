@@ -7,8 +7,8 @@ changes, so rewriting the same condition is a no-op and status patches stay idem
 Who sets which ``Failed`` reason:
 - the operator's reconcile: ``InvalidSpec``, ``SecretNotFound`` (``SPEC_REASONS``), and
   it clears only those when the spec is fixed;
-- the wake-failure watcher: ``Unschedulable``, ``ImagePullBackOff``, ``CrashLoopBackOff``,
-  ``OOMKilled`` (``WAKE_REASONS``), cleared by that watcher.
+- the wake-failure watcher: the reasons ``wakefailures`` reports (``WAKE_REASONS``:
+  Unschedulable, ImagePullBackOff, CrashLoopBackOff, OOMKilled, ...), cleared by it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from glowplug.operator import wakefailures
 
 READY = "Ready"
 WAKING = "Waking"
@@ -30,7 +32,7 @@ FAILED_PHASE = "Failed"
 INVALID_SPEC = "InvalidSpec"
 SECRET_NOT_FOUND = "SecretNotFound"
 SPEC_REASONS = frozenset({INVALID_SPEC, SECRET_NOT_FOUND})
-WAKE_REASONS = frozenset({"Unschedulable", "ImagePullBackOff", "CrashLoopBackOff", "OOMKilled"})
+WAKE_REASONS = frozenset(wakefailures.PRIORITY)
 
 Condition = dict[str, Any]
 
