@@ -238,3 +238,21 @@ def test_service_that_cannot_start_fails_fast_with_the_reason(
     t0 = time.monotonic()
     status, body = embed(activator.url, "broken", timeout=60)
     assert status == 503 and time.monotonic() - t0 < 2, body
+
+
+def test_engine_env_naming_a_missing_secret_fails_fast_with_the_reason(
+    cluster: Cluster, namespace: str, activator: ActivatorProcess
+) -> None:
+    spec = service("noconfig")
+    spec["spec"]["engine"]["env"].append(
+        {"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k"}}}
+    )
+    apply(cluster, namespace, spec)
+    wait_routed(activator, "noconfig")
+    t0 = time.monotonic()
+    status, body = embed(activator.url, "noconfig", timeout=60)
+    elapsed = time.monotonic() - t0
+    assert status == 503, body
+    assert body["error"]["code"] == "CreateContainerConfigError", body
+    assert "absent" in body["error"]["message"], body
+    assert elapsed < 10, f"the reason took {elapsed:.1f}s to come back"
