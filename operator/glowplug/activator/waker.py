@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from glowplug.activator.holdqueue import ServiceState
 from glowplug.activator.metrics import Metrics
 from glowplug.api import GROUP, PLURAL, VERSION
+from glowplug.operator.timefmt import now_rfc3339
 
 log = logging.getLogger("glowplug.activator.waker")
 
@@ -68,7 +68,7 @@ class KubeScaler:
         """Best effort: the operator measures wake duration from this stamp."""
         from kubernetes_asyncio.client.exceptions import ApiException
 
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = now_rfc3339()
         try:
             await self.api.patch_namespaced_custom_object_status(
                 GROUP,

@@ -13,11 +13,11 @@ Who sets which ``Failed`` reason:
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from glowplug.operator import wakefailures
+from glowplug.operator.timefmt import now_rfc3339
 
 READY = "Ready"
 WAKING = "Waking"
@@ -35,12 +35,6 @@ SPEC_REASONS = frozenset({INVALID_SPEC, SECRET_NOT_FOUND})
 WAKE_REASONS = frozenset(wakefailures.PRIORITY)
 
 Condition = dict[str, Any]
-
-
-def now_rfc3339(now: dt.datetime | None = None) -> str:
-    """RFC 3339 in UTC with a Z, seconds precision (what the API server's date-time wants)."""
-    now = now or dt.datetime.now(dt.UTC)
-    return now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def get_condition(conditions: Iterable[Mapping[str, Any]], type_: str) -> Condition | None:

@@ -11,6 +11,11 @@ def format_time(when: float) -> str:
     return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def now_rfc3339(now: datetime | None = None) -> str:
+    """RFC 3339 in UTC with a Z, seconds precision (conditions' lastTransitionTime)."""
+    return (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def parse_time(value: Any) -> float | None:
     """An RFC 3339 string (or a datetime, as kubernetes-asyncio returns) as unix seconds."""
     if value is None or value == "":
