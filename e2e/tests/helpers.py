@@ -1,13 +1,22 @@
-"""Small helpers for tests against the test bed: polling and pod/object access."""
+"""Small helpers for tests against the test bed: polling, pod/object access, and
+``glowplug activator`` as a host process."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from e2e.cluster import Cluster
+from e2e.cluster import REPO, Cluster
+
+GLOWPLUG = REPO / ".venv" / "bin" / "glowplug"
 
 T = TypeVar("T")
 
@@ -66,3 +75,68 @@ def endpoint_ips(cluster: Cluster, namespace: str, service: str) -> list[str]:
         if (e.get("conditions") or {}).get("ready")
         for a in e["addresses"]
     )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ActivatorProcess:
+    """``glowplug activator`` as a host process on 127.0.0.1 with KUBECONFIG (it reaches
+    pod IPs directly); restartable on the same port, stopped by pid."""
+
+    def __init__(
+        self, cluster: Cluster, namespace: str, log_path: Path, *, drain_seconds: float = 0.5
+    ) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.drain_seconds = drain_seconds
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        env = dict(os.environ, KUBECONFIG=str(self.cluster.kubeconfig), PYTHONUNBUFFERED="1")
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [str(GLOWPLUG), "activator", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--namespace", self.namespace, "--drain-seconds", str(self.drain_seconds)],
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+            )  # fmt: skip
+        self.starts += 1
+        wait_for(self.ready, 60, what=f"activator on {self.url}")
+
+    def ready(self) -> bool:
+        assert self.proc is not None and self.proc.poll() is None, self.log()
+        try:
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def stats(self, name: str) -> dict[str, Any]:
+        """This activator's ``/stats`` entry for one EmbeddingService of its namespace."""
+        with urllib.request.urlopen(f"{self.url}/stats", timeout=5) as resp:
+            body: dict[str, Any] = json.load(resp)
+        return dict(body["services"].get(f"{self.namespace}/{name}") or {})
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

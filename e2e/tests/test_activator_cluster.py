@@ -9,10 +9,6 @@ pods (a test double of SGLang), ``glowplug operator`` scoped to the test's names
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import threading
 import time
 import urllib.error
@@ -24,13 +20,11 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster import REPO, Cluster
+from e2e.cluster import Cluster
 from e2e.tests.conftest import OperatorProcess
-from e2e.tests.helpers import apply, is_ready, wait_for
+from e2e.tests.helpers import GLOWPLUG, ActivatorProcess, apply, is_ready, wait_for
 
 pytestmark = pytest.mark.cluster
-
-EXE = REPO / ".venv" / "bin" / "glowplug"
 
 
 def service(name: str, *, replicas: int = 0, image: str = "", **scaling: Any) -> dict[str, Any]:
@@ -50,61 +44,14 @@ def service(name: str, *, replicas: int = 0, image: str = "", **scaling: Any) ->
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ActivatorProcess:
-    """``glowplug activator`` on 127.0.0.1 with KUBECONFIG; stopped by pid."""
-
-    def __init__(self, cluster: Cluster, namespace: str, log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig), PYTHONUNBUFFERED="1")
-        env.pop("KUBERNETES_SERVICE_HOST", None)
-        with open(log_path, "wb") as out:
-            self.proc = subprocess.Popen(
-                [str(EXE), "activator", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--namespace", namespace, "--drain-seconds", "0.2"],
-                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-            )  # fmt: skip
-        wait_for(self.ready, 60, what=f"activator on {self.url}")
-
-    def ready(self) -> bool:
-        assert self.proc.poll() is None, self.log()
-        try:
-            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as resp:
-            return str(resp.read().decode())
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
 @pytest.fixture
 def activator(
     cluster: Cluster, namespace: str, operator_process: OperatorProcess, tmp_path: Path
 ) -> Iterator[ActivatorProcess]:
-    if not EXE.exists():
-        pytest.skip(f"{EXE} is missing: run `make install`")
-    act = ActivatorProcess(cluster, namespace, tmp_path / "activator.log")
+    if not GLOWPLUG.exists():
+        pytest.skip(f"{GLOWPLUG} is missing: run `make install`")
+    act = ActivatorProcess(cluster, namespace, tmp_path / "activator.log", drain_seconds=0.2)
+    act.start()
     try:
         yield act
     finally:

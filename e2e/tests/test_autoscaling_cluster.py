@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
-import socket
-import subprocess
 import threading
 import time
 import urllib.error
@@ -26,20 +23,14 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster import REPO, Cluster
+from e2e.cluster import Cluster
 from e2e.tests.conftest import OperatorFactory, OperatorProcess
-from e2e.tests.helpers import apply, wait_for
+from e2e.tests.helpers import GLOWPLUG, ActivatorProcess, apply, wait_for
+from glowplug.operator.timefmt import parse_time
 
 pytestmark = pytest.mark.cluster
 
 NAME = "embed"
-EXE = REPO / ".venv" / "bin" / "glowplug"
-
-
-def rfc3339(value: str | None) -> float | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC).timestamp()
 
 
 def embedding_service(
@@ -71,73 +62,18 @@ def embedding_service(
     }  # fmt: skip
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Activator:
-    """``glowplug activator`` as a host process on 127.0.0.1 (stopped by pid)."""
-
-    def __init__(self, cluster: Cluster, namespace: str, log_dir: Path, index: int) -> None:
-        self.cluster = cluster
-        self.namespace = namespace
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"activator-{index}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        env = dict(os.environ, KUBECONFIG=str(self.cluster.kubeconfig), PYTHONUNBUFFERED="1")
-        env.pop("KUBERNETES_SERVICE_HOST", None)
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                [str(EXE), "activator", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--namespace", self.namespace, "--drain-seconds", "0.5"],
-                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-            )  # fmt: skip
-        self.starts += 1
-        wait_for(self.ready, 60, what=f"activator on {self.url}")
-
-    def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as resp:
-                return bool(resp.status == 200)
-        except (OSError, urllib.error.URLError):
-            return False
-
-    def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.url}/stats", timeout=5) as resp:
-            body: dict[str, Any] = json.load(resp)
-        return dict(body["services"].get(f"{self.namespace}/{NAME}") or {})
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
 @pytest.fixture
 def activators(
     cluster: Cluster, namespace: str, crd_installed: Path, tmp_path: Path
-) -> Iterator[Callable[[int], list[Activator]]]:
-    if not EXE.exists():
-        pytest.skip(f"{EXE} is missing: run `make install`")
-    made: list[Activator] = []
+) -> Iterator[Callable[[int], list[ActivatorProcess]]]:
+    if not GLOWPLUG.exists():
+        pytest.skip(f"{GLOWPLUG} is missing: run `make install`")
+    made: list[ActivatorProcess] = []
 
-    def start(n: int) -> list[Activator]:
+    def start(n: int) -> list[ActivatorProcess]:
         out = []
         for _ in range(n):
-            a = Activator(cluster, namespace, tmp_path, len(made))
+            a = ActivatorProcess(cluster, namespace, tmp_path / f"activator-{len(made)}.log")
             made.append(a)
             a.start()
             out.append(a)
@@ -152,7 +88,7 @@ def activators(
 
 
 def start_operator(
-    factory: OperatorFactory, namespace: str, acts: list[Activator], *extra: str
+    factory: OperatorFactory, namespace: str, acts: list[ActivatorProcess], *extra: str
 ) -> OperatorProcess:
     urls = [arg for a in acts for arg in ("--activator-url", a.url)]
     return factory(
@@ -241,7 +177,7 @@ def test_no_scale_to_zero_before_idle_timeout_and_soon_after(
     apply(cluster, namespace, embedding_service(idleTimeout="6s"))
     assert embed(act.url) == 200  # wakes it
     assert embed(act.url) == 200
-    finished = act.stats()["lastRequestFinished"]
+    finished = act.stats(NAME)["lastRequestFinished"]
     assert finished is not None
     with ReplicaRecorder(cluster, namespace) as rec:
         wait_replicas(cluster, namespace, 0, 30)
@@ -253,7 +189,7 @@ def test_no_scale_to_zero_before_idle_timeout_and_soon_after(
     assert zero_at <= finished + 6.0 + 5.0, zero_at - finished
     # Persisted for restarts: the last finish, or a busy tick just after it (the stats
     # snapshot is up to half a second old), never earlier.
-    persisted = rfc3339(obj(cluster, namespace)["status"].get("lastRequestTime"))
+    persisted = parse_time(obj(cluster, namespace)["status"].get("lastRequestTime"))
     assert persisted is not None and finished - 0.01 <= persisted <= finished + 1.5
 
 
@@ -270,7 +206,7 @@ def test_burst_jumps_to_backlog_replicas_and_scale_down_waits(
         futures = [pool.submit(embed, act.url, f"text {i}") for i in range(40)]
         # The operator starts once all 40 are held (the activator has woken it to 1), so
         # its first decision sees the whole backlog.
-        wait_for(lambda: act.stats().get("queued") == 40, 60, what="40 held requests")
+        wait_for(lambda: act.stats(NAME).get("queued") == 40, 60, what="40 held requests")
         start_operator(operator_factory, namespace, [act])
         codes = [f.result() for f in futures]
         wait_replicas(cluster, namespace, 0, 60)
@@ -304,7 +240,7 @@ def test_twenty_wake_idle_cycles_with_requests_at_the_scale_to_zero_instant(
         code = embed(act.url, f"wake {cycle}")  # from zero
         if code != 200:
             errors.append((cycle, code))
-        finished = act.stats()["lastRequestFinished"]
+        finished = act.stats(NAME)["lastRequestFinished"]
         aim = finished + idle + offsets[cycle % len(offsets)]
         time.sleep(max(0.0, aim - time.time()))
         code = embed(act.url, f"at the edge {cycle}")
@@ -354,12 +290,12 @@ def test_activator_restart_causes_no_premature_scale_down(
     start_operator(operator_factory, namespace, [act])
     apply(cluster, namespace, embedding_service(idleTimeout="10s"))
     assert embed(act.url) == 200
-    finished = act.stats()["lastRequestFinished"]
+    finished = act.stats(NAME)["lastRequestFinished"]
     with ReplicaRecorder(cluster, namespace) as rec:
         time.sleep(1)
         act.stop()  # graceful; it forgets its lastRequestFinished
         act.start()
-        assert act.stats().get("lastRequestFinished") is None
+        assert act.stats(NAME).get("lastRequestFinished") is None
         wait_replicas(cluster, namespace, 0, 40)
     zero_at = rec.first_time(0)
     assert zero_at is not None and zero_at >= finished + 10.0, zero_at - finished
@@ -420,7 +356,7 @@ def _gone_times(cluster: Cluster, namespace: str, seen: dict[str, dict[str, floa
         live.add(uid)
         for c in p["status"].get("conditions") or []:
             if c["type"] == "PodScheduled" and c["status"] == "True":
-                bound = rfc3339(c.get("lastTransitionTime"))
+                bound = parse_time(c.get("lastTransitionTime"))
                 if bound is not None:
                     seen.setdefault(uid, {"bound": bound})
         if uid in seen:
@@ -437,7 +373,7 @@ def test_ledger_matches_scripted_pod_lifetimes_across_an_operator_kill(
     op = start_operator(operator_factory, namespace, [act])
     # Replicas driven by the test alone: autoscale off.
     apply(cluster, namespace, embedding_service(replicas=0, autoscale=False, maxReplicas=3))
-    created = rfc3339(obj(cluster, namespace)["metadata"]["creationTimestamp"])
+    created = parse_time(obj(cluster, namespace)["metadata"]["creationTimestamp"])
     assert created is not None
     seen: dict[str, dict[str, float]] = {}
 
@@ -477,7 +413,7 @@ def test_ledger_matches_scripted_pod_lifetimes_across_an_operator_kill(
     assert status["gpuSeconds"] == pytest.approx(expected, rel=0.02), (status, seen)
     # The baseline: one always-on replica since creation, plus what ran above it,
     # up to the checkpoint's time (written with the totals).
-    ledger_time = rfc3339(status.get("ledgerTime"))
+    ledger_time = parse_time(status.get("ledgerTime"))
     assert ledger_time is not None, status
     edges = sorted(
         [(r["bound"], 1) for r in seen.values()] + [(r["gone"], -1) for r in seen.values()]

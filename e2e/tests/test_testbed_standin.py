@@ -18,12 +18,7 @@ from typing import Any
 import pytest
 
 from e2e.cluster import REPO
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from e2e.tests.helpers import free_port
 
 
 def port_open(port: int) -> bool:
