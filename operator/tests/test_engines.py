@@ -82,7 +82,7 @@ def test_merge_env_user_wins() -> None:
 
 
 def test_sglang_image_pinned_and_overridable() -> None:
-    assert sglang.IMAGE == "lmsysorg/sglang:v0.5.23-cu129"
+    assert sglang.IMAGE == "lmsysorg/sglang:v0.5.23"
     assert sglang.ENGINE.container(svc())["image"] == sglang.IMAGE
     own = svc(engine={"image": "registry.example/sglang:dev"})
     assert sglang.ENGINE.container(own)["image"] == "registry.example/sglang:dev"

@@ -12,7 +12,13 @@ import json
 from glowplug.api.spec import EmbeddingService
 from glowplug.engines.base import Engine, HttpProbe, Manifest, Probes
 
-IMAGE = "lmsysorg/sglang:v0.5.23-cu129"
+# The one place the SGLang version is written: the image tag and the parser environment
+# of the contract tests (scripts/engine-env.sh) both come from it. From 0.5.20 the plain
+# tag is the CUDA 13 image (driver R580+); CUDA 12 tags end at v0.5.19-cu129.
+VERSION = "0.5.23"
+IMAGE = f"lmsysorg/sglang:v{VERSION}"
+# The torch the sglang wheel pins; the parser environment installs it (engines.md).
+PARSER_TORCH = "2.14.1"
 PORT = 30000
 # SGLang checks Matryoshka support in the model config; Qwen3-Embedding's does not say so.
 MATRYOSHKA_OVERRIDE = json.dumps({"is_matryoshka": True})
