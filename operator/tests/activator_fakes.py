@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from glowplug.activator.embeddingcache import EmbeddingCache
 from glowplug.activator.holdqueue import ServiceState
 from glowplug.activator.http import HttpServer
 from glowplug.activator.metrics import Metrics
@@ -30,10 +31,20 @@ def vector(i: int, dims: int) -> list[float]:
     return [i + k / 4 for k in range(dims)]
 
 
+def text_vector(text: str, dims: int) -> list[float]:
+    """With ``FakeEngine(text_vectors=True)``: an embedding that depends on the text only
+    (float32-exact values), so an answer merged from a cache can be checked per input."""
+    seed = sum(ord(c) * (j + 1) for j, c in enumerate(text)) % 1000
+    return [seed + k / 8 for k in range(dims)]
+
+
 class FakeEngine:
     """TEST DOUBLE of an engine's /v1/embeddings endpoint."""
 
-    def __init__(self, *, delay: float = 0.0, native_base64: bool = False) -> None:
+    def __init__(
+        self, *, delay: float = 0.0, native_base64: bool = False, text_vectors: bool = False
+    ) -> None:
+        self.text_vectors = text_vectors
         self.delay = delay
         self.native_base64 = native_base64
         self.drop_before_headers = 0  # next N requests: close the connection, no response
@@ -92,7 +103,11 @@ class FakeEngine:
             dims = body.get("dimensions") or DIMS
             data: list[dict[str, Any]] = []
             for i in range(n):
-                emb: Any = vector(i, dims)
+                emb: Any = (
+                    text_vector(inputs if isinstance(inputs, str) else inputs[i], dims)
+                    if self.text_vectors
+                    else vector(i, dims)
+                )
                 if self.native_base64 and body.get("encoding_format") == "base64":
                     from glowplug.activator.openai import floats_to_base64
 
@@ -103,7 +118,7 @@ class FakeEngine:
                     "object": "list",
                     "data": data,
                     "model": "/models/fake-engine-path",
-                    "usage": {"prompt_tokens": n, "total_tokens": n},
+                    "usage": {"prompt_tokens": 3 * n, "total_tokens": 3 * n},
                 }
             ).encode()
             if self.drop_after_headers > 0:
@@ -163,6 +178,9 @@ def service_obj(
     scaling: dict[str, Any] | None = None,
     model: dict[str, Any] | None = None,
     conditions: list[dict[str, Any]] | None = None,
+    cache: dict[str, Any] | None = None,
+    engine: dict[str, Any] | None = None,
+    uid: str = "",
 ) -> dict[str, Any]:
     """A raw EmbeddingService object as the API server would return it."""
     m: dict[str, Any] = {"id": "Qwen/Qwen3-Embedding-0.6B", "source": {"huggingFace": {}}}
@@ -175,6 +193,12 @@ def service_obj(
         "metadata": {"name": name, "namespace": namespace, "resourceVersion": "1"},
         "spec": {"model": m, "replicas": replicas, "scaling": scaling or {}},
     }
+    if cache is not None:
+        obj["spec"]["cache"] = cache
+    if engine is not None:
+        obj["spec"]["engine"] = engine
+    if uid:
+        obj["metadata"]["uid"] = uid
     if conditions is not None:
         obj["status"] = {"conditions": conditions}
     return obj
@@ -183,13 +207,13 @@ def service_obj(
 class Harness:
     """An activator on 127.0.0.1 with a FakeScaler, fed directly (no API server)."""
 
-    def __init__(self, config: Config | None = None) -> None:
+    def __init__(self, config: Config | None = None, cache: EmbeddingCache | None = None) -> None:
         self.metrics = Metrics()
         self.scaler = FakeScaler()
         self.waker = Waker(self.scaler, self.metrics)
         self.services = Services(self.metrics, self.waker)
         self.scaler.services = self.services
-        self.activator = Activator(self.services, metrics=self.metrics, config=config)
+        self.activator = Activator(self.services, metrics=self.metrics, config=config, cache=cache)
         self.activator.synced.set()
         self.server: HttpServer | None = None
         self.url = ""
@@ -221,8 +245,10 @@ async def until(cond: Callable[[], bool], limit_s: float = 10.0) -> None:
 
 
 @asynccontextmanager
-async def harness(config: Config | None = None) -> AsyncIterator[Harness]:
-    h = Harness(config)
+async def harness(
+    config: Config | None = None, cache: EmbeddingCache | None = None
+) -> AsyncIterator[Harness]:
+    h = Harness(config, cache)
     await h.start()
     try:
         yield h

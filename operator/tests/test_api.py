@@ -64,6 +64,9 @@ READ_BACK = {
     "replicas": lambda s: s.replicas,
     "cost.gpuHourlyPrice": lambda s: s.cost.gpu_hourly_price,
     "cost.baselineReplicas": lambda s: s.cost.baseline_replicas,
+    "cache.enabled": lambda s: s.cache.enabled,
+    "cache.ttl": lambda s: format_duration(s.cache.ttl),
+    "cache.maxBytes": lambda s: f"{s.cache.max_bytes >> 20}Mi",
 }
 
 

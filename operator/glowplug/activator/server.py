@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glowplug.activator import openai as oai
+from glowplug.activator.cache import MemoryCache
+from glowplug.activator.embeddingcache import EmbeddingCache
 from glowplug.activator.forwarder import (
     BrokenResponse,
     ConnectFailed,
@@ -72,11 +74,19 @@ class Activator:
         metrics: Metrics,
         forwarder: Forwarder | None = None,
         config: Config | None = None,
+        cache: EmbeddingCache | None = None,
     ) -> None:
         self.services = services
         self.metrics = metrics
         self.forwarder = forwarder or Forwarder()
         self.config = config or Config()
+        # Used only by services with spec.cache.enabled (docs/activator.md).
+        self.cache = cache or EmbeddingCache(MemoryCache())
+        services.on_delete(self.cache.forget)
+        services.cache_bytes = self.cache.memory.service_bytes
+        shared = self.cache.shared
+        if shared is not None and shared.on_error is None:
+            shared.on_error = metrics.cache_shared_errors.inc
         self.synced = asyncio.Event()  # the sources have listed everything once
         self.draining = False
         self._routes: dict[str, Callable[[], Response]] = {
@@ -165,6 +175,8 @@ class Activator:
             req, route, payload = self._admit(request)
         except oai.APIError as err:
             return _error(err)
+        if route.spec.cache.enabled and req.text_inputs:
+            return await self.cache.serve(req, route, t0, self._serve)
         return await self._serve(req, route, payload, t0)
 
     def _admit(self, request: Request) -> tuple[oai.EmbeddingRequest, Route, bytes]:
@@ -391,6 +403,7 @@ class Activator:
 
     async def close(self) -> None:
         await self.forwarder.close()
+        await self.cache.close()
 
 
 def _engine_error(status: int, body: bytes) -> bytes:

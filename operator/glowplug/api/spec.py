@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glowplug.api.durations import DurationError, parse_duration
+from glowplug.api.sizes import SizeError, parse_size
 
 GROUP = "glowplug.dev"
 VERSION = "v1alpha1"
@@ -54,6 +55,9 @@ DEFAULTS: dict[str, Any] = {
     "replicas": 0,
     "cost.gpuHourlyPrice": 0.80,
     "cost.baselineReplicas": 1,
+    "cache.enabled": False,
+    "cache.ttl": "24h",
+    "cache.maxBytes": "256Mi",
     "prewarm.replicas": 1,
     "prewarm.timeZone": "UTC",
 }
@@ -174,6 +178,15 @@ class CostSpec:
 
 
 @dataclass(frozen=True)
+class CacheSpec:
+    """The activator's embedding cache for this service (docs/activator.md)."""
+
+    enabled: bool = False
+    ttl: float = 86400.0  # seconds an entry may be served after it was computed
+    max_bytes: int = 256 << 20  # per activator replica
+
+
+@dataclass(frozen=True)
 class EmbeddingService:
     """One EmbeddingService: identity plus its defaulted, validated spec."""
 
@@ -189,6 +202,7 @@ class EmbeddingService:
     replicas: int
     pod: PodSpec
     cost: CostSpec
+    cache: CacheSpec = CacheSpec()
 
     @property
     def key(self) -> str:
@@ -446,6 +460,21 @@ def parse(obj: Mapping[str, Any]) -> EmbeddingService:
     if cost.baseline_replicas < 0:
         r.errors.append("spec.cost.baselineReplicas: must be >= 0")
 
+    ch = r.section(spec, "cache", "spec")
+    max_bytes_text = r.get(ch, "maxBytes", "spec.cache", str, d["cache.maxBytes"])
+    try:
+        max_bytes = parse_size(max_bytes_text)
+    except SizeError as err:
+        r.errors.append(f"spec.cache.maxBytes: {err}")
+        max_bytes = parse_size(d["cache.maxBytes"])
+    cache_spec = CacheSpec(
+        enabled=r.get(ch, "enabled", "spec.cache", bool, d["cache.enabled"]),
+        ttl=r.duration(ch, "ttl", "spec.cache", d["cache.ttl"]),
+        max_bytes=max_bytes,
+    )
+    if cache_spec.ttl <= 0:
+        r.errors.append("spec.cache.ttl: must be longer than zero")
+
     if r.errors:
         raise SpecError(r.errors)
     return EmbeddingService(
@@ -461,6 +490,7 @@ def parse(obj: Mapping[str, Any]) -> EmbeddingService:
         replicas=replicas,
         pod=pod,
         cost=cost,
+        cache=cache_spec,
     )
 
 

@@ -33,6 +33,24 @@ class SGLang(Engine):
     name = "sglang"
     port = PORT
     readiness_path = "/ready"
+    vector_neutral_flags = frozenset(
+        {
+            "--host",
+            "--port",
+            "--served-model-name",
+            "--enable-metrics",
+            "--mem-fraction-static",
+            "--max-running-requests",
+            "--max-total-tokens",
+            "--max-prefill-tokens",
+            "--chunked-prefill-size",
+            "--cuda-graph-max-bs",
+            "--disable-cuda-graph",
+            "--log-level",
+            "--log-requests",
+            "--watchdog-timeout",
+        }
+    )
 
     def default_image(self, svc: EmbeddingService) -> str:
         return IMAGE
