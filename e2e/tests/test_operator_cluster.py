@@ -80,6 +80,9 @@ BAD = [
     ),
     ("max-zero", {"scaling": {"maxReplicas": 0}}, "spec.scaling.maxReplicas"),
     ("negative-gpus", {"resources": {"gpus": -1}}, "spec.resources.gpus"),
+    ("cache-size", {"cache": {"enabled": True, "maxBytes": "12MB"}}, "spec.cache.maxBytes"),
+    ("cache-ttl-zero", {"cache": {"enabled": True, "ttl": "0s"}}, "spec.cache.ttl"),
+    ("cache-ttl", {"cache": {"ttl": "one day"}}, "spec.cache.ttl"),
 ]
 
 
@@ -104,6 +107,7 @@ def test_defaults_and_scale_subresource(
     assert obj["spec"]["replicas"] == 0
     assert obj["spec"]["engine"]["requestTimeout"] == "2m"
     assert obj["spec"]["scaling"]["idleTimeout"] == "5m"
+    assert obj["spec"]["cache"] == {"enabled": False, "ttl": "24h", "maxBytes": "256Mi"}
     cluster.kubectl("scale", "embsvc", "scaled", "-n", namespace, "--replicas", "2")
     assert get(cluster, "embsvc", "scaled", namespace)["spec"]["replicas"] == 2
     scale = json.loads(

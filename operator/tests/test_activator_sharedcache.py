@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import subprocess
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from activator_fakes import DIMS, engines, harness, service_obj, text_vector
+from e2e.redisserver import PASSWORD, RedisServer, RedisUnavailable, redis_server_binary
 from test_activator_cache import metric, post, vectors
 
 from glowplug.activator.cache import MemoryCache
@@ -24,86 +21,25 @@ from glowplug.activator.embeddingcache import EmbeddingCache
 from glowplug.activator.sharedcache import SharedCache
 
 pytest.importorskip("redis")
-ROOT = Path(__file__).resolve().parents[2]
-PASSWORD = "test-only-password"
 CACHED = {"enabled": True, "ttl": "1h"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def redis_server_bin() -> str:
-    proc = subprocess.run(
-        ["bash", str(ROOT / "scripts/install-redis.sh")], capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"no redis-server: {proc.stderr.strip()[-300:]}")
-    return proc.stdout.strip().splitlines()[-1]
-
-
-class RedisServer:
-    """A real redis-server on 127.0.0.1, no persistence, with a password."""
-
-    def __init__(self, binary: str, port: int) -> None:
-        self.binary, self.port = binary, port
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.dir = tempfile.TemporaryDirectory(prefix="glowplug-redis-")
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--requirepass",
-                PASSWORD,
-                "--dir",
-                self.dir.name,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(500):
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited {self.proc.returncode}")
-            import time
-
-            time.sleep(0.01)
-        raise RuntimeError("redis-server did not listen")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
+    try:
+        return redis_server_binary()
+    except RedisUnavailable as err:
+        pytest.skip(f"no redis-server: {err}")
 
 
 @pytest.fixture
 def redis_server(redis_server_bin: str) -> Iterator[RedisServer]:
-    server = RedisServer(redis_server_bin, free_port())
+    server = RedisServer(redis_server_bin)
     server.start()
     try:
         yield server
     finally:
-        server.stop()
-        server.dir.cleanup()
+        server.close()
 
 
 def shared(url: str, h_metrics: Any = None, **kw: Any) -> SharedCache:
@@ -152,7 +88,7 @@ async def test_two_activators_share_entries_and_answer_at_zero(redis_server: Red
 async def test_redis_down_warns_once_and_serves_then_recovers(
     redis_server_bin: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = RedisServer(redis_server_bin, free_port())  # not started yet: nothing listens
+    server = RedisServer(redis_server_bin)  # not started yet: nothing listens
     caplog.set_level(logging.INFO, "glowplug.activator.cache")
     async with (
         activator(server.url) as a,
@@ -192,8 +128,7 @@ async def test_redis_down_warns_once_and_serves_then_recovers(
             assert status == 200 and headers["X-Glowplug-Cache"] == "partial"
             assert vectors(body) == [text_vector("fresh", DIMS), text_vector("new", DIMS)]
         finally:
-            server.stop()
-            server.dir.cleanup()
+            server.close()
 
 
 async def test_wrong_password_is_a_warning_not_a_crash(

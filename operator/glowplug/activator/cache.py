@@ -29,7 +29,7 @@ from glowplug.api import EmbeddingService
 # Python's per-entry cost beyond the vector bytes: the 32-byte key, the bytes objects'
 # headers, the OrderedDict node and the entry tuple (measured with sys.getsizeof: ~250).
 ENTRY_OVERHEAD = 256
-DEFAULT_MAX_BYTES = 512 << 20
+DEFAULT_MAX_BYTES = 256 << 20
 
 
 def service_fingerprint(svc: EmbeddingService) -> bytes:

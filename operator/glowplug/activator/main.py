@@ -62,8 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--cache-max-bytes",
-        default=os.environ.get("GLOWPLUG_CACHE_MAX_BYTES", "512Mi"),
-        help="memory for the embedding cache of all services together (e.g. 512Mi); each"
+        default=os.environ.get("GLOWPLUG_CACHE_MAX_BYTES", "256Mi"),
+        help="memory for the embedding cache of all services together (e.g. 256Mi); each"
         " service is also bounded by its spec.cache.maxBytes",
     )
     parser.add_argument(
