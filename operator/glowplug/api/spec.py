@@ -52,6 +52,9 @@ DEFAULTS: dict[str, Any] = {
     "scaling.activationTimeout": "15m",
     "scaling.maxQueuedRequests": 1000,
     "scaling.prewarm": [],
+    "scaling.autoIdleTimeout.min": "1m",
+    "scaling.autoIdleTimeout.max": "30m",
+    "scaling.autoIdleTimeout.wakePenalty": "5m",
     "replicas": 0,
     "cost.gpuHourlyPrice": 0.80,
     "cost.baselineReplicas": 1,
@@ -146,6 +149,15 @@ class PrewarmWindow:
 
 
 @dataclass(frozen=True)
+class AutoIdle:
+    """The bounds and price of ``idleTimeout: auto`` (spec.scaling.autoIdleTimeout)."""
+
+    min: float = 60.0
+    max: float = 1800.0
+    wake_penalty: float = 300.0  # GPU-seconds one cold start is worth avoiding
+
+
+@dataclass(frozen=True)
 class ScalingSpec:
     autoscale: bool = True
     min_replicas: int = 0
@@ -156,6 +168,8 @@ class ScalingSpec:
     activation_timeout: float = 900.0
     max_queued_requests: int = 1000
     prewarm: tuple[PrewarmWindow, ...] = ()
+    # idleTimeout: auto -> learned within these bounds (idle_timeout is then auto.max).
+    auto_idle: AutoIdle | None = None
 
     def clamp(self, replicas: int) -> int:
         return max(self.min_replicas, min(self.max_replicas, replicas))
@@ -401,11 +415,28 @@ def parse(obj: Mapping[str, Any]) -> EmbeddingService:
         r.errors.append("spec.resources.gpus: must be >= 0")
 
     s = r.section(spec, "scaling", "spec")
+    ai = r.section(s, "autoIdleTimeout", "spec.scaling")
+    ai_path = "spec.scaling.autoIdleTimeout"
+    auto_bounds = AutoIdle(
+        min=r.duration(ai, "min", ai_path, d["scaling.autoIdleTimeout.min"]),
+        max=r.duration(ai, "max", ai_path, d["scaling.autoIdleTimeout.max"]),
+        wake_penalty=r.duration(
+            ai, "wakePenalty", ai_path, d["scaling.autoIdleTimeout.wakePenalty"]
+        ),
+    )
+    if auto_bounds.min > auto_bounds.max:
+        r.errors.append(f"{ai_path}.min: must be <= {ai_path}.max")
+    auto = s.get("idleTimeout") == "auto"
     scaling = ScalingSpec(
         autoscale=r.get(s, "autoscale", "spec.scaling", bool, d["scaling.autoscale"]),
         min_replicas=r.get(s, "minReplicas", "spec.scaling", int, d["scaling.minReplicas"]),
         max_replicas=r.get(s, "maxReplicas", "spec.scaling", int, d["scaling.maxReplicas"]),
-        idle_timeout=r.duration(s, "idleTimeout", "spec.scaling", d["scaling.idleTimeout"]),
+        idle_timeout=(
+            auto_bounds.max
+            if auto
+            else r.duration(s, "idleTimeout", "spec.scaling", d["scaling.idleTimeout"])
+        ),
+        auto_idle=auto_bounds if auto else None,
         scale_down_delay=r.duration(
             s, "scaleDownDelay", "spec.scaling", d["scaling.scaleDownDelay"]
         ),

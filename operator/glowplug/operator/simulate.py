@@ -77,7 +77,7 @@ class Latency:
 
 @dataclass(frozen=True)
 class SimResult:
-    idle_timeout: float
+    idle_timeout: float  # with idleTimeout: auto, its upper bound
     requests: int
     horizon: float
     gpu_seconds: float
@@ -88,6 +88,12 @@ class SimResult:
     wakes: int
     max_replicas_used: int
     added_latency: Latency
+    auto: bool = False  # idleTimeout: auto (learned); idle_timeout is then the upper bound
+    mean_idle_timeout: float = 0.0  # the learned timeout, averaged over the ticks
+
+    @property
+    def label(self) -> str:
+        return "auto" if self.auto else _short(self.idle_timeout)
 
     @property
     def saved_percent(self) -> float:
@@ -170,7 +176,7 @@ def simulate(trace: Trace, config: SimConfig) -> SimResult:
     scaling = config.scaling
     horizon = config.horizon if config.horizon is not None else default_horizon(trace, config)
     arrivals = sorted(trace)
-    state = ScalerState()
+    state = ScalerState(wake_seconds=config.wake_delay)
     pods: list[float] = []  # each replica's ready time; len(pods) == spec.replicas
     queue: list[tuple[float, float]] = []  # held requests (arrival, duration)
     inflight: list[float] = []  # end times (heap)
@@ -184,6 +190,7 @@ def simulate(trace: Trace, config: SimConfig) -> SimResult:
     i = 0
 
     floors: dict[int, int] = {}
+    timeout_sum, ticks = 0.0, 0
 
     def prewarm_floor(now: float) -> int:
         # Windows open and close on whole minutes: one evaluation per minute.
@@ -244,6 +251,8 @@ def simulate(trace: Trace, config: SimConfig) -> SimResult:
                 last_request_finished=last_finished,
             )
             decision = decide(t, len(pods), scaling, load, state, prewarm_floor(t))
+            timeout_sum += decision.idle_timeout
+            ticks += 1
             set_replicas(decision.replicas, t)
             next_tick += config.tick
     waits.sort()
@@ -269,6 +278,8 @@ def simulate(trace: Trace, config: SimConfig) -> SimResult:
         wakes=wakes,
         max_replicas_used=peak,
         added_latency=latency,
+        auto=scaling.auto_idle is not None,
+        mean_idle_timeout=timeout_sum / ticks if ticks else scaling.idle_timeout,
     )
 
 
@@ -413,7 +424,7 @@ def format_table(results: Sequence[SimResult], price: float, wake_delay: float) 
     for r in results:
         lat = r.added_latency
         lines.append(
-            f"{_short(r.idle_timeout):>6} {r.gpu_seconds / 3600:7.3f} "
+            f"{r.label:>6} {r.gpu_seconds / 3600:7.3f} "
             f"{r.baseline_gpu_seconds / 3600:7.3f} {r.saved_percent:5.1f}% "
             f"{r.bound_gpu_seconds / 3600:7.3f} {r.vs_bound:6.3f} {r.quiet_gaps:4d} "
             f"{r.wakes:5d} {lat.count:5d} {lat.mean:7.2f} {lat.p50:6.2f} {lat.p99:6.2f} "
