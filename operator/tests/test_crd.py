@@ -46,7 +46,15 @@ def test_every_crd_default_equals_python_default(schema: dict[str, Any]) -> None
     # Sections default to {} so that their children's defaults apply when the section is
     # omitted; they are not values of their own.
     sections = {k for k, v in found.items() if v == {}}
-    assert sections == {"engine", "resources", "scaling", "pod", "cost", "cache"}
+    assert sections == {
+        "engine",
+        "resources",
+        "scaling",
+        "pod",
+        "cost",
+        "cache",
+        "scaling.autoIdleTimeout",
+    }
     values = {k: v for k, v in found.items() if k not in sections}
     # key "token" of tokenSecretRef is defaulted by both; it is not in DEFAULTS (a
     # per-reference default, see SecretKeyRef).
@@ -159,7 +167,7 @@ def test_duration_rules_use_the_python_regex(schema: dict[str, Any]) -> None:
         for p, r in all_rules(schema)
         if "matches" in r["rule"] and "duration" in r["message"]
     ]
-    assert len(durations) == 6
+    assert len(durations) == 9
     for _, rule in durations:
         assert cel_regex(rule["rule"]) == DURATION_REGEX
 
@@ -204,7 +212,12 @@ def test_cel_cost_is_bounded(schema: dict[str, Any]) -> None:
 
 def test_preserve_unknown_fields_only_where_needed(schema: dict[str, Any]) -> None:
     preserved = {p for p, n in walk(schema) if n.get("x-kubernetes-preserve-unknown-fields")}
-    assert preserved == {"spec.engine.env[]", "spec.pod.tolerations[]", "spec.pod.affinity"}
+    assert preserved == {
+        "spec.engine.env[]",
+        "spec.pod.tolerations[]",
+        "spec.pod.affinity",
+        "status.idlePolicy",  # the learned idle timeout's state (idlepolicy.py owns it)
+    }
 
 
 def test_subresources(crd: dict[str, Any]) -> None:
@@ -239,6 +252,7 @@ def test_printer_columns(crd: dict[str, Any], schema: dict[str, Any]) -> None:
 
 
 STATUS_FIELDS = {
+    "idlePolicy",
     "phase",
     "replicas",
     "readyReplicas",

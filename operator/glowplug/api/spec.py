@@ -52,8 +52,8 @@ DEFAULTS: dict[str, Any] = {
     "scaling.activationTimeout": "15m",
     "scaling.maxQueuedRequests": 1000,
     "scaling.prewarm": [],
-    "scaling.autoIdleTimeout.min": "1m",
-    "scaling.autoIdleTimeout.max": "30m",
+    "scaling.autoIdleTimeout.min": "30s",
+    "scaling.autoIdleTimeout.max": "10m",
     "scaling.autoIdleTimeout.wakePenalty": "5m",
     "replicas": 0,
     "cost.gpuHourlyPrice": 0.80,
@@ -152,8 +152,8 @@ class PrewarmWindow:
 class AutoIdle:
     """The bounds and price of ``idleTimeout: auto`` (spec.scaling.autoIdleTimeout)."""
 
-    min: float = 60.0
-    max: float = 1800.0
+    min: float = 30.0
+    max: float = 600.0
     wake_penalty: float = 300.0  # GPU-seconds one cold start is worth avoiding
 
 

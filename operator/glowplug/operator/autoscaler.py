@@ -136,10 +136,10 @@ def decide(
     auto = scaling.auto_idle
     if auto is not None:
         # A request after a quiet spell ends an idle gap: learn it (tick-accurate).
-        if not state.busy and state.last_activity > before:
-            if state.idle.observe(state.last_activity - before, now, auto):
-                state.learned += 1
-        idle_timeout = state.idle.timeout(auto, state.wake_seconds)
+        ended = not state.busy and state.last_activity > before
+        if ended and state.idle.observe(state.last_activity - before, now, auto):
+            state.learned += 1
+        idle_timeout = state.idle.timeout(auto, state.wake_seconds, now)
     state.busy = load.busy
 
     floor = max(scaling.min_replicas, prewarm_floor)

@@ -36,6 +36,7 @@ from glowplug.operator.activity import (
     StaticDiscovery,
 )
 from glowplug.operator.autoscaler import ScalerState, decide
+from glowplug.operator.idlepolicy import IdlePolicy
 from glowplug.operator.ledger import Ledger, PodHold
 from glowplug.operator.timefmt import format_time, parse_time
 from glowplug.operator.wakefailures import WakeFailure, is_ready, service_failure
@@ -428,8 +429,12 @@ class ServiceLoop:
         if self.scaler is None:
             self.persisted_activity = parse_time(status.get("lastRequestTime"))
             self.scaler = ScalerState(last_activity=self.persisted_activity)
+            # idleTimeout: auto resumes from what it learned before a restart.
+            self.scaler.idle = IdlePolicy.from_status(status.get("idlePolicy"))
+        self.scaler.wake_seconds = _float(status.get("lastWakeSeconds"))
         floor = prewarm.floor(svc.scaling.prewarm, now)
         decision = decide(now, spec_replicas, svc.scaling, load, self.scaler, floor)
+        self._persist_idle_policy(svc, status, decision.idle_timeout, patch)
         activity = decision.last_activity
         persisted = self.persisted_activity
         if persisted is None or (
@@ -461,6 +466,23 @@ class ServiceLoop:
             if spec_replicas == 0:
                 self.wake_start = now
                 patch["wakeStartedTime"] = format_time(now)
+
+    def _persist_idle_policy(
+        self,
+        svc: EmbeddingService,
+        status: Mapping[str, Any],
+        timeout: float,
+        patch: dict[str, Any],
+    ) -> None:
+        """Write status.idlePolicy when auto learned a gap or its timeout changed."""
+        state = self.scaler
+        if state is None or svc.scaling.auto_idle is None:
+            return
+        stored = status.get("idlePolicy")
+        old = stored.get("idleTimeoutSeconds") if isinstance(stored, Mapping) else None
+        if state.learned or old != round(timeout, 1):
+            patch["idlePolicy"] = state.idle.to_status(timeout)
+            state.learned = 0
 
     async def _write_status(
         self,
@@ -502,6 +524,12 @@ class ServiceLoop:
             log.warning("%s/%s: status write failed: %s", namespace, name, err)
             if failed is not None:
                 self.reported = None  # report it again next tick
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return 0.0
 
 
 def _key(body: Mapping[str, Any]) -> str:

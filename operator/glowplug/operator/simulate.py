@@ -64,6 +64,9 @@ class SimConfig:
     horizon: float | None = None  # end of the simulated time; default: see default_horizon
     # The unix time of trace second 0, for pre-warm windows (scaling.prewarm) in wall time.
     epoch: float = DEFAULT_EPOCH
+    # Count GPU time, wakes and waits only from here on: what comes before is a warm-up
+    # (for example yesterday, from which idleTimeout: auto learns).
+    measure_from: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -204,7 +207,7 @@ def simulate(trace: Trace, config: SimConfig) -> SimResult:
     def set_replicas(n: int, now: float) -> None:
         nonlocal wakes, peak
         if n > len(pods):
-            if not pods:
+            if not pods and now >= config.measure_from:
                 wakes += 1
             pods.extend([now + config.wake_delay] * (n - len(pods)))
         elif n < len(pods):
@@ -221,8 +224,9 @@ def simulate(trace: Trace, config: SimConfig) -> SimResult:
         candidates.extend(r for r in pods if r > t)
         nxt = max(t, min(candidates))
         held = len(pods)
-        gpu += held * config.gpus * (nxt - t)
-        base += max(held, config.baseline_replicas) * config.gpus * (nxt - t)
+        span = max(0.0, nxt - max(t, config.measure_from))
+        gpu += held * config.gpus * span
+        base += max(held, config.baseline_replicas) * config.gpus * span
         t = nxt
         if t >= horizon:
             break
@@ -231,7 +235,8 @@ def simulate(trace: Trace, config: SimConfig) -> SimResult:
         ready = sum(1 for r in pods if r <= t)
         if ready and queue:
             for arrival, duration in queue:
-                waits.append(t - arrival)
+                if arrival >= config.measure_from:
+                    waits.append(t - arrival)
                 heapq.heappush(inflight, t + duration)
             queue.clear()
         while i < len(arrivals) and arrivals[i][0] <= t:
@@ -263,13 +268,15 @@ def simulate(trace: Trace, config: SimConfig) -> SimResult:
         p99=percentile(waits, 99),
         max=waits[-1] if waits else 0.0,
     )
+    measured = [(a, d) for a, d in arrivals if a >= config.measure_from]
+    first = max(config.start, config.measure_from)
     oracle_s, bound_s, quiet = oracle(
-        arrivals, config.start, horizon, scaling.target_concurrency, scaling.idle_timeout
+        measured, first, horizon, scaling.target_concurrency, scaling.idle_timeout
     )
     return SimResult(
         idle_timeout=scaling.idle_timeout,
-        requests=len(arrivals),
-        horizon=horizon - config.start,
+        requests=len(measured),
+        horizon=horizon - first,
         gpu_seconds=gpu,
         baseline_gpu_seconds=base,
         oracle_gpu_seconds=oracle_s * config.gpus,
