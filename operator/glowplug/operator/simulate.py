@@ -26,6 +26,12 @@ Examples:
   glowplug simulate --generate-seed-day seed-day.csv
   glowplug simulate seed-day.csv --idle-timeout 1m --idle-timeout 5m --wake-delay 45s
   glowplug simulate --seed-day --json
+  glowplug simulate --seed-day --warm-up-seed 2 --idle-timeout 5m --idle-timeout auto \
+      --auto-max 6m30s
+
+``--idle-timeout auto`` runs the learned idle timeout (``idlepolicy.py``) through the
+same ``decide``; ``--warm-up-seed`` replays another seed day first, unmeasured, so that
+it starts from what it learned "yesterday".
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from glowplug.api.durations import DurationError, parse_duration
-from glowplug.api.spec import PrewarmWindow, ScalingSpec
+from glowplug.api.spec import AutoIdle, PrewarmWindow, ScalingSpec
 from glowplug.operator import prewarm, seedday, timefmt
 from glowplug.operator.autoscaler import ScalerState, ServiceLoad, decide
 
@@ -215,7 +221,15 @@ def simulate(trace: Trace, config: SimConfig) -> SimResult:
             del pods[n:]
         peak = max(peak, len(pods))
 
+    # At zero with nothing to do, ticks change nothing: jump to the tick at or after the
+    # next arrival (only without floors, which could raise replicas on their own).
+    can_skip = not scaling.prewarm and scaling.min_replicas == 0
     while True:
+        if can_skip and not pods and not queue and not inflight and i < len(arrivals):
+            ahead = arrivals[i][0]
+            if ahead > next_tick:
+                steps = math.ceil((ahead - next_tick) / config.tick)
+                next_tick += steps * config.tick
         candidates = [horizon, next_tick]
         if i < len(arrivals):
             candidates.append(arrivals[i][0])
@@ -293,6 +307,11 @@ def simulate(trace: Trace, config: SimConfig) -> SimResult:
 # --- command line -------------------------------------------------------------------------
 
 
+def _idle(text: str) -> float | None:
+    """A fixed idle timeout, or None for ``auto``."""
+    return None if text == "auto" else _duration(text)
+
+
 def _duration(text: str) -> float:
     try:
         return parse_duration(text)
@@ -327,8 +346,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--idle-timeout",
         action="append",
-        type=_duration,
-        help=f"repeatable (default {', '.join(DEFAULT_IDLE_TIMEOUTS)})",
+        type=_idle,
+        help=f"a duration or auto; repeatable (default {', '.join(DEFAULT_IDLE_TIMEOUTS)})",
+    )
+    parser.add_argument("--auto-min", type=_duration, default=30.0, help="auto: default 30s")
+    parser.add_argument("--auto-max", type=_duration, default=600.0, help="auto: default 10m")
+    parser.add_argument("--wake-penalty", type=_duration, default=300.0, help="auto: default 5m")
+    parser.add_argument(
+        "--warm-up-seed",
+        type=int,
+        help="with --seed-day: replay the seed day of this seed first, unmeasured (what"
+        " auto learns from yesterday)",
     )
     parser.add_argument("--wake-delay", type=_duration, default=30.0, help="default 30s")
     parser.add_argument("--scale-down-delay", type=_duration, default=60.0, help="default 1m")
@@ -366,9 +394,14 @@ def run(args: argparse.Namespace) -> int:
         count = seedday.write_csv(args.generate_seed_day, rows)
         print(f"wrote {count} requests to {args.generate_seed_day}")
         return 0
+    measure_from = 0.0
     if args.seed_day:
         trace: list[tuple[float, float]] = seedday.generate(args.seed)
         horizon = args.horizon if args.horizon is not None else seedday.DAY
+        if args.warm_up_seed is not None:
+            day = seedday.DAY
+            trace = seedday.generate(args.warm_up_seed) + [(a + day, d) for a, d in trace]
+            measure_from, horizon = day, horizon + day
     elif args.trace:
         try:
             trace = seedday.read_csv(args.trace)
@@ -383,7 +416,9 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     idle_timeouts = args.idle_timeout or [parse_duration(x) for x in DEFAULT_IDLE_TIMEOUTS]
+    auto = AutoIdle(min=args.auto_min, max=args.auto_max, wake_penalty=args.wake_penalty)
     base = SimConfig(
+        measure_from=measure_from,
         scaling=ScalingSpec(
             min_replicas=args.min_replicas,
             max_replicas=args.max_replicas,
@@ -398,14 +433,23 @@ def run(args: argparse.Namespace) -> int:
         baseline_replicas=args.baseline_replicas,
         gpu_hourly_price=args.gpu_hourly_price,
     )
+    fixed = [t if t is not None else auto.max for t in idle_timeouts]
     if horizon is None:
         # One horizon for every idle timeout, so their baselines compare.
-        longest = replace(base, scaling=replace(base.scaling, idle_timeout=max(idle_timeouts)))
+        longest = replace(base, scaling=replace(base.scaling, idle_timeout=max(fixed)))
         horizon = default_horizon(trace, longest)
     results = [
         simulate(
             trace,
-            replace(base, horizon=horizon, scaling=replace(base.scaling, idle_timeout=idle)),
+            replace(
+                base,
+                horizon=horizon,
+                scaling=replace(
+                    base.scaling,
+                    idle_timeout=auto.max if idle is None else idle,
+                    auto_idle=auto if idle is None else None,
+                ),
+            ),
         )
         for idle in idle_timeouts
     ]
