@@ -21,6 +21,7 @@ Benchmarks report; they do not fail the build.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import sys
@@ -120,6 +121,10 @@ def _zipf_sim(
     return [simulate(list(t), cfg) for t in traces]
 
 
+def _first(values: list[float]) -> float:
+    return values[0]
+
+
 def cache_replay(
     traces: Sequence[Sequence[zipftrace.Row]],
 ) -> tuple[list[list[tuple[float, float]]], dict[str, Any]]:
@@ -130,7 +135,7 @@ def cache_replay(
     for k, rows in enumerate(traces):
         fp = hashlib.sha256(f"zipf-service-{k}".encode()).digest()
         now = [0.0]
-        mem = MemoryCache(max_bytes=CACHE_MAX_BYTES, clock=lambda now=now: now[0])
+        mem = MemoryCache(max_bytes=CACHE_MAX_BYTES, clock=functools.partial(_first, now))
         out: list[tuple[float, float]] = []
         vector = bytes(VECTOR_BYTES)
         for at, duration, inputs in rows:
