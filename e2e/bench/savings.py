@@ -45,7 +45,7 @@ ZIPF_FIXED = (60.0, 120.0, 180.0, 300.0, 600.0, 900.0)
 DEFAULT_AUTO = AutoIdle()
 # For the seed-day comparison with fixed 5m: an upper bound a little above it.
 SEED_TUNED = AutoIdle(min=30.0, max=390.0, wake_penalty=300.0)
-ZIPF_FEWER_WAKES = AutoIdle(min=30.0, max=900.0, wake_penalty=900.0)
+ZIPF_FEWER_WAKES = AutoIdle(min=30.0, max=600.0, wake_penalty=600.0)
 VECTOR_BYTES = 1024 * 4
 CACHE_MAX_BYTES = 256 << 20
 CACHE_TTL = 86400.0
