@@ -83,6 +83,17 @@ BAD = [
     ("cache-size", {"cache": {"enabled": True, "maxBytes": "12MB"}}, "spec.cache.maxBytes"),
     ("cache-ttl-zero", {"cache": {"enabled": True, "ttl": "0s"}}, "spec.cache.ttl"),
     ("cache-ttl", {"cache": {"ttl": "one day"}}, "spec.cache.ttl"),
+    ("idle-automatic", {"scaling": {"idleTimeout": "automatic"}}, "spec.scaling.idleTimeout"),
+    (
+        "auto-bounds",
+        {"scaling": {"idleTimeout": "auto", "autoIdleTimeout": {"min": "20m", "max": "10m"}}},
+        "spec.scaling.autoIdleTimeout.min must be <= spec.scaling.autoIdleTimeout.max",
+    ),
+    (
+        "auto-penalty",
+        {"scaling": {"idleTimeout": "auto", "autoIdleTimeout": {"wakePenalty": "soon"}}},
+        "spec.scaling.autoIdleTimeout.wakePenalty",
+    ),
 ]
 
 
