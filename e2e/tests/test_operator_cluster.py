@@ -80,6 +80,38 @@ BAD = [
     ),
     ("max-zero", {"scaling": {"maxReplicas": 0}}, "spec.scaling.maxReplicas"),
     ("negative-gpus", {"resources": {"gpus": -1}}, "spec.resources.gpus"),
+    # issue 11 (8): cron fields, zone names and duration bounds
+    (
+        "bad-cron",
+        {
+            "scaling": {
+                "autoscale": False,
+                "prewarm": [{"schedule": "99 8 * * funday", "duration": "1h"}],
+            }
+        },
+        "spec.scaling.prewarm[0].schedule",
+    ),
+    (
+        "bad-zone-shape",
+        {
+            "scaling": {
+                "autoscale": False,
+                "prewarm": [
+                    {"schedule": "0 8 * * *", "duration": "1h", "timeZone": "Europe Berlin"}
+                ],
+            }
+        },
+        "spec.scaling.prewarm[0].timeZone",
+    ),
+    ("zero-activation", {"scaling": {"activationTimeout": "0s"}}, "spec.scaling.activationTimeout"),
+    ("zero-node-wait", {"scaling": {"nodeWaitTimeout": "0ms"}}, "spec.scaling.nodeWaitTimeout"),
+    ("zero-request", {"engine": {"requestTimeout": "0s"}}, "spec.engine.requestTimeout"),
+    (
+        "overflow-request",
+        {"engine": {"requestTimeout": "99999999999999h"}},
+        "spec.engine.requestTimeout",
+    ),
+    ("long-request", {"engine": {"requestTimeout": "2h"}}, "spec.engine.requestTimeout"),
 ]
 
 
@@ -94,6 +126,30 @@ def test_invalid_spec_is_refused_naming_the_field(
     assert field in out.stderr, out.stderr
     gone = cluster.kubectl("get", "embsvc", name, "-n", namespace, check=False)
     assert gone.returncode != 0
+
+
+def test_unknown_time_zone_is_a_failed_condition_naming_the_field(
+    cluster: Cluster, namespace: str, operator_process: OperatorProcess
+) -> None:
+    """A zone the schema cannot judge (well-formed, but not in the IANA database) is
+    accepted by the API server and refused by the operator: Failed/InvalidSpec names it."""
+    body = embsvc(
+        "mars",
+        scaling={
+            "autoscale": False,
+            "prewarm": [{"schedule": "0 8 * * 1-5", "duration": "1h", "timeZone": "Mars/Base"}],
+        },
+    )
+    apply(cluster, namespace, body)
+
+    def failed() -> dict[str, Any] | None:
+        c = condition(get(cluster, "embsvc", "mars", namespace), "Failed")
+        return c if c.get("status") == "True" else None
+
+    c = wait_for(failed, 60, what="Failed condition for Mars/Base")
+    assert c["reason"] == "InvalidSpec"
+    assert "spec.scaling.prewarm[0].timeZone" in c["message"]
+    assert "Mars/Base" in c["message"]
 
 
 def test_defaults_and_scale_subresource(
