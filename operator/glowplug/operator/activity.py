@@ -117,12 +117,14 @@ def parse_stats(payload: Any) -> dict[str, ActivatorLoad]:
         if not isinstance(entry, Mapping):
             raise ValueError(f"stats: {key}: not an object")
         finished = entry.get("lastRequestFinished")
+        first = entry.get("firstResponseAfterWake")
         try:
             out[str(key)] = ActivatorLoad(
                 in_flight=int(entry.get("inFlight") or 0),
                 queued=int(entry.get("queued") or 0),
                 waking=bool(entry.get("waking")),
                 last_request_finished=None if finished is None else float(finished),
+                first_response=None if first is None else float(first),
             )
         except (TypeError, ValueError) as err:
             raise ValueError(f"stats: {key}: {err}") from None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from typing import Any, Protocol
 
 from glowplug.api.spec import GROUP, PLURAL, VERSION, EmbeddingService, SpecError, parse
 from glowplug.operator import conditions as cond
-from glowplug.operator import prewarm
+from glowplug.operator import prewarm, wakephases
 from glowplug.operator.activity import (
     EndpointSliceDiscovery,
     LoadReader,
@@ -39,6 +40,7 @@ from glowplug.operator.autoscaler import ScalerState, decide
 from glowplug.operator.ledger import Ledger, PodHold
 from glowplug.operator.timefmt import format_time, parse_time
 from glowplug.operator.wakefailures import WakeFailure, is_ready, service_failure
+from glowplug.operator.wakephases import Timeline
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,9 @@ SERVICE_LABEL = "glowplug.dev/service"
 GPU_RESOURCE = "nvidia.com/gpu"
 MERGE = "application/merge-patch+json"
 LAST_REQUEST_PERSIST_EVERY = 5.0  # while busy, persist lastRequestTime this often
+# After the first ready pod, how long to wait for the activators to report the first
+# response of the wake (the FirstResponse phase) before closing the timeline without it.
+FIRST_RESPONSE_WAIT = 120.0
 
 
 @dataclass
@@ -136,6 +141,12 @@ class ServiceAPI(Protocol):
 
     def warn(self, body: Mapping[str, Any], reason: str, message: str) -> None: ...
 
+    def info(self, body: Mapping[str, Any], reason: str, message: str) -> None: ...
+
+    async def list_pod_events(
+        self, namespace: str, pods: Sequence[str]
+    ) -> dict[str, list[dict[str, Any]]]: ...
+
 
 class KubeServiceAPI:
     """``ServiceAPI`` on kubernetes_asyncio, reusing the operator's Kube for status."""
@@ -214,6 +225,25 @@ class KubeServiceAPI:
         target: Any = dict(body)
         kopf.warn(target, reason=reason, message=message)
 
+    def info(self, body: Mapping[str, Any], reason: str, message: str) -> None:
+        import kopf
+
+        target: Any = dict(body)
+        kopf.info(target, reason=reason, message=message)
+
+    async def list_pod_events(
+        self, namespace: str, pods: Sequence[str]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """The Events of each named pod (only pods still waiting for a node: one or two)."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for pod in pods:
+            events = await self.core.list_namespaced_event(
+                namespace, field_selector=f"involvedObject.kind=Pod,involvedObject.name={pod}"
+            )
+            plain: dict[str, Any] = self.api_client.sanitize_for_serialization(events)
+            out[pod] = list(plain.get("items") or [])
+        return out
+
 
 # --- one service's loop --------------------------------------------------------------------
 
@@ -250,6 +280,19 @@ def pod_hold(pod: Mapping[str, Any]) -> PodHold | None:
     return PodHold(uid=str(meta.get("uid")), bound_at=bound, gpus=pod_gpus(pod))
 
 
+def spec_fingerprint(body: Mapping[str, Any]) -> str:
+    """The spec without ``replicas``: what, when it changes, makes new pods differ.
+
+    A change of ``spec.replicas`` alone (every wake, every scale) bumps
+    ``metadata.generation`` too, but the pods it creates are the same spec's pods.
+    """
+    import json
+
+    spec = dict(body.get("spec") or {})
+    spec.pop("replicas", None)
+    return json.dumps(spec, sort_keys=True, default=str)
+
+
 def _raw_int(obj: Mapping[str, Any], *path: str, default: int) -> int:
     value: Any = obj
     for key in path:
@@ -283,7 +326,13 @@ class ServiceLoop:
         self.prev_replicas: int | None = None
         self.wake_start: float | None = None
         self.generation: int | None = None
+        self.fingerprint: str | None = None
+        self.last_tick: float | None = None
         self.spec_changed_at: float | None = None
+        self.timeline: Timeline | None = None  # the wake in progress (or awaiting its
+        self.timeline_ready: float | None = None  # first response after this ready time)
+        self.written_wake: tuple[str, str] | None = None  # (phase, message) in status
+        self.node_fail: WakeFailure | None = None  # NotTriggerScaleUp / NodeWaitTimeout
         self.reported: str | None = None  # the wake-failure reason in status, if ours
         self.clear_pending = False  # the spec changed while a wake failure was reported
 
@@ -305,8 +354,10 @@ class ServiceLoop:
             self.series.price(svc.cost.gpu_hourly_price)
         spec_replicas = _raw_int(body, "spec", "replicas", default=0)
         generation = _raw_int(body, "metadata", "generation", default=0)
+        fingerprint = spec_fingerprint(body)
         if self.generation is None:
             self.generation = generation
+            self.fingerprint = fingerprint
             failed = cond.get_condition(status.get("conditions") or [], cond.FAILED)
             if (
                 failed
@@ -314,13 +365,22 @@ class ServiceLoop:
                 and failed.get("reason") in cond.WAKE_REASONS
             ):
                 self.reported = str(failed.get("reason"))
-        elif generation != self.generation:
+        elif fingerprint != self.fingerprint:
             self.generation = generation
-            self.spec_changed_at = now
+            self.fingerprint = fingerprint
+            # The change happened after the last tick that saw the old spec; pods carry
+            # whole-second creationTimestamps, so compare with that second. (A change of
+            # replicas alone is no new spec: wakefailures, "why Unschedulable never
+            # reached status".)
+            seen = self.last_tick if self.last_tick is not None else now
+            self.spec_changed_at = float(math.floor(seen))
             if self.reported is not None:
                 # A new spec: its pods may fail differently or not at all; say so afresh.
                 self.reported = None
                 self.clear_pending = True
+        else:
+            self.generation = generation
+        self.last_tick = now
         pods = await self.api.list_pods(namespace, name)
         patch: dict[str, Any] = {}
 
@@ -354,10 +414,14 @@ class ServiceLoop:
         ready = sum(1 for p in pods if is_ready(p))
         # Pods created before the last spec change carry the old spec's failure.
         failure = service_failure(pods, since=self.spec_changed_at)
-        failure_patch = self._failure(failure, body)
+        self._wake(now, status, spec_replicas, ready, patch)
+        node_failure = await self._track(
+            now, body, svc, status, spec_replicas, ready, pods, failure, patch
+        )
+        failure_patch = self._failure(failure or node_failure, body)
         if failure_patch:
             patch.update(failure_patch)
-        self._wake(now, status, spec_replicas, ready, failure, patch)
+            self._end_failed(now, failure or node_failure, patch)
 
         # 3. the autoscaler
         if svc is not None and svc.scaling.autoscale and self.reader is not None:
@@ -387,7 +451,6 @@ class ServiceLoop:
         status: Mapping[str, Any],
         spec_replicas: int,
         ready: int,
-        failure: WakeFailure | None,
         patch: dict[str, Any],
     ) -> None:
         stamped = parse_time(status.get("wakeStartedTime"))
@@ -411,8 +474,119 @@ class ServiceLoop:
                 self.series.wake("ready", seconds)
             log.info("wake took %.1f s", seconds)
             self.wake_start = None
-        elif failure is not None and "__failed__" in patch and self.series is not None:
+
+    async def _track(
+        self,
+        now: float,
+        body: Mapping[str, Any],
+        svc: EmbeddingService | None,
+        status: Mapping[str, Any],
+        spec_replicas: int,
+        ready: int,
+        pods: list[dict[str, Any]],
+        failure: WakeFailure | None,
+        patch: dict[str, Any],
+    ) -> WakeFailure | None:
+        """Follow the wake through its phases (wakephases): status.wake, the Waking
+        condition, an Event per phase; the node failure when the wait cannot end well."""
+        tl = self.timeline
+        if spec_replicas == 0:
+            if tl is not None and not tl.outcome:
+                patch["wake"] = None  # abandoned: scaled back to zero before ready
+            self.timeline, self.written_wake, self.node_fail = None, None, None
+            return None
+        if tl is None:
+            start = self.wake_start
+            restored = Timeline.restore(status.get("wake"))
+            if restored is not None and (start is None or abs(restored.started - start) < 2.0):
+                tl = restored  # the operator restarted during this wake
+                self.written_wake = (tl.phase, tl.message)
+            elif start is not None and ready == 0:
+                tl = Timeline(start)
+            else:
+                return None
+            self.timeline = tl
+        if tl.outcome:
+            # Over (Ready: awaiting the first response; or Failed). A node failure holds
+            # while the pod still has no node; once it gets one the failure clears.
+            if self.node_fail is not None and wakephases.unscheduled(pods) and ready == 0:
+                return self.node_fail
+            return None
+        if ready > 0:
+            obs: wakephases.Observation | None = wakephases.Observation(
+                wakephases.READY, f"{ready} pod(s) ready", ""
+            )
+        else:
+            waiting = wakephases.unscheduled(pods)
+            events = await self.api.list_pod_events(svc_ns(body), waiting) if waiting else {}
+            obs = wakephases.observe(pods, events)
+        if obs is None:
+            return None  # no pod yet: the Deployment is creating it
+        if tl.enter(obs.phase, now, obs.message):
+            log.info("%s: wake phase %s: %s", _key(body), obs.phase, obs.message)
+            self.api.info(body, obs.phase, obs.message)
+        if obs.phase == wakephases.READY:
+            tl.outcome = wakephases.READY
+            self.timeline_ready = now
+            self._observe_phases(tl)
+            patch["wake"] = None
+            patch["lastWake"] = tl.status()
+            self.written_wake = None
+            return None
+        if self.written_wake != (tl.phase, tl.message):
+            patch["wake"] = tl.status()
+            patch["__waking__"] = (tl.phase, tl.message)
+            self.written_wake = (tl.phase, tl.message)
+        if failure is not None or svc is None:
+            return None
+        return wakephases.node_failure(obs, tl, now, svc.scaling.node_wait_timeout)
+
+    def _end_failed(self, now: float, failure: WakeFailure | None, patch: dict[str, Any]) -> None:
+        """A wake failure was just reported: close the wake's timeline as Failed."""
+        if "__failed__" not in patch:
+            return
+        if self.series is not None and self.wake_start is not None:
             self.series.wake("failed")
+        tl = self.timeline
+        if failure is not None and failure.reason in (
+            wakephases.NOT_TRIGGER_SCALE_UP,
+            wakephases.NODE_WAIT_TIMEOUT,
+        ):
+            self.node_fail = failure
+        if tl is None or tl.outcome or failure is None:
+            return
+        tl.enter(wakephases.FAILED, now, f"{failure.reason}: {failure.message}")
+        tl.outcome = wakephases.FAILED
+        patch["wake"] = None
+        patch["lastWake"] = tl.status()
+        patch.pop("__waking__", None)
+        self.written_wake = None
+
+    def _observe_phases(self, tl: Timeline) -> None:
+        if self.series is None:
+            return
+        for phase, seconds in tl.durations().items():
+            label = wakephases.HISTOGRAM_PHASE.get(phase)
+            if label is not None:
+                self.series.phase(label, seconds)
+
+    def _first_response(self, now: float, first: float | None, patch: dict[str, Any]) -> None:
+        """Close a ready wake's timeline at the activators' first response after it."""
+        tl, ready_at = self.timeline, self.timeline_ready
+        if tl is None or tl.outcome != wakephases.READY or ready_at is None:
+            return
+        if first is not None and first >= tl.started:
+            ready_entered = tl.entered(wakephases.READY) or ready_at
+            at = max(first, ready_entered)
+            tl.entries.append((wakephases.FIRST_RESPONSE, at))
+            tl.outcome = wakephases.FIRST_RESPONSE
+            tl.message = "the first held request was answered"
+            if self.series is not None:
+                self.series.phase("first_response", at - ready_entered)
+            patch["lastWake"] = tl.status()
+            self.timeline = None
+        elif now - ready_at > FIRST_RESPONSE_WAIT:
+            self.timeline = None  # no request waited for this wake (a pre-warm, a scale)
 
     async def _autoscale(
         self,
@@ -425,6 +599,7 @@ class ServiceLoop:
         assert self.reader is not None
         snapshot = await self.reader.snapshot()
         load = snapshot.load(svc.namespace, svc.name)
+        self._first_response(now, load.first_response, patch)
         if self.scaler is None:
             self.persisted_activity = parse_time(status.get("lastRequestTime"))
             self.scaler = ScalerState(last_activity=self.persisted_activity)
@@ -440,6 +615,8 @@ class ServiceLoop:
             self.persisted_activity = activity
         if decision.replicas == spec_replicas:
             return
+        if decision.replicas == 0 and self.timeline is not None and not self.timeline.outcome:
+            return  # a pending wake is never scaled away inside its wait (issue 11)
         if decision.replicas == 0:
             # Re-read every activator right before the last replica goes: a request that
             # arrived since the snapshot keeps it (the wake race's window shrinks to ms).
@@ -472,13 +649,21 @@ class ServiceLoop:
     ) -> None:
         failed: WakeFailure | None = patch.pop("__failed__", None)
         clear = bool(patch.pop("__clear_failed__", False))
+        waking: tuple[str, str] | None = patch.pop("__waking__", None)
         generation = self.generation
 
         def mutate(current: Mapping[str, Any]) -> dict[str, Any] | None:
             out = dict(patch)
             st = current.get("status") or {}
+            if waking is not None and failed is None:
+                old = list(out.get("conditions") or st.get("conditions") or [])
+                new = cond.set_condition(
+                    old, cond.WAKING, True, waking[0], waking[1], observed_generation=generation
+                )
+                if new != old:
+                    out["conditions"] = new
             if failed is not None or clear:
-                old = list(st.get("conditions") or [])
+                old = list(out.get("conditions") or st.get("conditions") or [])
                 if failed is not None:
                     new = cond.set_condition(
                         old,
@@ -502,6 +687,11 @@ class ServiceLoop:
             log.warning("%s/%s: status write failed: %s", namespace, name, err)
             if failed is not None:
                 self.reported = None  # report it again next tick
+            self.written_wake = None  # and the wake's status
+
+
+def svc_ns(body: Mapping[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("namespace"))
 
 
 def _key(body: Mapping[str, Any]) -> str:
