@@ -276,6 +276,7 @@ async def test_models_stats_metrics_health() -> None:
             "queued": 0,
             "waking": False,
             "lastRequestFinished": None,
+            "firstResponseAfterWake": None,
         }
         async with s.get(f"{h.url}/metrics") as r:
             text = await r.text()
@@ -388,3 +389,44 @@ async def test_connect_errors_until_the_deadline_are_502() -> None:
         status, body, _ = await post(s, h.url, emb())
         assert status == 502 and "connect to" in body["error"]["message"]
         assert h.state().inflight == 0 and h.state().queued == 0
+
+
+# --- issue 11 (3): what held clients learn --------------------------------------------
+
+
+async def test_a_response_that_waited_for_a_wake_says_so() -> None:
+    async with harness() as h, engines(1) as (e,), aiohttp.ClientSession() as s:
+        h.services.apply_service(service_obj(replicas=0))
+        h.scaler.on_wake = [e.address]
+        h.scaler.wake_delay = 0.3
+        status, _, headers = await post(s, h.url, emb())
+        assert status == 200
+        assert headers["X-Glowplug-Cold-Start"] == "true"
+        assert float(headers["X-Glowplug-Wait-Seconds"]) >= 0.25
+        # the first answer after the wake is in /stats for the operator's FirstResponse
+        st = h.state()
+        assert st.first_response_after_wake is not None
+        # a warm request carries no such header
+        status, _, headers = await post(s, h.url, emb())
+        assert status == 200 and "X-Glowplug-Cold-Start" not in headers
+
+
+async def test_504_names_the_phase_reached_and_retry_after_follows_observed_wakes() -> None:
+    async with harness() as h, aiohttp.ClientSession() as s:
+        obj = service_obj(replicas=0, scaling={"activationTimeout": "1s"})
+        obj["status"] = {
+            "lastWakeSeconds": 95.2,
+            "wake": {
+                "phase": "WaitingForNode",
+                "message": "pod emb-1 has no node: 0/1 nodes are available; "
+                "cluster-autoscaler: pod triggered scale-up: [{gpu 0->1 (max: 2)}]",
+            },
+        }
+        h.services.apply_service(obj)
+        status, body, headers = await post(s, h.url, emb())
+        assert status == 504
+        message = body["error"]["message"]
+        assert "the wake reached WaitingForNode" in message
+        assert "pod triggered scale-up" in message
+        # 95.2 s typical, about 1 s already spent: about 94 s left
+        assert 90 <= int(headers["Retry-After"]) <= 95

@@ -89,6 +89,10 @@ class ServiceState:
         self.wake_pending = False  # a wake task is running
         self.last_finished: float | None = None  # unix time of the last completed request
         self.gone = False
+        # Unix time of the first answer to a request that waited for the last wake (the
+        # operator's FirstResponse phase, through /stats); set by the request path.
+        self.first_response_after_wake: float | None = None
+        self.awaiting_first_response = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0  # monotonic time the timer fires at
 
@@ -166,6 +170,12 @@ class ServiceState:
         if self.waiters:
             self._dispatch()
 
+    def answered_after_wait(self) -> None:
+        """A request that waited was answered: the first one after a wake is recorded."""
+        if self.awaiting_first_response:
+            self.awaiting_first_response = False
+            self.first_response_after_wake = time.time()
+
     def cool_down(self, b: Backend) -> None:
         """Skip a backend that refused a connection for a moment, and retry others."""
         b.cooldown_until = time.monotonic() + COOLDOWN_SECONDS
@@ -191,6 +201,8 @@ class ServiceState:
         self._ready = [b for b in self.backends.values() if b.ready]
         self.epoch += 1
         if self._ready and not had_ready:
+            if self.waiters:
+                self.awaiting_first_response = True
             if self.wake_started is not None:
                 started, self.wake_started = self.wake_started, None
                 if self._on_ready is not None:

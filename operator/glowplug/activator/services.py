@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from glowplug.activator.coldstart import WakeInfo, wake_info
 from glowplug.activator.endpoints import EndpointTracker, Failure, condition_failure
 from glowplug.activator.holdqueue import ServiceState
 from glowplug.activator.metrics import Metrics, ServiceMetrics
@@ -28,6 +29,7 @@ class Route:
     state: ServiceState
     metrics: ServiceMetrics
     condition: Failure | None = None  # the operator's Failed condition
+    wake: WakeInfo = field(default_factory=WakeInfo)  # status.wake, lastWakeSeconds
 
 
 class Services:
@@ -81,11 +83,13 @@ class Services:
             route = Route(svc, state, sm)
             self.routes[ref] = route
             route.condition = condition_failure(obj)
+            route.wake = wake_info(obj)
             self._update_failure(ref)
             state.set_endpoints(self.tracker.addresses(ref))
             return
         route.spec = svc
         route.condition = condition_failure(obj)
+        route.wake = wake_info(obj)
         route.state.configure(
             limit=s.target_concurrency, max_queue=s.max_queued_requests, replicas=svc.replicas
         )
