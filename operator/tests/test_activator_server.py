@@ -430,3 +430,49 @@ async def test_504_names_the_phase_reached_and_retry_after_follows_observed_wake
         assert "pod triggered scale-up" in message
         # 95.2 s typical, about 1 s already spent: about 94 s left
         assert 90 <= int(headers["Retry-After"]) <= 95
+
+
+# --- issue 11 (5): fast release --------------------------------------------------------
+
+
+def starting_slice(address: str, *, ready: bool) -> dict[str, Any]:
+    """An EndpointSlice as the EndpointSlice controller writes it for a starting pod."""
+    host, port = address.rsplit(":", 1)
+    return {
+        "metadata": {
+            "name": "emb-x1",
+            "namespace": "ns1",
+            "labels": {"kubernetes.io/service-name": "emb"},
+        },
+        "ports": [{"name": "http", "port": int(port), "protocol": "TCP"}],
+        "endpoints": [{"addresses": [host], "conditions": {"ready": ready}}],
+    }
+
+
+async def test_held_request_goes_when_the_engine_answers_not_when_the_slice_says_ready() -> None:
+    from glowplug.activator.readiness_probe import ReadinessProber
+
+    async with harness() as h, engines(1) as (e,), aiohttp.ClientSession() as s:
+        prober = ReadinessProber(h.services.probed_ready)
+        h.services.set_prober(prober)
+        try:
+            h.services.apply_service(service_obj(replicas=0))
+            loop = asyncio.get_running_loop()
+            e.ready_at = loop.time() + 0.6  # the engine loads its model for 0.6 s
+            task = asyncio.create_task(post(s, h.url, emb()))
+            await until(lambda: h.state().queued == 1)
+            # the pod has an IP: in the slice, not ready (the kubelet has not probed yet)
+            h.services.apply_slice(starting_slice(e.address, ready=False))
+            assert prober.probing("ns1/emb") == [e.address]
+            status, _, headers = await asyncio.wait_for(task, 10)
+            assert status == 200
+            assert headers["X-Glowplug-Cold-Start"] == "true"
+            assert e.ready_probes >= 2  # 503 while loading, then the 200 that released it
+            assert prober.probing("ns1/emb") == []
+            # the slice never said ready: the probe released the request
+            assert h.services.tracker.starting("ns1/emb") == [e.address]
+            # a warm service is not probed: another starting pod next to a ready one
+            h.services.apply_slice(starting_slice(e.address, ready=True))
+            assert prober.probing("ns1/emb") == []
+        finally:
+            await prober.close()

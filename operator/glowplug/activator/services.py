@@ -11,10 +11,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from glowplug import engines
 from glowplug.activator.coldstart import WakeInfo, wake_info
 from glowplug.activator.endpoints import EndpointTracker, Failure, condition_failure
 from glowplug.activator.holdqueue import ServiceState
 from glowplug.activator.metrics import Metrics, ServiceMetrics
+from glowplug.activator.readiness_probe import ReadinessProber
 from glowplug.activator.routing import RoutingTable
 from glowplug.api import EmbeddingService, SpecError, parse
 
@@ -41,6 +43,15 @@ class Services:
         self.tracker = EndpointTracker()
         self.routes: dict[str, Route] = {}  # "namespace/name" -> Route
         self._on_wake = on_wake
+        self.prober: ReadinessProber | None = None  # fast release after a wake
+
+    def set_prober(self, prober: ReadinessProber) -> None:
+        self.prober = prober
+
+    def probed_ready(self, ref: str, address: str) -> None:
+        """The readiness prober found a starting engine answering: route to it now."""
+        self.tracker.mark_probed(ref, address)
+        self._endpoints_changed(ref)
 
     def set_waker(self, on_wake: Callable[[ServiceState], None]) -> None:
         self._on_wake = on_wake
@@ -150,6 +161,11 @@ class Services:
         if route is not None:
             route.state.set_endpoints(self.tracker.addresses(ref))
             self._update_failure(ref)
+            if self.prober is not None:
+                # Probe starting pods only while the service has no ready one (a wake).
+                starting = [] if route.state.has_ready else self.tracker.starting(ref)
+                path = engines.get(route.spec.engine.name).readiness_path
+                self.prober.want(ref, starting, path)
 
     # --- pods -----------------------------------------------------------------------------
 
