@@ -158,10 +158,16 @@ def test_defaults_and_scale_subresource(
     apply(cluster, namespace, embsvc("scaled"))
     obj = get(cluster, "embsvc", "scaled", namespace)
     assert obj["spec"]["replicas"] == 0
+    generation = obj["metadata"]["generation"]
     assert obj["spec"]["engine"]["requestTimeout"] == "2m"
     assert obj["spec"]["scaling"]["idleTimeout"] == "5m"
     cluster.kubectl("scale", "embsvc", "scaled", "-n", namespace, "--replicas", "2")
-    assert get(cluster, "embsvc", "scaled", namespace)["spec"]["replicas"] == 2
+    scaled = get(cluster, "embsvc", "scaled", namespace)
+    assert scaled["spec"]["replicas"] == 2
+    # A write through the scale subresource bumps metadata.generation like any spec
+    # change: why the operator must not treat a generation change as a new pod spec
+    # (issue 11, the Unschedulable diagnosis; scaling.spec_fingerprint).
+    assert scaled["metadata"]["generation"] == generation + 1
     scale = json.loads(
         cluster.kubectl(
             "get",
