@@ -303,7 +303,8 @@ def test_no_autoscaler_and_no_node_fails_after_node_wait_timeout(
     assert status == 503, body
     assert body["error"]["code"] == "NodeWaitTimeout", body
     assert "nodeWaitTimeout" in body["error"]["message"]
-    assert took >= 14, took  # not before the timeout (the timeout is the test's subject)
+    # not before the timeout (its start is the whole-second wakeStartedTime: 1 s of slack)
+    assert took >= 13, took
     failed = condition(get(cluster, "embsvc", "nowhere", namespace), "Failed")
     assert (failed["status"], failed["reason"]) == ("True", "NodeWaitTimeout")
     print(f"\nNodeWaitTimeout (15 s): 503 after {took:.1f} s")

@@ -24,7 +24,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from glowplug.api.spec import GROUP, PLURAL, VERSION, EmbeddingService, SpecError, parse
@@ -41,6 +41,7 @@ from glowplug.operator.ledger import Ledger, PodHold
 from glowplug.operator.timefmt import format_time, parse_time
 from glowplug.operator.wakefailures import WakeFailure, is_ready, service_failure
 from glowplug.operator.wakephases import Timeline
+from glowplug.outage import Outage, is_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -312,8 +313,10 @@ class ServiceLoop:
         reader: LoadSource | None,
         options: Options,
         clock: Callable[[], float] = time.time,
+        outage: Outage | None = None,
     ) -> None:
         self.api = api
+        self.outage = outage or Outage(log)
         self.reader = reader
         self.options = options
         self.clock = clock
@@ -405,7 +408,10 @@ class ServiceLoop:
             try:
                 await self.api.write_ledger(namespace, name, self.ledger.checkpoint())
             except Exception as err:  # kept in memory; the next checkpoint catches up
-                log.warning("%s/%s: ledger checkpoint failed: %s", namespace, name, err)
+                if is_unreachable(err):
+                    self.outage.failed(err)
+                else:
+                    log.warning("%s/%s: ledger checkpoint failed: %s", namespace, name, err)
             else:
                 self.last_pods = pod_set
                 self.last_checkpoint = now
@@ -684,7 +690,10 @@ class ServiceLoop:
         try:
             await self.api.update_status(namespace, name, mutate)
         except Exception as err:  # next tick writes again; the ledger stays in memory
-            log.warning("%s/%s: status write failed: %s", namespace, name, err)
+            if is_unreachable(err):
+                self.outage.failed(err)
+            else:
+                log.warning("%s/%s: status write failed: %s", namespace, name, err)
             if failed is not None:
                 self.reported = None  # report it again next tick
             self.written_wake = None  # and the wake's status
@@ -714,6 +723,7 @@ class _Shared:
     reader: LoadReader | None = None
     api_client: Any = None
     closing: bool = False  # cleanup began: the clients are being closed under the loops
+    outage: Outage = field(default_factory=lambda: Outage(log))  # shared by every loop
 
 
 SHARED = _Shared()
@@ -762,18 +772,22 @@ async def _daemon(**kwargs: Any) -> None:
     if SHARED.api is None:
         await _startup(logger=logger)
     assert SHARED.api is not None
-    loop = ServiceLoop(SHARED.api, SHARED.reader, OPTIONS)
+    loop = ServiceLoop(SHARED.api, SHARED.reader, OPTIONS, outage=SHARED.outage)
     try:
         while not stopped:
             started = time.monotonic()
             try:
                 await loop.tick(body)
+                SHARED.outage.ok()
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # one bad tick must not end the loop
                 if stopped or SHARED.closing:
                     break  # shutting down: the API client may already be closed
-                logger.warning("autoscaler tick failed: %s", err, exc_info=True)
+                if is_unreachable(err):
+                    SHARED.outage.failed(err)  # logged once for all services
+                else:
+                    logger.warning("autoscaler tick failed: %s", err, exc_info=True)
             elapsed = time.monotonic() - started
             await stopped.wait(max(0.05, OPTIONS.interval - elapsed))
     finally:
