@@ -14,12 +14,25 @@ import time
 
 import aiohttp
 
+# Answers of an API server that is starting or overloaded, not of a bad request.
+UNAVAILABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class Unavailable(Exception):
+    """The API server answered, but with "not now" (``UNAVAILABLE_STATUSES``)."""
+
 
 def is_unreachable(err: BaseException) -> bool:
-    """Whether ``err`` says the API server could not be reached or did not answer in time
-    (as opposed to an answer we did not like: those are logged where they happen)."""
+    """Whether ``err`` says the API server could not be reached, did not answer in time,
+    cut a response short, or said "not now" (as opposed to an answer we did not like:
+    those are logged where they happen)."""
     # asyncio.TimeoutError is TimeoutError (Python 3.11+); ServerTimeoutError is both.
-    return isinstance(err, aiohttp.ClientConnectionError | TimeoutError | OSError)
+    if isinstance(err, Unavailable | aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+        return True
+    if isinstance(err, TimeoutError | OSError):
+        return True
+    status = getattr(err, "status", None)  # kubernetes_asyncio's ApiException
+    return isinstance(status, int) and status in UNAVAILABLE_STATUSES
 
 
 class Outage:
@@ -56,4 +69,4 @@ class Outage:
             self.failures = 0
 
 
-__all__ = ["Outage", "is_unreachable"]
+__all__ = ["UNAVAILABLE_STATUSES", "Outage", "Unavailable", "is_unreachable"]

@@ -24,7 +24,7 @@ from glowplug.activator.endpoints import SERVICE_LABEL
 from glowplug.activator.services import Services
 from glowplug.api import GROUP, PLURAL, VERSION
 from glowplug.kubeclient import CONNECT_TIMEOUT, WATCH_TIMEOUT
-from glowplug.outage import Outage, is_unreachable
+from glowplug.outage import UNAVAILABLE_STATUSES, Outage, Unavailable, is_unreachable
 
 log = logging.getLogger("glowplug.activator.watch")
 
@@ -159,6 +159,8 @@ class KubeSource:
         query = [("labelSelector", kind.label_selector)] if kind.label_selector else []
         resp = await self._get(kind.path(ns), query, LIST_TIMEOUT)
         async with resp:
+            if resp.status in UNAVAILABLE_STATUSES:
+                raise Unavailable(f"list {kind.path(ns)}: HTTP {resp.status}")
             if resp.status != 200:
                 raise RuntimeError(f"list {kind.path(ns)}: HTTP {resp.status}: {await resp.text()}")
             doc = await resp.json()
@@ -182,6 +184,8 @@ class KubeSource:
         async with resp:
             if resp.status == 410:
                 raise _Gone()
+            if resp.status in UNAVAILABLE_STATUSES:
+                raise Unavailable(f"watch {kind.path(ns)}: HTTP {resp.status}")
             if resp.status != 200:
                 raise RuntimeError(f"watch {kind.path(ns)}: HTTP {resp.status}")
             buf = b""
