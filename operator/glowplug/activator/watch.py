@@ -135,7 +135,7 @@ class KubeSource:
         while True:
             try:
                 rv = await self._list(kind, ns)
-                self.outage.ok()
+                self.outage.ok(f"{kind.name}/{ns}")
                 synced.set()
                 while True:
                     rv = await self._watch(kind, ns, rv)
@@ -145,7 +145,7 @@ class KubeSource:
                 log.info("%s watch expired, listing again", kind.name)
             except Exception as err:
                 if is_unreachable(err):
-                    self.outage.failed(err)  # routing goes on from what is known
+                    self.outage.failed(err, f"{kind.name}/{ns}")  # routing goes on meanwhile
                 else:
                     log.warning(
                         "%s watch failed (%s), listing again in %.0fs",

@@ -409,7 +409,7 @@ class ServiceLoop:
                 await self.api.write_ledger(namespace, name, self.ledger.checkpoint())
             except Exception as err:  # kept in memory; the next checkpoint catches up
                 if is_unreachable(err):
-                    self.outage.failed(err)
+                    self.outage.failed(err, f"{namespace}/{name}")
                 else:
                     log.warning("%s/%s: ledger checkpoint failed: %s", namespace, name, err)
             else:
@@ -691,7 +691,7 @@ class ServiceLoop:
             await self.api.update_status(namespace, name, mutate)
         except Exception as err:  # next tick writes again; the ledger stays in memory
             if is_unreachable(err):
-                self.outage.failed(err)
+                self.outage.failed(err, f"{namespace}/{name}")
             else:
                 log.warning("%s/%s: status write failed: %s", namespace, name, err)
             if failed is not None:
@@ -773,24 +773,26 @@ async def _daemon(**kwargs: Any) -> None:
         await _startup(logger=logger)
     assert SHARED.api is not None
     loop = ServiceLoop(SHARED.api, SHARED.reader, OPTIONS, outage=SHARED.outage)
+    key = _key(body)
     try:
         while not stopped:
             started = time.monotonic()
             try:
                 await loop.tick(body)
-                SHARED.outage.ok()
+                SHARED.outage.ok(key)
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # one bad tick must not end the loop
                 if stopped or SHARED.closing:
                     break  # shutting down: the API client may already be closed
                 if is_unreachable(err):
-                    SHARED.outage.failed(err)  # logged once for all services
+                    SHARED.outage.failed(err, key)  # logged once for all services
                 else:
                     logger.warning("autoscaler tick failed: %s", err, exc_info=True)
             elapsed = time.monotonic() - started
             await stopped.wait(max(0.05, OPTIONS.interval - elapsed))
     finally:
+        SHARED.outage.forget(key)
         if loop.series is not None and _deleted(stopped):
             loop.series.remove()
 
