@@ -103,6 +103,7 @@ class EmbeddingCache:
         hits = len(keys) - len(missing)
 
         usage: dict[str, Any] = {"prompt_tokens": 0, "total_tokens": 0}
+        forwarded_headers: dict[str, str] = {}
         if missing:
             sm.cache_misses.inc(len(missing))
             # Distinct texts only: a batch repeating an input computes it once.
@@ -130,6 +131,7 @@ class EmbeddingCache:
             resp = await forward(sub, route, payload, t0)
             if resp.status != 200:
                 return resp
+            forwarded_headers = resp.headers
             try:
                 computed, usage = _vectors(resp.body, len(distinct))
             except oai.UpstreamFormatError as err:
@@ -149,6 +151,7 @@ class EmbeddingCache:
 
         body = _response(vectors, spec.model.served_name, req.encoding_format, usage)
         headers = {
+            **forwarded_headers,  # e.g. what the wake cost, when the misses waited for one
             CACHE_HEADER: "hit" if not missing else ("partial" if hits else "miss"),
             HITS_HEADER: str(hits),
         }
