@@ -9,7 +9,8 @@ Targets, all in front of the same canned backend (``e2e.bench.backend``, a test 
 - ``nginx``: nginx as a keep-alive reverse proxy (Debian package; installed with apt if
   missing and possible, else skipped with a message);
 - ``stack-SERVER-CLIENT-LOOP`` (``--stacks``): the minimal proxies of ``e2e.bench.stacks``
-  (aiohttp or httptools server, aiohttp or httptools client), which chose the HTTP stack.
+  (aiohttp, httptools or uvicorn server, aiohttp or httptools client), which chose the
+  HTTP stack (uvicorn's httptools protocol: the maintained core weighed in issue 13).
 
 By default: direct, activator and nginx, three interleaved rounds, medians reported.
 
@@ -274,9 +275,13 @@ def targets(
     backend = f"127.0.0.1:{backend_port}"
     if not _importable("httptools"):
         print("httptools not installed: only the aiohttp stack is compared (pip install httptools)")
-    for server in ("aiohttp", "httptools"):
+    if not _importable("uvicorn"):
+        print("uvicorn not installed: the uvicorn stack is skipped (pip install uvicorn)")
+    for server in ("aiohttp", "httptools", "uvicorn"):
         for client in ("aiohttp", "httptools"):
             if "httptools" in (server, client) and not _importable("httptools"):
+                continue
+            if server == "uvicorn" and (client != "httptools" or not _importable("uvicorn")):
                 continue
             for loop in (["uvloop"] if have_uvloop else []) + ["asyncio"]:
                 p = free_port()
@@ -337,7 +342,7 @@ def main() -> int:
             "activator-asyncio",
             *(
                 f"stack-{a}-{b}-{c}"
-                for a in ("aiohttp", "httptools")
+                for a in ("aiohttp", "httptools", "uvicorn")
                 for b in ("aiohttp", "httptools")
                 for c in ("uvloop", "asyncio")
             ),

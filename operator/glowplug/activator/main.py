@@ -17,6 +17,7 @@ import os
 import signal
 from typing import Any
 
+from glowplug.activator.http import Limits
 from glowplug.activator.server import (
     DEFAULT_DRAIN_SECONDS,
     DEFAULT_MAX_BODY_BYTES,
@@ -59,6 +60,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=120.0,
         help="on SIGTERM, longest wait for in-flight and queued requests after the drain",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=Limits.max_connections,
+        help="most client connections open at once (more: 503 and closed)",
+    )
+    parser.add_argument(
+        "--max-held-bytes",
+        type=int,
+        default=Limits.max_held_bytes,
+        help="request body bytes held by all connections together (more: 503, Retry-After)",
     )
     parser.add_argument(
         "--static-config",
@@ -138,7 +151,8 @@ async def serve(args: argparse.Namespace) -> int:
 
         synced_task = asyncio.create_task(mark_synced())
 
-    server = HttpServer(activator.handle, max_body=args.max_body_bytes)
+    limits = Limits(max_connections=args.max_connections, max_held_bytes=args.max_held_bytes)
+    server = HttpServer(activator.handle, max_body=args.max_body_bytes, limits=limits)
     port = await server.start(args.host, args.port)
     log.info("listening on %s:%d", args.host, port)
     # Startup objects (API client, modules) never die: keep them out of the collector's

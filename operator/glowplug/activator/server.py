@@ -27,6 +27,7 @@ from glowplug.activator.forwarder import (
 )
 from glowplug.activator.holdqueue import HoldTimeout, QueueFull, ServiceFailed, ServiceGone
 from glowplug.activator.http import Request, Response
+from glowplug.activator.limits import BadShape, check_json_shape
 from glowplug.activator.metrics import Metrics
 from glowplug.activator.services import Route, Services
 from glowplug.activator.stats import stats
@@ -188,6 +189,11 @@ class Activator:
             length = request.headers.get("content-length")
             raise self._too_large(int(length) if length and length.isdigit() else None)
         body = request.body
+        try:
+            # One array per input at most, plus the few a request has around them.
+            check_json_shape(body, max_containers=self.config.max_inputs + 16)
+        except BadShape as err:
+            raise oai.APIError(400, str(err), code="invalid_json") from None
         req = oai.parse_request(body, max_inputs=self.config.max_inputs)
         route = self.services.resolve(req.model)
         oai.check_dimensions(req, route.spec)
