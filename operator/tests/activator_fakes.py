@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from glowplug.activator.apikeys import KeyStore
 from glowplug.activator.holdqueue import ServiceState
 from glowplug.activator.http import HttpServer, Limits
 from glowplug.activator.metrics import Metrics
@@ -183,14 +184,19 @@ def service_obj(
 class Harness:
     """An activator on 127.0.0.1 with a FakeScaler, fed directly (no API server)."""
 
-    def __init__(self, config: Config | None = None, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        config: Config | None = None,
+        limits: Limits | None = None,
+        keys: KeyStore | None = None,
+    ) -> None:
         self.limits = limits
         self.metrics = Metrics()
         self.scaler = FakeScaler()
         self.waker = Waker(self.scaler, self.metrics)
         self.services = Services(self.metrics, self.waker)
         self.scaler.services = self.services
-        self.activator = Activator(self.services, metrics=self.metrics, config=config)
+        self.activator = Activator(self.services, metrics=self.metrics, config=config, keys=keys)
         self.activator.synced.set()
         self.server: HttpServer | None = None
         self.url = ""
@@ -223,9 +229,9 @@ async def until(cond: Callable[[], bool], limit_s: float = 10.0) -> None:
 
 @asynccontextmanager
 async def harness(
-    config: Config | None = None, limits: Limits | None = None
+    config: Config | None = None, limits: Limits | None = None, keys: KeyStore | None = None
 ) -> AsyncIterator[Harness]:
-    h = Harness(config, limits)
+    h = Harness(config, limits, keys)
     await h.start()
     try:
         yield h
