@@ -30,46 +30,101 @@ def _need(group: str, resource: str, verbs: str, scope: str, why: str) -> Need:
 
 
 OPERATOR: tuple[Need, ...] = (
-    _need("glowplug.dev", "embeddingservices", "get list watch", "watched",
-          "kopf @on.event watch (handlers.py); Kube.get_embsvc"),
-    _need("glowplug.dev", "embeddingservices/status", "patch", "watched",
-          "Kube.update_status, scaling.py status patches"),
-    _need("glowplug.dev", "embeddingservices/scale", "get patch", "watched",
-          "scaling.py read_scale / write_scale (compare-and-swap)"),
+    _need(
+        "glowplug.dev",
+        "embeddingservices",
+        "get list watch",
+        "watched",
+        "kopf @on.event watch (handlers.py); Kube.get_embsvc",
+    ),
+    _need(
+        "glowplug.dev",
+        "embeddingservices/status",
+        "patch",
+        "watched",
+        "Kube.update_status, scaling.py status patches",
+    ),
+    _need(
+        "glowplug.dev",
+        "embeddingservices/scale",
+        "get patch",
+        "watched",
+        "scaling.py read_scale / write_scale (compare-and-swap)",
+    ),
     # Server-side apply: patch, and create when the object does not exist yet.
-    _need("apps", "deployments", "get list watch create patch", "watched",
-          "Kube.apply / get_deployment; kopf watch of managed Deployments"),
-    _need("", "services", "get list watch create patch", "watched",
-          "Kube.apply / get_service; kopf watch of managed Services"),
+    _need(
+        "apps",
+        "deployments",
+        "get list watch create patch",
+        "watched",
+        "Kube.apply / get_deployment; kopf watch of managed Deployments",
+    ),
+    _need(
+        "",
+        "services",
+        "get list watch create patch",
+        "watched",
+        "Kube.apply / get_service; kopf watch of managed Services",
+    ),
     _need("", "pods", "list", "watched", "scaling.py list_namespaced_pod (ledger)"),
-    _need("", "secrets", "get", "watched",
-          "Kube.secret_keys: the tokenSecretRef exists (one get by name)"),
+    _need(
+        "",
+        "secrets",
+        "get",
+        "watched",
+        "Kube.secret_keys: the tokenSecretRef exists (one get by name)",
+    ),
     _need("", "events", "create", "watched", "kopf event posting (kopf.event)"),
-    _need("discovery.k8s.io", "endpointslices", "list", "release",
-          "activity.py: the activator Service's endpoints"),
+    _need(
+        "discovery.k8s.io",
+        "endpointslices",
+        "list",
+        "release",
+        "activity.py: the activator Service's endpoints",
+    ),
 )
 # kopf's peering and observers, by install mode.
 OPERATOR_CLUSTER_WIDE: tuple[Need, ...] = (
     _need("kopf.dev", "clusterkopfpeerings", "get list watch patch", "cluster", "kopf peering"),
-    _need("apiextensions.k8s.io", "customresourcedefinitions", "get list watch", "cluster",
-          "kopf resource observer"),
+    _need(
+        "apiextensions.k8s.io",
+        "customresourcedefinitions",
+        "get list watch",
+        "cluster",
+        "kopf resource observer",
+    ),
 )
 OPERATOR_NAMESPACED: tuple[Need, ...] = (
     _need("kopf.dev", "kopfpeerings", "get list watch patch", "watched", "kopf peering"),
 )
 # operator.rbac.clusterScanning (namespaced mode): kopf's observers, read-only.
 OPERATOR_SCANNING: tuple[Need, ...] = (
-    _need("apiextensions.k8s.io", "customresourcedefinitions", "get list watch", "cluster",
-          "kopf resource observer"),
+    _need(
+        "apiextensions.k8s.io",
+        "customresourcedefinitions",
+        "get list watch",
+        "cluster",
+        "kopf resource observer",
+    ),
     _need("", "namespaces", "list watch", "cluster", "kopf namespace observer"),
 )
 
 ACTIVATOR: tuple[Need, ...] = (
     _need("glowplug.dev", "embeddingservices", "list watch", "watched", "watch.py list/watch"),
-    _need("glowplug.dev", "embeddingservices/scale", "get patch", "watched",
-          "waker.py KubeScaler.raise_from_zero"),
-    _need("glowplug.dev", "embeddingservices/status", "patch", "watched",
-          "waker.py: status.wakeStartedTime"),
+    _need(
+        "glowplug.dev",
+        "embeddingservices/scale",
+        "get patch",
+        "watched",
+        "waker.py KubeScaler.raise_from_zero",
+    ),
+    _need(
+        "glowplug.dev",
+        "embeddingservices/status",
+        "patch",
+        "watched",
+        "waker.py: status.wakeStartedTime",
+    ),
     _need("discovery.k8s.io", "endpointslices", "list watch", "watched", "watch.py list/watch"),
     _need("", "pods", "list watch", "watched", "watch.py list/watch (wake failures)"),
 )
