@@ -36,6 +36,7 @@ MAX_PIPELINED = 32  # requests buffered on one connection before reading pauses
 # parser itself buffers a header value until it is complete.
 HEAD_STEP = 4096
 SWEEP_INTERVAL = 1.0  # how often timeouts are checked
+LINGER = 2.0  # seconds an error answer's connection drains input before closing
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,10 @@ class Limits:
     write_timeout: float = 30.0  # a client that reads none of its answer this long: closed
     max_connections: int = 4096  # more at once: 503 and closed
     # Request bodies held in memory by all connections together (read, queued or in a
-    # handler); a body that would go over it: 503 with Retry-After.
-    max_held_bytes: int = 256 * 1024 * 1024
+    # handler); a body that would go over it: 503 with Retry-After. A held body costs
+    # about three times its size (the body, its parsed JSON, the engine's copy): 128 MiB
+    # measured 500 MiB of RSS at most under e2e/bench/hostile.py, within the chart's 1 GiB.
+    max_held_bytes: int = 128 * 1024 * 1024
     retry_after: int = 2  # seconds, on the 503s above
 
 
@@ -311,7 +314,9 @@ class _Connection(asyncio.Protocol):
         if self.dispatched:
             self._reset()
             return
-        self._dispatch(b"".join(self.chunks))
+        body = b"".join(self.chunks)
+        self.chunks = []  # the joined copy is the only one kept
+        self._dispatch(body)
 
     def _dispatch(self, body: bytes) -> None:
         self.dispatched = True
@@ -348,7 +353,7 @@ class _Connection(asyncio.Protocol):
                 if isinstance(item, Response):
                     # An error found while parsing: the last answer on this connection.
                     self._write(encode(item, keep_alive=False))
-                    self._close()
+                    self._linger()
                     return
                 req = item
                 try:
@@ -386,6 +391,22 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
         self.closed = True
+
+    def _linger(self) -> None:
+        """Close after an error answer without losing it: closing a socket with unread
+        input sends a reset, and a client still sending (a 20 MiB URL) would never read
+        the answer. So: FIN after the answer, read and discard for ``LINGER`` seconds
+        (``data_received`` drops everything once ``failed``), then close."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        self.closed = True  # no more answers
+        self.server.connections.discard(self)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.read_blocks.clear()
+        transport.resume_reading()
+        asyncio.get_running_loop().call_later(LINGER, transport.close)
 
     def _block(self, reason: str) -> None:
         if not self.read_blocks and self.transport is not None and not self.closed:
@@ -429,7 +450,6 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             return
         headers = {"Retry-After": str(self.limits.retry_after)} if status == 503 else None
-        self._block("failed")
         self._enqueue(error_response(status, message, code, headers))
 
     def expire(self, now: float) -> None:

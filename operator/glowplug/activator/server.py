@@ -117,7 +117,7 @@ class Activator:
             return _error(
                 oai.APIError(404, f"no such endpoint: {request.method} {path}", code="not_found")
             )
-        if request.method != "GET":
+        if request.method not in ("GET", "HEAD"):  # HEAD: the HTTP layer drops the body
             return _error(
                 oai.APIError(
                     405,
