@@ -47,13 +47,13 @@ class Scale:
     idle: int = 3000
     big: int = 20 * 1024 * 1024  # bytes of URL or header
     held: int = 64  # concurrent 8 MiB bodies held while a service wakes
-    pipelined: int = 5000
+    pipelined: int = 30000
     bad_keys: int = 2000
     header_timeout: float = 15.0  # the activator's default (http.Limits)
 
     @classmethod
     def small(cls) -> Scale:
-        return cls(slowloris=100, idle=500, big=4 * 1024 * 1024, held=48, pipelined=2000,
+        return cls(slowloris=100, idle=500, big=4 * 1024 * 1024, held=48, pipelined=20000,
                    bad_keys=300)  # fmt: skip
 
 
@@ -184,7 +184,9 @@ async def big_header(t: Target, s: Scale) -> tuple[str, bool, dict[str, Any]]:
     return await streamed(t, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ", s.big, 431)
 
 
-async def streamed(t: Target, head: bytes, size: int, want: int) -> tuple[str, bool, dict[str, Any]]:
+async def streamed(
+    t: Target, head: bytes, size: int, want: int
+) -> tuple[str, bool, dict[str, Any]]:
     """Send ``head`` then up to ``size`` filler bytes; the answer should come early."""
     reader, writer = await t.open()
     sent = 0
@@ -254,11 +256,13 @@ async def idle(t: Target, s: Scale) -> tuple[str, bool, dict[str, Any]]:
 
 async def never_reads(t: Target, s: Scale) -> tuple[str, bool, dict[str, Any]]:
     reader, writer = await t.open()
-    # 8 KiB of padding each, so that the requests outgrow the sockets' buffers (several
-    # MiB with TCP autotuning on loopback).
+    # Enough answers (about 700 bytes each) to outgrow the sockets' buffers (several MiB
+    # with TCP autotuning on loopback), so that the server's own buffer fills and it stops
+    # reading; and requests padded to 2 KiB, so that they outgrow them too and the
+    # client's sending stalls.
     req = (
         b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
-        + b"\r\nX-Pad: " + b"p" * 8192 + b"\r\n\r\n"
+        + b"\r\nX-Pad: " + b"p" * 2048 + b"\r\n\r\n"
     )  # fmt: skip
     sent = 0
 
@@ -271,7 +275,7 @@ async def never_reads(t: Target, s: Scale) -> tuple[str, bool, dict[str, Any]]:
 
     task = asyncio.create_task(flood())
     await asyncio.sleep(3)
-    stuck = not task.done()
+    stuck, at = not task.done(), sent
     served = await t.healthy()
     got = 0
     with contextlib.suppress(asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
@@ -282,7 +286,7 @@ async def never_reads(t: Target, s: Scale) -> tuple[str, bool, dict[str, Any]]:
         await asyncio.wait_for(task, 30)
     writer.close()
     ok = stuck and served and got == s.pipelined
-    return f"sending stalled at {sent} requests; all {got} answered once read", ok, {}
+    return f"sending stalled ({at} written); all {got} answered once read", ok, {"at": at}
 
 
 async def held_budget(t: Target, s: Scale) -> tuple[str, bool, dict[str, Any]]:
@@ -310,7 +314,9 @@ async def head_then_get(t: Target, s: Scale) -> tuple[str, bool, dict[str, Any]]
     """HEAD gets a head without a body: the next bytes are the next response."""
     reader, writer = await t.open()
     try:
-        writer.write(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.write(
+            b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         second = await asyncio.wait_for(read_one(reader), 10)
     finally:
@@ -376,7 +382,8 @@ def activator(tmp: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
                         "metadata": {"name": SLEEPY, "namespace": "bench"},
                         "spec": {"model": {"id": SLEEPY, "source": {"huggingFace": {}}},
                                  "replicas": 0,
-                                 "scaling": {"maxQueuedRequests": 1000, "activationTimeout": "60s"}},
+                                 "scaling": {"maxQueuedRequests": 1000,
+                                             "activationTimeout": "60s"}},
                         "endpoints": [],
                         "wakeEndpoints": [f"127.0.0.1:{bport}"],
                         "wakeDelaySeconds": 20,
@@ -387,17 +394,19 @@ def activator(tmp: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
             }
         )
     )  # fmt: skip
+    log = (tmp / "activator.log").open("wb")  # a file: a pipe nobody reads could fill
     proc = subprocess.Popen(
         [py, "-m", "glowplug.cli", "activator", "--host", "127.0.0.1", "--port", str(port),
          "--static-config", str(config), "--auth", "required", "--log-level", "WARNING",
          "--keys-namespace", "bench"],
-        cwd=ROOT, stderr=subprocess.PIPE,
+        cwd=ROOT, stderr=log,
     )  # fmt: skip
     try:
         end = time.monotonic() + 30
         while time.monotonic() < end:
             if proc.poll() is not None:
-                raise RuntimeError(f"activator exited: {proc.stderr.read() if proc.stderr else ''}")
+                err = (tmp / "activator.log").read_text(errors="replace")
+                raise RuntimeError(f"activator exited: {err}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
                 break
             time.sleep(0.05)
@@ -410,6 +419,7 @@ def activator(tmp: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        log.close()
 
 
 async def run_cases(port: int, pid: int, scale: Scale, log: Callable[[str], None]) -> list[Result]:
@@ -435,9 +445,12 @@ async def run_cases(port: int, pid: int, scale: Scale, log: Callable[[str], None
 
 
 def run(scale: Scale, log: Callable[[str], None] = print) -> list[Result]:
-    with tempfile.TemporaryDirectory(prefix="glowplug-hostile-") as tmp, activator(Path(tmp)) as (
-        proc,
-        port,
+    with (
+        tempfile.TemporaryDirectory(prefix="glowplug-hostile-") as tmp,
+        activator(Path(tmp)) as (
+            proc,
+            port,
+        ),
     ):
         return asyncio.run(run_cases(port, proc.pid, scale, log))
 
