@@ -49,10 +49,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "e2e" / "bench" / "results"
 BODY = '{"model": "bench", "input": "the quick brown fox"}'
+# Every target gets the same bytes, an API key included: only activator-auth checks it.
+BENCH_KEY = "gp-bench-key-0123456789abcdef"
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.body = '@BODY@'
 wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer @KEY@"
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -62,7 +65,7 @@ done = function(summary, latency, requests)
     latency:percentile(50), latency:percentile(90), latency:percentile(99),
     latency.max, latency.mean))
 end
-""".replace("@BODY@", BODY.replace("'", "\\'"))
+""".replace("@BODY@", BODY.replace("'", "\\'")).replace("@KEY@", BENCH_KEY)
 
 
 def free_port() -> int:
@@ -184,7 +187,7 @@ async def _rate_worker(port: int, rate: float, seconds: float) -> dict[str, Any]
 
     url = f"http://127.0.0.1:{port}/v1/embeddings"
     data = BODY.encode()
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}"}
     lat: list[float] = []
     errors = 0
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
@@ -257,13 +260,22 @@ def targets(
             }
         )
     )
-    glowplug = [py, "-m", "glowplug.cli", "activator", "--host", "127.0.0.1",
-                "--static-config", str(config), "--log-level", "WARNING"]  # fmt: skip
+    keyed = tmp / "static-keys.yaml"
+    doc = json.loads(config.read_text())
+    doc["apiKeys"] = [{"metadata": {"name": "bench", "namespace": "bench"},
+                       "stringData": {"key": BENCH_KEY}}]  # fmt: skip
+    keyed.write_text(json.dumps(doc))
+    base = [py, "-m", "glowplug.cli", "activator", "--host", "127.0.0.1", "--log-level", "WARNING"]
+    glowplug = [*base, "--static-config", str(config), "--auth", "off"]
     have_uvloop = _importable("uvloop")
     if have_uvloop:
         p = free_port()
         out.append(("activator", [*glowplug, "--port", str(p), "--event-loop", "uvloop"], p,
-                    "glowplug activator, uvloop"))  # fmt: skip
+                    "glowplug activator, uvloop, auth off"))  # fmt: skip
+        p = free_port()
+        authed = [*base, "--static-config", str(keyed), "--auth", "required"]
+        out.append(("activator-auth", [*authed, "--port", str(p), "--event-loop", "uvloop"], p,
+                    "glowplug activator, uvloop, API key required and checked"))  # fmt: skip
     p = free_port()
     out.append(("activator-asyncio", [*glowplug, "--port", str(p), "--event-loop", "asyncio"], p,
                 "glowplug activator, asyncio loop"))  # fmt: skip
@@ -311,8 +323,9 @@ def main() -> int:
     ap.add_argument("--rate-seconds", type=float, default=8.0)
     ap.add_argument(
         "--only",
-        default="activator,nginx",
-        help="comma-separated target names, or 'all' (default: activator,nginx; direct always)",
+        default="activator,activator-auth,nginx",
+        help="comma-separated target names, or 'all'"
+        " (default: activator,activator-auth,nginx; direct always)",
     )
     ap.add_argument(
         "--stacks", action="store_true", help="also the minimal proxies that chose the stack"
