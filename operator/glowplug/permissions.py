@@ -33,9 +33,10 @@ OPERATOR: tuple[Need, ...] = (
     _need(
         "glowplug.dev",
         "embeddingservices",
-        "get list watch",
+        "get list watch patch",
         "watched",
-        "kopf @on.event watch (handlers.py); Kube.get_embsvc",
+        "kopf watch (handlers.py); kopf's finalizer for the scaling.py daemon (patch);"
+        " Kube.get_embsvc",
     ),
     _need(
         "glowplug.dev",

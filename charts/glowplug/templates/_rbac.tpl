@@ -10,10 +10,11 @@ operator/glowplug/permissions.py (checked by the chart tests and, with kubectl a
 can-i, on a real API server). Owner references cascade deletes: no delete verbs.
 */}}
 {{- define "glowplug.operator.namespacedRules" -}}
-# kopf watches the resource (event handlers only: it never patches it); one get by name.
+# kopf watches the resource and patches its finalizer on (the autoscaler's per-object
+# daemon needs one) and off; one get by name.
 - apiGroups: [glowplug.dev]
   resources: [embeddingservices]
-  verbs: [get, list, watch]
+  verbs: [get, list, watch, patch]
 # status: phase, conditions, ledger (merge patches).
 - apiGroups: [glowplug.dev]
   resources: [embeddingservices/status]
