@@ -9,6 +9,8 @@
 - The ValidatingAdmissionPolicy: ``kubectl apply`` of an EmbeddingService with a
   hostPath model source, a hostPath cache volume or an engine image outside the
   allowlist is refused by the API server with a message naming the field.
+- API key Secrets are watched by a real activator: keyed once one exists, rotated and
+  revoked without a restart.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import yaml
 
 from e2e.cluster import Cluster
 from e2e.helmkit import CHART
-from e2e.tests.helpers import wait_for
+from e2e.tests.helpers import ActivatorProcess, wait_for
 from glowplug import permissions as perms
 
 pytestmark = pytest.mark.cluster
@@ -250,3 +252,54 @@ def test_admission_policy_refuses_privileged_fields(
         return out.returncode == 0
 
     wait_for(accepted, 60, what="the policy's removal to take effect")
+
+
+def test_key_secrets_are_watched_and_rotate_without_a_restart(
+    cluster: Cluster, crd_installed: Path, namespace: str, tmp_path: Path
+) -> None:
+    """A real activator (auth auto, keys from its namespace) against the API server:
+    open until a key Secret exists, then keyed; an edited key replaces the old one; a
+    deleted Secret revokes it."""
+    import urllib.error
+    import urllib.request
+
+    def models(key: str | None) -> int:
+        req = urllib.request.Request(f"{act.url}/v1/models")
+        if key:
+            req.add_header("Authorization", f"Bearer {key}")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as err:
+            return int(err.code)
+
+    def key_secret(key: str) -> str:
+        return yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {
+                    "name": "team-a",
+                    "namespace": namespace,
+                    "labels": {"glowplug.dev/api-key": ""},
+                },
+                "stringData": {"key": key},
+            }
+        )
+
+    old, new = "gp-e2e-old-key-0123456789", "gp-e2e-new-key-0123456789"
+    act = ActivatorProcess(cluster, namespace, tmp_path / "activator.log")
+    act.start()
+    try:
+        assert models(None) == 200  # auto: no key Secret yet, open
+        cluster.kubectl("apply", "-f", "-", input=key_secret(old))
+        wait_for(lambda: models(None) == 401, 30, what="the key Secret to be watched")
+        assert models(old) == 200
+        cluster.kubectl("apply", "-f", "-", input=key_secret(new))
+        wait_for(lambda: models(old) == 401, 30, what="the rotation")
+        assert models(new) == 200
+        cluster.kubectl("delete", "secret", "team-a", "-n", namespace)
+        wait_for(lambda: models(None) == 200, 30, what="the revocation")
+        assert old not in act.log() and new not in act.log()  # never logged
+    finally:
+        act.stop()
