@@ -363,3 +363,23 @@ async def test_fuzzed_requests_get_an_answer_or_a_close_and_serving_goes_on() ->
         assert (await read_response(reader)).startswith(b"HTTP/1.1 200 ")
         writer.close()
         assert server.held_bytes == 0
+
+
+async def test_clients_still_sending_read_their_error_answer() -> None:
+    # Closing a socket with unread input sends a reset, which would eat the answer: the
+    # server drains for a moment after an error (or an early 413) instead.
+    h = HandlerDouble()
+    async with serve(h, max_body=1000) as (_, port):
+        for head, want in (
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n\r\n", b" 413 "),
+            (b"GET /" + b"u" * 9000, b" 414 "),
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(head)
+            with contextlib.suppress(ConnectionError):
+                for _ in range(32):  # 2 MiB more, as a client would keep streaming
+                    writer.write(b"z" * 65536)
+                    await writer.drain()
+            resp = await read_response(reader)
+            assert want in resp.split(b"\r\n", 1)[0], resp[:100]
+            writer.close()

@@ -370,7 +370,8 @@ class _Connection(asyncio.Protocol):
                     return
                 self._write(encode(resp, keep_alive, head_only=req.method == "HEAD"))
                 if not keep_alive:
-                    self._close()
+                    # A 413 answered before its body: the client may still be sending it.
+                    self._linger() if req.too_large else self._close()
                     return
                 if self.can_write is not None:
                     # Backpressure: the next answer waits until the client reads.
