@@ -18,6 +18,7 @@ import pytest
 from activator_fakes import harness
 
 from glowplug.activator.http import HttpServer, Limits, Request, Response
+from glowplug.activator.server import Config
 
 
 class HandlerDouble:
@@ -368,10 +369,13 @@ async def test_fuzzed_requests_get_an_answer_or_a_close_and_serving_goes_on() ->
 async def test_clients_still_sending_read_their_error_answer() -> None:
     # Closing a socket with unread input sends a reset, which would eat the answer: the
     # server drains for a moment after an error (or an early 413) instead.
-    h = HandlerDouble()
-    async with serve(h, max_body=1000) as (_, port):
+    async with harness(Config(max_body_bytes=1000)) as h:
+        port = int(h.url.rsplit(":", 1)[1])
         for head, want in (
-            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n\r\n", b" 413 "),
+            (
+                b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n\r\n",
+                b" 413 ",
+            ),
             (b"GET /" + b"u" * 9000, b" 414 "),
         ):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
