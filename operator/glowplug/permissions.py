@@ -75,7 +75,14 @@ OPERATOR: tuple[Need, ...] = (
         "watched",
         "Kube.secret_keys: the tokenSecretRef exists (one get by name)",
     ),
-    _need("", "events", "create", "watched", "kopf event posting (kopf.event)"),
+    _need(
+        "",
+        "events",
+        "create list",
+        "watched",
+        "kopf event posting (kopf.event); scaling.py list_namespaced_event (a waiting"
+        " pod's node-autoscaler Events, wake phases)",
+    ),
     _need(
         "discovery.k8s.io",
         "endpointslices",

@@ -40,10 +40,12 @@ can-i, on a real API server). Owner references cascade deletes: no delete verbs.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
-# Events on EmbeddingServices (kopf posts through the core API).
+# Events on EmbeddingServices (kopf posts through the core API); list: the Events of a
+# pod still waiting for a node (cluster-autoscaler's TriggeredScaleUp/NotTriggerScaleUp,
+# Karpenter's Nominated), read only during such a wake.
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
 {{- end -}}
 
 {{/* kopf peering in namespaced mode: one KopfPeering per watched namespace. */}}

@@ -129,6 +129,7 @@ async def serve(args: argparse.Namespace) -> int:
     from glowplug.activator.apikeys import KeyStore
     from glowplug.activator.http import HttpServer
     from glowplug.activator.metrics import Metrics
+    from glowplug.activator.readiness_probe import ReadinessProber
     from glowplug.activator.server import Activator, Config
     from glowplug.activator.services import Services
     from glowplug.activator.waker import KubeScaler, Waker
@@ -137,6 +138,8 @@ async def serve(args: argparse.Namespace) -> int:
 
     metrics = Metrics()
     services = Services(metrics)
+    prober = ReadinessProber(services.probed_ready)
+    services.set_prober(prober)
     keys = KeyStore(args.auth, args.keys_namespace or None)
     activator = Activator(
         services,
@@ -211,6 +214,7 @@ async def serve(args: argparse.Namespace) -> int:
     if internal is not None:
         await internal.close()
     await waker.close()
+    await prober.close()
     if source is not None:
         synced_task.cancel()
         await source.close()
