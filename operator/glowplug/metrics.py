@@ -32,6 +32,10 @@ CACHE_SERVED_AT_ZERO_TOTAL = "glowplug_cache_served_at_zero_total"  # counter {n
 # Wakes those requests would have caused under the service's idleTimeout.
 CACHE_WAKES_AVOIDED_TOTAL = "glowplug_cache_wakes_avoided_total"  # counter {namespace, service}
 CACHE_SHARED_ERRORS_TOTAL = "glowplug_cache_shared_errors_total"  # counter: Redis calls failed
+# Per API key ("namespace/name" of its Secret, "none" without a valid key; never the key).
+KEY_REQUESTS_TOTAL = "glowplug_api_key_requests_total"  # counter {key, code}
+KEY_INPUTS_TOTAL = "glowplug_api_key_inputs_total"  # counter {key}: inputs embedded
+KEY_REJECTED_TOTAL = "glowplug_api_key_rejected_total"  # counter {key, reason}
 
 # --- operator --------------------------------------------------------------------------
 GPU_SECONDS_TOTAL = "glowplug_gpu_seconds_total"  # counter {namespace, service, gpu_type}
@@ -62,6 +66,9 @@ ALL_METRICS = (
     CACHE_SERVED_AT_ZERO_TOTAL,
     CACHE_WAKES_AVOIDED_TOTAL,
     CACHE_SHARED_ERRORS_TOTAL,
+    KEY_REQUESTS_TOTAL,
+    KEY_INPUTS_TOTAL,
+    KEY_REJECTED_TOTAL,
     GPU_SECONDS_TOTAL,
     BASELINE_GPU_SECONDS_TOTAL,
     GPU_HOURLY_PRICE,
