@@ -172,7 +172,7 @@ BAD_SPECS: list[tuple[dict[str, Any], str]] = [
         "prewarm[0].replicas",
     ),
     ({"engine": {"requestTimeout": "forever"}}, "spec.engine.requestTimeout"),
-    ({"engine": {"name": "vllm"}}, "spec.engine.name"),
+    ({"engine": {"name": "llamacpp"}}, "spec.engine.name"),
     ({"engine": {"args": ["--x", 1]}}, "spec.engine.args"),
     (
         {"engine": {"cacheVolume": {"hostPath": {"path": "/a"}, "persistentVolumeClaim": {}}}},

@@ -23,7 +23,7 @@ KIND = "EmbeddingService"
 PLURAL = "embeddingservices"
 SHORT_NAME = "embsvc"
 
-ENGINES = ("sglang", "tei")
+ENGINES = ("sglang", "tei", "vllm")
 
 # Every default the CRD schema declares, by JSON path under .spec. A unit test walks the
 # CRD and proves each of its defaults appears here with the same value.
