@@ -32,7 +32,8 @@ def standin_container(port: int = 30000, **extra: Any) -> dict[str, Any]:
         "args": ["--model-path", "test/stand-in-model", "--host", "0.0.0.0",
                  "--port", str(port), "--is-embedding"],
         "ports": [{"name": "http", "containerPort": port}],
-        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5},
+        # /ready, as glowplug's SGLang profile probes: /health takes a second (a forward).
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 5},
         **extra,
     }  # fmt: skip
 
