@@ -32,7 +32,7 @@ WORDS = (
     "cold warm hot engine plug glow model vector search query document embedding kubernetes "
     "pod node cluster request response server client token context length dimension one two "
     "three four five six seven eight nine ten hello world quick brown fox jumps over lazy"
-).split()
+).split()  # noqa: SIM905 (a word list, one string is easier to read)
 
 
 def corpus() -> list[str]:
