@@ -44,6 +44,7 @@ READ_BACK = {
     "model.queryInstruction": lambda s: s.model.query_instruction,
     "engine.name": lambda s: s.engine.name,
     "engine.image": lambda s: s.engine.image,
+    "engine.cuda": lambda s: s.engine.cuda,
     "engine.args": lambda s: list(s.engine.args),
     "engine.env": lambda s: list(s.engine.env),
     "engine.requestTimeout": lambda s: format_duration(s.engine.request_timeout),

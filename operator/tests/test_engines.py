@@ -309,7 +309,7 @@ def tei_svc(**spec: Any) -> EmbeddingService:
 def test_tei_cpu_image_when_no_gpu() -> None:
     s = tei_svc(resources={"gpus": 0, "cpu": "2", "memory": "4Gi"})
     c = tei.ENGINE.container(s)
-    assert c["image"] == "ghcr.io/huggingface/text-embeddings-inference:cpu-1.8"
+    assert c["image"] == "ghcr.io/huggingface/text-embeddings-inference:cpu-1.9"
     assert "nvidia.com/gpu" not in c["resources"]["limits"]
     assert tei.ENGINE.tolerations(s) == []
 
@@ -317,13 +317,16 @@ def test_tei_cpu_image_when_no_gpu() -> None:
 @pytest.mark.parametrize(
     ("gpu_type", "tag"),
     [
-        ("", "1.8"),
-        ("A100-80GB", "1.8"),
-        ("nvidia-l4", "89-1.8"),
-        ("L40S", "89-1.8"),
-        ("A10G", "86-1.8"),
-        ("H100", "hopper-1.8"),
-        ("T4", "turing-1.8"),
+        ("", "1.9"),
+        ("A100-80GB", "1.9"),
+        ("nvidia-l4", "89-1.9"),
+        ("L40S", "89-1.9"),
+        ("A10G", "86-1.9"),
+        ("RTX 3090", "86-1.9"),
+        ("RTX4090", "89-1.9"),
+        ("H100", "hopper-1.9"),
+        ("NVIDIA-H200", "hopper-1.9"),
+        ("T4", "turing-1.9"),
     ],
 )
 def test_tei_gpu_image_by_architecture(gpu_type: str, tag: str) -> None:
@@ -510,3 +513,46 @@ def test_vllm_probes_on_health() -> None:
     assert c["readinessProbe"]["periodSeconds"] == 1
     assert c["livenessProbe"]["periodSeconds"] * c["livenessProbe"]["failureThreshold"] >= 120
     assert vllm.ENGINE.readiness_path == "/health"
+
+
+# --- CUDA 12 nodes, batch limits -------------------------------------------------------
+
+
+def test_sglang_cuda12_runs_the_last_cuda12_image_probed_on_health() -> None:
+    assert sglang.CUDA12_IMAGE == "lmsysorg/sglang:v0.5.19-cu129"
+    c = sglang.ENGINE.container(svc(engine={"cuda": "12"}))
+    assert c["image"] == sglang.CUDA12_IMAGE
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["path"] == "/health"
+    # /health runs a forward pass (>= 1 s, engine timeout 20 s): readiness must wait longer.
+    assert c["readinessProbe"]["timeoutSeconds"] > 20
+    assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 1800
+    # The same flags: they parse with 0.5.19's own parser too (test_engine_parsers).
+    assert c["args"] == sglang.ENGINE.args(svc())
+    assert sglang.ENGINE.container(svc(engine={"cuda": "13"}))["image"] == sglang.IMAGE
+
+
+def test_sglang_cuda12_with_an_image_override_keeps_the_image() -> None:
+    s = svc(engine={"cuda": "12", "image": "lmsysorg/sglang:v0.5.18-cu129"})
+    c = sglang.ENGINE.container(s)
+    assert c["image"] == "lmsysorg/sglang:v0.5.18-cu129"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health"
+
+
+@pytest.mark.parametrize(
+    ("args", "limit"),
+    [
+        ([], 32),
+        (["--max-client-batch-size", "128"], 128),
+        (["--max-client-batch-size=8"], 8),
+        (["--max-client-batch-size", "0"], 32),
+    ],
+)
+def test_tei_batch_limit_from_its_flag(args: list[str], limit: int) -> None:
+    s = tei_svc(engine={"name": "tei", "args": args})
+    assert tei.ENGINE.max_batch(s) == limit
+
+
+def test_sglang_and_vllm_have_no_batch_limit() -> None:
+    assert sglang.ENGINE.max_batch(svc()) is None
+    assert vllm.ENGINE.max_batch(vllm_svc()) is None

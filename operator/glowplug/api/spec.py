@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glowplug.api.durations import DurationError, parse_duration
+from glowplug.api.images import image_errors
 
 GROUP = "glowplug.dev"
 VERSION = "v1alpha1"
@@ -34,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "model.queryInstruction": "",
     "engine.name": "sglang",
     "engine.image": "",
+    "engine.cuda": "",
     "engine.args": [],
     "engine.env": [],
     "engine.requestTimeout": "2m",
@@ -113,6 +115,9 @@ class CacheVolume:
 class EngineSpec:
     name: str = "sglang"
     image: str = ""
+    # The CUDA major version of the nodes' driver, for engines that publish one image per
+    # CUDA line (SGLang); "" takes the engine's default image.
+    cuda: str = ""
     args: tuple[str, ...] = ()
     env: tuple[dict[str, Any], ...] = ()
     request_timeout: float = 120.0
@@ -366,9 +371,13 @@ def parse(obj: Mapping[str, Any]) -> EmbeddingService:
         cache = CacheVolume(
             claim_name=str(pvc.get("claimName", "")), host_path=str(host.get("path", ""))
         )
+    image = r.get(e, "image", "spec.engine", str, d["engine.image"])
+    cuda = r.get(e, "cuda", "spec.engine", str, d["engine.cuda"])
+    r.errors.extend(image_errors(engine_name, image, cuda))
     engine = EngineSpec(
         name=engine_name,
-        image=r.get(e, "image", "spec.engine", str, d["engine.image"]),
+        image=image,
+        cuda=cuda,
         args=tuple(args),
         env=tuple(dict(x) for x in env if isinstance(x, Mapping)),
         request_timeout=r.duration(e, "requestTimeout", "spec.engine", d["engine.requestTimeout"]),

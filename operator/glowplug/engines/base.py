@@ -124,6 +124,11 @@ class Engine(ABC):
         """Engine-specific variables (cache directories, for example)."""
         return []
 
+    def max_batch(self, svc: EmbeddingService) -> int | None:
+        """The most inputs one request may carry (the activator splits larger ones);
+        None when the engine has no such limit."""
+        return None
+
     # --- shared ------------------------------------------------------------------------
     def image(self, svc: EmbeddingService) -> str:
         return svc.engine.image or self.default_image(svc)
