@@ -36,32 +36,22 @@ def vllm_env() -> Path:
     return engine_env("vllm")
 
 
-# Runs in the sglang environment: every option of sglang's real launch_server parser,
-# with the number of values it takes (0 for a switch).
-_SGLANG_FLAGS_SNIPPET = """
-import argparse, json
-from sglang.srt.server_args import ServerArgs
-p = argparse.ArgumentParser()
-ServerArgs.add_cli_args(p)
-out = {}
-for a in p._actions:
-    n = 0 if a.nargs == 0 else (1 if a.nargs in (None, 1, "?") else a.nargs)
-    for o in a.option_strings:
-        out[o] = n
-print(json.dumps(out))
-"""
+PARSER_PROBE = REPO / "e2e" / "engine_parser_probe.py"
 
 
-def sglang_parser_flags() -> dict[str, object]:
-    """The options sglang's own parser accepts -> arity (0 switch, 1 one value, or the
-    argparse nargs), read from the pinned sglang release (``scripts/engine-env.sh``)."""
+def sglang_parser_flags() -> dict[str, int]:
+    """Every option sglang's own launch_server parser accepts -> 0 (a switch) or 1 (takes a
+    value), read by e2e/engine_parser_probe.py in the pinned sglang release's environment
+    (``scripts/engine-env.sh sglang``)."""
     python = engine_env("sglang") / "bin" / "python"
     out = subprocess.run(
-        [str(python), "-c", _SGLANG_FLAGS_SNIPPET],
+        [str(python), str(PARSER_PROBE)],
+        input=json.dumps({"engine": "sglang", "mode": "flags", "argvs": []}),
         check=True,
         stdout=subprocess.PIPE,
         text=True,
         timeout=600,  # importing sglang takes 6 s on a quiet machine, minutes on a busy one
     )
-    flags: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
-    return flags
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    switches = set(doc["store_true"])
+    return {f: 0 if f in switches else 1 for f in doc["flags"]}

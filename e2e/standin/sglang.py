@@ -12,8 +12,10 @@ on the real engine, so a suite that passes here has met SGLang 0.5.23's behaviou
 - Start: the port stays closed for the load delay (weights loading), then ``/health``
   and ``/ready`` answer 503 while it warms up (``--skip-server-warmup`` skips that).
 - ``/health`` takes at least a second (SGLang runs a one-token forward, polled every
-  1 s); ``/ready`` is immediate. After SIGTERM both answer 503 while in-flight requests
-  drain; requests still arriving are served (SGLang does not refuse them); then exit 0.
+  1 s); ``/ready`` is immediate, and absent (404) when ``STANDIN_IMAGE`` names a SGLang
+  release before 0.5.20, the first with it (the CUDA 12 line ends at 0.5.19). After
+  SIGTERM both answer 503 while in-flight requests drain; requests still arriving are
+  served (SGLang does not refuse them); then exit 0.
 - Errors are SGLang's flat shape ``{"object":"error","message":...,"type":
   "BadRequestError","param":null,"code":400}`` with SGLang's messages: empty input,
   whitespace-only input at index i, input of at least the context length
@@ -180,6 +182,20 @@ DEFAULT_CONTEXT_LENGTH = 8192
 _TEI_TAG_VERSION = re.compile(r"(?:^|-)(\d+)\.(\d+)(?:\.\d+)?$")
 
 
+_SGLANG_TAG_VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
+
+
+def sglang_version_from_image(image: str) -> tuple[int, int, int] | None:
+    """``lmsysorg/sglang:v0.5.19-cu129`` -> (0, 5, 19); None without a version tag."""
+    tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
+    m = _SGLANG_TAG_VERSION.match(tag)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
+
+
+# /ready first shipped in SGLang 0.5.20 (engines.md): older images answer it 404.
+SGLANG_READY_SINCE = (0, 5, 20)
+
+
 def tei_version_from_image(image: str) -> tuple[int, int] | None:
     """``...text-embeddings-inference:cpu-1.8`` -> (1, 8); None for ``latest`` or no tag."""
     tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
@@ -217,6 +233,10 @@ class StandIn:
         self.metrics_enabled: bool = args.enable_metrics or self.engine == "tei"
         self.delay_s = float(os.environ.get("STANDIN_DELAY_MS", "0")) / 1000.0
         self.health_s = float(os.environ.get("STANDIN_HEALTH_SECONDS", "1.0"))
+        version = sglang_version_from_image(os.environ.get("STANDIN_IMAGE", ""))
+        self.has_ready = self.engine == "sglang" and (
+            version is None or version >= SGLANG_READY_SINCE
+        )
         self.status = Status.STARTING
         self.created = int(time.time())
         self.requests_total = 0
@@ -227,7 +247,8 @@ class StandIn:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/health", self.health)
         app.router.add_get("/health_generate", self.health)
-        app.router.add_get("/ready", self.ready)
+        if self.has_ready:
+            app.router.add_get("/ready", self.ready)
         app.router.add_get("/model_info", self.model_info)
         app.router.add_get("/get_model_info", self.model_info)
         app.router.add_get("/v1/models", self.models)

@@ -16,12 +16,12 @@ from e2e.standin.sglang import SGLANG_FLAGS
 
 
 @pytest.fixture(scope="module")
-def real_flags() -> dict[str, object]:
+def real_flags() -> dict[str, int]:
     return sglang_parser_flags()
 
 
 def test_every_standin_flag_is_a_real_sglang_flag_with_the_same_arity(
-    real_flags: dict[str, object],
+    real_flags: dict[str, int],
 ) -> None:
     assert len(real_flags) > 100, "sglang's parser came back nearly empty"
     missing = sorted(f for f in SGLANG_FLAGS if f not in real_flags)
@@ -30,7 +30,7 @@ def test_every_standin_flag_is_a_real_sglang_flag_with_the_same_arity(
     assert not wrong, f"(stand-in arity, sglang arity) differ: {wrong}"
 
 
-def test_standin_knobs_are_not_sglang_flags(real_flags: dict[str, object]) -> None:
+def test_standin_knobs_are_not_sglang_flags(real_flags: dict[str, int]) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "e2e.standin.sglang", "--help"],
         cwd=REPO, capture_output=True, text=True, check=True,
@@ -42,7 +42,7 @@ def test_standin_knobs_are_not_sglang_flags(real_flags: dict[str, object]) -> No
     assert not knobs & set(real_flags)
 
 
-def test_a_flag_sglang_lacks_makes_the_standin_exit_2(real_flags: dict[str, object]) -> None:
+def test_a_flag_sglang_lacks_makes_the_standin_exit_2(real_flags: dict[str, int]) -> None:
     assert "--tp" not in real_flags  # the old stand-in accepted it; sglang does not
     rc = subprocess.run(
         [sys.executable, "-m", "e2e.standin.sglang", "--model-path", "m", "--tp", "2"],

@@ -291,3 +291,12 @@ def test_fail_hook_exits_non_zero() -> None:
     assert s.proc.wait(20) == 1
     if s.proc.stdout:
         s.proc.stdout.close()
+
+
+def test_sglang_before_0_5_20_has_no_ready_endpoint() -> None:
+    s = StandIn(env={"STANDIN_IMAGE": "lmsysorg/sglang:v0.5.19-cu129"})
+    try:
+        s.wait_ready(path="/health")
+        assert status_of(f"http://127.0.0.1:{s.port}/ready") == 404
+    finally:
+        s.stop()
