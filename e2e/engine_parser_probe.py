@@ -72,7 +72,8 @@ def _vllm() -> tuple[Callable[[list[str]], Any], Callable[[], argparse.ArgumentP
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     def parser() -> argparse.ArgumentParser:
-        return make_arg_parser(FlexibleArgumentParser())
+        built: argparse.ArgumentParser = make_arg_parser(FlexibleArgumentParser())
+        return built
 
     built = parser()
 

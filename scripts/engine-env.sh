@@ -77,14 +77,35 @@ case "$engine" in
     # --no-deps: the wheel's own dependencies are the CUDA serving stack (GBs, and some
     # not installable without a GPU); the parser needs none of it.
     "$uv" pip install --python "$py" --no-deps "sglang==$version"
-    # The torch the wheel pins, read from the wheel itself so that every version is right.
-    sglang_torch=$("$py" -c 'import importlib.metadata as m, re
-print(next(re.sub(r"\s|;.*", "", r) for r in m.requires("sglang") if re.match(r"torch\s*==", r)))')
-    log "sglang $version pins $sglang_torch"
     # What `import sglang.srt.server_args` + prepare_server_args need, found by importing
-    # it in an empty environment and adding each missing module until it parsed (0.5.23).
-    "$uv" pip install --python "$py" "$sglang_torch" numpy orjson psutil pybase64 requests \
-      packaging pillow starlette msgspec pydantic pyzmq tqdm IPython aiohttp
+    # it in an empty environment and adding each missing module until it parsed; 0.5.19
+    # imports a few more at module level than 0.5.23.
+    parser_packages="torch numpy orjson psutil pybase64 requests packaging pillow starlette
+      msgspec pydantic pyzmq tqdm IPython aiohttp"
+    case "$version" in
+      0.5.1[0-9]*) parser_packages="$parser_packages torchvision openai partial_json_parser xgrammar" ;;
+    esac
+    # Each at the version the wheel pins where it pins one (torch above all), read from
+    # the wheel's own metadata so that every release gets its own set.
+    # shellcheck disable=SC2086
+    pinned=$("$py" - $parser_packages <<'PY'
+import importlib.metadata as md
+import re
+import sys
+
+pins = {}
+for req in md.requires("sglang") or []:
+    m = re.match(r"([A-Za-z0-9_.-]+)(\[[^]]*\])?\s*==\s*([^;\s]+)\s*(;.*)?$", req)
+    if m and "extra" not in (m.group(4) or ""):
+        pins[m.group(1).lower().replace("_", "-")] = m.group(3)
+for name in sys.argv[1:]:
+    key = name.lower().replace("_", "-")
+    print(f"{name}=={pins[key]}" if key in pins else name)
+PY
+)
+    log "sglang $version parser packages: $(echo $pinned)"
+    # shellcheck disable=SC2086
+    "$uv" pip install --python "$py" $pinned
     "$py" -c 'import sglang.srt.server_args' \
       || { log "ERROR: sglang $version: import sglang.srt.server_args fails (above)"; exit 1; }
     ;;

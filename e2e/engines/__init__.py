@@ -8,7 +8,6 @@ server from that environment as a local process.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -34,24 +33,3 @@ def engine_env(name: str) -> Path:
 
 def vllm_env() -> Path:
     return engine_env("vllm")
-
-
-PARSER_PROBE = REPO / "e2e" / "engine_parser_probe.py"
-
-
-def sglang_parser_flags() -> dict[str, int]:
-    """Every option sglang's own launch_server parser accepts -> 0 (a switch) or 1 (takes a
-    value), read by e2e/engine_parser_probe.py in the pinned sglang release's environment
-    (``scripts/engine-env.sh sglang``)."""
-    python = engine_env("sglang") / "bin" / "python"
-    out = subprocess.run(
-        [str(python), str(PARSER_PROBE)],
-        input=json.dumps({"engine": "sglang", "mode": "flags", "argvs": []}),
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-        timeout=600,  # importing sglang takes 6 s on a quiet machine, minutes on a busy one
-    )
-    doc = json.loads(out.stdout.strip().splitlines()[-1])
-    switches = set(doc["store_true"])
-    return {f: 0 if f in switches else 1 for f in doc["flags"]}

@@ -1,5 +1,5 @@
-"""The stand-in's command line is held to SGLang's real parser (sglang 0.5.23's own
-``ServerArgs.add_cli_args``, from ``scripts/engine-env.sh sglang``): every flag the stand-in
+"""The stand-in's command line is held to SGLang's real parser (sglang 0.5.23's own, read
+by ``e2e.engine_parsers`` from ``scripts/engine-env.sh sglang``): every flag the stand-in
 accepts exists there with the same arity, and none of its own knobs is a SGLang flag. With
 that, "the stand-in exits 2 on an unknown flag" means "SGLang would too"."""
 
@@ -11,13 +11,15 @@ import sys
 import pytest
 
 from e2e.cluster import REPO
-from e2e.engines import sglang_parser_flags
+from e2e.engine_parsers import accepted_flags, valueless_flags
 from e2e.standin.sglang import SGLANG_FLAGS
 
 
 @pytest.fixture(scope="module")
 def real_flags() -> dict[str, int]:
-    return sglang_parser_flags()
+    """Every option of sglang's parser -> 0 (a switch) or 1 (takes a value)."""
+    switches = valueless_flags("sglang")
+    return {f: 0 if f in switches else 1 for f in accepted_flags("sglang")}
 
 
 def test_every_standin_flag_is_a_real_sglang_flag_with_the_same_arity(

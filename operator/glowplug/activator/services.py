@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from glowplug import engines
 from glowplug.activator.endpoints import EndpointTracker, Failure, condition_failure
 from glowplug.activator.holdqueue import ServiceState
 from glowplug.activator.metrics import Metrics, ServiceMetrics
@@ -28,6 +29,14 @@ class Route:
     state: ServiceState
     metrics: ServiceMetrics
     condition: Failure | None = None  # the operator's Failed condition
+    # The most inputs the engine takes per request (TEI's --max-client-batch-size);
+    # None: no limit. Larger requests are split (openai.upstream_bodies).
+    max_batch: int | None = None
+
+
+def max_batch(svc: EmbeddingService) -> int | None:
+    """The engine's batch limit for this spec; the engine module knows its flags."""
+    return engines.get(svc.engine.name).max_batch(svc)
 
 
 class Services:
@@ -78,13 +87,14 @@ class Services:
             )
             sm = self.metrics.service(svc.namespace, svc.name)
             sm.bind_gauges(lambda: float(state.queued), lambda: float(state.inflight))
-            route = Route(svc, state, sm)
+            route = Route(svc, state, sm, max_batch=max_batch(svc))
             self.routes[ref] = route
             route.condition = condition_failure(obj)
             self._update_failure(ref)
             state.set_endpoints(self.tracker.addresses(ref))
             return
         route.spec = svc
+        route.max_batch = max_batch(svc)
         route.condition = condition_failure(obj)
         route.state.configure(
             limit=s.target_concurrency, max_queue=s.max_queued_requests, replicas=svc.replicas
