@@ -91,7 +91,7 @@ def wake_overhead(cluster: Cluster, tmp: Path) -> dict[str, Any]:
         )  # fmt: skip
     act = ActivatorProcess(cluster, ns, tmp / "activator.log")
     try:
-        act.start()
+        act.start(timeout=300)  # a vLLM start next door can slow its import a lot
         doc = yaml.safe_load(EXAMPLE.read_text())
         doc["spec"]["model"]["source"] = {"hostPath": {"path": str(models.cache_root())}}
         cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(doc))

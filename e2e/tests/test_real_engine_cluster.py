@@ -124,7 +124,7 @@ def bed(
         )  # fmt: skip
     act = ActivatorProcess(cluster, ns, logs / "activator.log", drain_seconds=0.5)
     try:
-        act.start()
+        act.start(timeout=300)  # a vLLM start next door can slow its import a lot
         for f in ("minilm-vllm-cpu.yaml", "tiny-qwen3-vllm-cpu.yaml"):
             cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(example(f)))
         bed = Bed(cluster, ns, act)
