@@ -73,8 +73,19 @@ def health_ok(url: str) -> bool:
         return False
 
 
+def install_crd(cluster: Cluster) -> None:
+    """The EmbeddingService CRD from crds/ (a fresh test bed has none), Established."""
+    for f in sorted((REPO / "crds").glob("*.yaml")):
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(f))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s",
+        "crd/embeddingservices.glowplug.dev",
+    )  # fmt: skip
+
+
 def wake_overhead(cluster: Cluster, tmp: Path) -> dict[str, Any]:
     models.ensure(models.MINILM)
+    install_crd(cluster)
     ns = f"bench-real-{uuid.uuid4().hex[:5]}"
     cluster.kubectl("create", "namespace", ns)
     wait_for(

@@ -16,7 +16,8 @@ from e2e.tests.helpers import apply, container_pid, endpoint_ips, get, is_ready,
 
 pytestmark = pytest.mark.cluster
 
-STANDIN_IMAGE = "lmsysorg/sglang:v0.5.5-test-bed"
+# A 0.5.20+ tag: the stand-in, like SGLang, has no /ready before 0.5.20.
+STANDIN_IMAGE = "lmsysorg/sglang:v0.5.23-test-bed"
 PROBE_IMAGE = "glowplug-testbed/python"  # test double: python with the container's args
 
 
