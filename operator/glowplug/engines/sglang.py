@@ -35,7 +35,6 @@ STARTUP_FAILURES = 1800
 class SGLang(Engine):
     name = "sglang"
     port = PORT
-    readiness_path = "/ready"
 
     def default_image(self, svc: EmbeddingService) -> str:
         return CUDA12_IMAGE if svc.engine.cuda == "12" else IMAGE
