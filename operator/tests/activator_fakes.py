@@ -53,6 +53,7 @@ class FakeEngine:
         # /ready does until the model is loaded; ready_probes counts the probes.
         self.ready_at: float | None = None
         self.ready_probes = 0
+        self.health_probes = 0  # GET /health
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -64,6 +65,7 @@ class FakeEngine:
         app = web.Application()
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_get("/ready", self.ready)
+        app.router.add_get("/health", self.health)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
@@ -76,8 +78,16 @@ class FakeEngine:
             await self._runner.cleanup()
             self._runner = None
 
+    async def health(self, request: web.Request) -> web.Response:
+        """The readiness endpoint of engines without /ready (TEI, vLLM, SGLang 0.5.19)."""
+        self.health_probes += 1
+        return await self._readiness()
+
     async def ready(self, request: web.Request) -> web.Response:
         self.ready_probes += 1
+        return await self._readiness()
+
+    async def _readiness(self) -> web.Response:
         if self.ready_at is not None and asyncio.get_running_loop().time() < self.ready_at:
             return web.json_response({"status": "loading"}, status=503)
         return web.json_response({"status": "ready"})

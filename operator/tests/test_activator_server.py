@@ -590,3 +590,23 @@ async def test_held_request_goes_when_the_engine_answers_not_when_the_slice_says
             assert prober.probing("ns1/emb") == []
         finally:
             await prober.close()
+
+
+async def test_fast_release_probes_the_engines_own_readiness_path() -> None:
+    """SGLang with cuda "12" (0.5.19) has no /ready: starting pods are probed on /health."""
+    from glowplug.activator.readiness_probe import ReadinessProber
+
+    async with harness() as h, engines(1) as (e,), aiohttp.ClientSession() as s:
+        prober = ReadinessProber(h.services.probed_ready)
+        h.services.set_prober(prober)
+        try:
+            h.services.apply_service(service_obj(replicas=0, engine={"cuda": "12"}))
+            e.ready_at = asyncio.get_running_loop().time() + 0.3
+            task = asyncio.create_task(post(s, h.url, emb()))
+            await until(lambda: h.state().queued == 1)
+            h.services.apply_slice(starting_slice(e.address, ready=False))
+            status, _, _ = await asyncio.wait_for(task, 10)
+            assert status == 200
+            assert e.health_probes >= 2 and e.ready_probes == 0
+        finally:
+            await prober.close()
