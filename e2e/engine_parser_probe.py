@@ -4,10 +4,10 @@ engine only, because this runs under the engine venv's python, not glowplug's.
 
 stdin: {"engine": "sglang" | "vllm", "mode": "parse" | "flags", "argvs": [[...], ...]}
 stdout (last line): one JSON object:
-  parse: {"import_seconds": s, "results": [{"ok", "exit_code", "error", "seconds",
-          "parsed"}, ...]} where "parsed" holds the parser's namespace as JSON values.
-  flags: {"import_seconds": s, "version": v, "flags": [every option string, sorted],
-          "store_true": [flags that take no value]}
+  {"import_seconds": s, "version": v, "flags": [every option string the parser
+   accepts, sorted], "store_true": [those that take no value]}, and in parse mode also
+   "results": [{"ok", "exit_code", "error", "seconds", "parsed"}, ...] where "parsed"
+   holds the parser's namespace as JSON values.
 One process for every argv: importing an engine takes several seconds.
 """
 
@@ -117,20 +117,16 @@ def main() -> int:
     with contextlib.redirect_stdout(sys.stderr):  # engines log on import
         parse, parser, version = ENGINES[request["engine"]]()
     imported = round(time.monotonic() - start, 2)
-    if request.get("mode") == "flags":
-        p = parser()
-        flags = sorted({s for a in p._actions for s in a.option_strings})
-        no_value = sorted({s for a in p._actions if a.nargs == 0 for s in a.option_strings})
-        out: dict[str, Any] = {
-            "import_seconds": imported,
-            "version": version,
-            "flags": flags,
-            "store_true": no_value,
-        }
-    else:
+    p = parser()
+    out: dict[str, Any] = {
+        "import_seconds": imported,
+        "version": version,
+        "flags": sorted({s for a in p._actions for s in a.option_strings}),
+        "store_true": sorted({s for a in p._actions if a.nargs == 0 for s in a.option_strings}),
+    }
+    if request.get("mode") != "flags":
         with contextlib.redirect_stdout(sys.stderr):
-            results = [_parse_one(parse, list(argv)) for argv in request["argvs"]]
-        out = {"import_seconds": imported, "version": version, "results": results}
+            out["results"] = [_parse_one(parse, list(argv)) for argv in request["argvs"]]
     print(json.dumps(out))
     return 0
 

@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ class ParseRun:
     version: str
     import_seconds: float
     results: tuple[ParseResult, ...]
+    flags: frozenset[str]  # every option string the parser accepts
+    valueless: frozenset[str]  # those that take no value
 
 
 def env_python(target: str) -> Path:
@@ -108,8 +111,27 @@ def parse_all(target: str, argvs: list[list[str]]) -> ParseRun:
         for argv, r in zip(argvs, raw["results"], strict=True)
     )
     return ParseRun(
-        version=str(raw["version"]), import_seconds=float(raw["import_seconds"]), results=results
+        version=str(raw["version"]),
+        import_seconds=float(raw["import_seconds"]),
+        results=results,
+        flags=frozenset(raw["flags"]),
+        valueless=frozenset(raw["store_true"]),
     )
+
+
+def parse_many(jobs: dict[str, list[list[str]]]) -> dict[str, ParseRun | Exception]:
+    """``parse_all`` for several environments at once (imports overlap: each spends much
+    of its time reading files); a target whose environment is missing or whose probe
+    failed maps to the exception."""
+
+    def one(target: str) -> ParseRun | Exception:
+        try:
+            return parse_all(target, jobs[target])
+        except (EngineEnvMissing, RuntimeError, subprocess.TimeoutExpired) as err:
+            return err
+
+    with ThreadPoolExecutor(max_workers=len(jobs) or 1) as pool:
+        return dict(zip(jobs, pool.map(one, jobs), strict=True))
 
 
 @functools.cache

@@ -251,27 +251,41 @@ def check(result: ParseResult, expected: dict[str, Any]) -> None:
         assert got == want, f"{name}: parsed {got!r}, meant {want!r} ({' '.join(result.argv)})"
 
 
-def env_or_skip(target: str) -> None:
-    try:
-        engine_parsers.env_python(target)
-    except EngineEnvMissing as err:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the engine parser contract: {err}")
-        pytest.skip(str(err))
-
-
-@pytest.fixture(scope="module", params=["sglang", "sglang-cuda12"])
-def sglang_run(request: pytest.FixtureRequest) -> tuple[str, ParseRun]:
-    target = str(request.param)
-    env_or_skip(target)
-    argvs = [c.argv() for c in SGLANG_CASES] + SGLANG_REFUSED
-    return target, engine_parsers.parse_all(target, argvs)
-
-
 @pytest.fixture(scope="module")
-def vllm_run() -> ParseRun:
-    env_or_skip("vllm")
-    return engine_parsers.parse_all("vllm", [c.argv() for c in VLLM_CASES] + VLLM_REFUSED)
+def runs() -> dict[str, ParseRun | Exception]:
+    """Every environment's parse, started together (one subprocess each)."""
+    sglang_argvs = [c.argv() for c in SGLANG_CASES] + SGLANG_REFUSED
+    return engine_parsers.parse_many(
+        {
+            "sglang": sglang_argvs,
+            "sglang-cuda12": sglang_argvs,
+            "vllm": [c.argv() for c in VLLM_CASES] + VLLM_REFUSED,
+        }
+    )
+
+
+def run_or_skip(runs: dict[str, ParseRun | Exception], target: str) -> ParseRun:
+    run = runs[target]
+    if isinstance(run, EngineEnvMissing):
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the engine parser contract: {run}")
+        pytest.skip(str(run))
+    if isinstance(run, Exception):
+        raise run
+    return run
+
+
+@pytest.fixture(params=["sglang", "sglang-cuda12"])
+def sglang_run(
+    request: pytest.FixtureRequest, runs: dict[str, ParseRun | Exception]
+) -> tuple[str, ParseRun]:
+    target = str(request.param)
+    return target, run_or_skip(runs, target)
+
+
+@pytest.fixture
+def vllm_run(runs: dict[str, ParseRun | Exception]) -> ParseRun:
+    return run_or_skip(runs, "vllm")
 
 
 def test_every_example_is_covered() -> None:
@@ -325,14 +339,20 @@ def test_a_malformed_json_value_fails_the_check() -> None:
         check(result, {"json_model_override_args": {"is_matryoshka": True}})
 
 
-def test_sglang_accepts_every_flag_glowplug_renders() -> None:
-    env_or_skip("sglang")
-    flags = engine_parsers.accepted_flags("sglang")
-    assert len(flags) > 100  # the whole parser, not a stub
+def test_sglang_accepts_every_flag_glowplug_renders(sglang_run: tuple[str, ParseRun]) -> None:
+    """Exact names, not argparse's accepted abbreviations: what a strict double checks."""
+    _, run = sglang_run
+    assert len(run.flags) > 100  # the whole parser, not a stub
     for case in SGLANG_CASES:
         for arg in case.argv():
             if arg.startswith("--"):
-                assert arg.split("=", 1)[0] in flags, arg
-    valueless = engine_parsers.valueless_flags("sglang")
-    assert {"--is-embedding", "--enable-metrics"} <= valueless
-    assert "--model-path" not in valueless
+                assert arg.split("=", 1)[0] in run.flags, arg
+    assert {"--is-embedding", "--enable-metrics"} <= run.valueless
+    assert "--model-path" not in run.valueless
+
+
+def test_vllm_accepts_every_flag_glowplug_renders(vllm_run: ParseRun) -> None:
+    for case in VLLM_CASES:
+        for arg in case.argv():
+            if arg.startswith("--"):
+                assert arg.split("=", 1)[0] in vllm_run.flags, arg

@@ -49,6 +49,11 @@ class FakeEngine:
         self.concurrent = 0
         self.max_concurrent = 0
         self.gate: asyncio.Event | None = None  # when set, requests wait for it
+        # GET /ready answers 503 until this loop time (None: always 200), as SGLang's
+        # /ready does until the model is loaded; ready_probes counts the probes.
+        self.ready_at: float | None = None
+        self.ready_probes = 0
+        self.health_probes = 0  # GET /health
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -59,6 +64,8 @@ class FakeEngine:
     async def start(self) -> FakeEngine:
         app = web.Application()
         app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_get("/ready", self.ready)
+        app.router.add_get("/health", self.health)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
@@ -70,6 +77,20 @@ class FakeEngine:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    async def health(self, request: web.Request) -> web.Response:
+        """The readiness endpoint of engines without /ready (TEI, vLLM, SGLang 0.5.19)."""
+        self.health_probes += 1
+        return await self._readiness()
+
+    async def ready(self, request: web.Request) -> web.Response:
+        self.ready_probes += 1
+        return await self._readiness()
+
+    async def _readiness(self) -> web.Response:
+        if self.ready_at is not None and asyncio.get_running_loop().time() < self.ready_at:
+            return web.json_response({"status": "loading"}, status=503)
+        return web.json_response({"status": "ready"})
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1

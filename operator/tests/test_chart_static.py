@@ -42,7 +42,8 @@ NAMESPACED_OPERATOR = {
     ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "pods"): {"get", "list", "watch"},
     ("", "secrets"): {"get"},  # the token-secret check reads one Secret by name
-    ("", "events"): {"create", "patch"},
+    # list: a waiting pod's node-autoscaler Events (wakephases, issue 11)
+    ("", "events"): {"create", "patch", "list"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
 }

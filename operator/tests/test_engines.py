@@ -149,7 +149,7 @@ def test_sglang_probes() -> None:
     # /health runs a forward pass with a 20 s internal timeout: never kill a busy pod fast.
     assert live["timeoutSeconds"] > 20
     assert live["periodSeconds"] * live["failureThreshold"] >= 120
-    assert sglang.ENGINE.readiness_path == "/ready"
+    assert sglang.ENGINE.readiness_path(svc()) == "/ready"
 
 
 def test_sglang_env_hugging_face_with_token() -> None:
@@ -512,7 +512,7 @@ def test_vllm_probes_on_health() -> None:
     assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 1800
     assert c["readinessProbe"]["periodSeconds"] == 1
     assert c["livenessProbe"]["periodSeconds"] * c["livenessProbe"]["failureThreshold"] >= 120
-    assert vllm.ENGINE.readiness_path == "/health"
+    assert vllm.ENGINE.readiness_path(vllm_svc()) == "/health"
 
 
 # --- CUDA 12 nodes, batch limits -------------------------------------------------------
@@ -524,6 +524,8 @@ def test_sglang_cuda12_runs_the_last_cuda12_image_probed_on_health() -> None:
     assert c["image"] == sglang.CUDA12_IMAGE
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert c[probe]["httpGet"]["path"] == "/health"
+    # The activator's fast release probes starting pods on the same path.
+    assert sglang.ENGINE.readiness_path(svc(engine={"cuda": "12"})) == "/health"
     # /health runs a forward pass (>= 1 s, engine timeout 20 s): readiness must wait longer.
     assert c["readinessProbe"]["timeoutSeconds"] > 20
     assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 1800

@@ -30,10 +30,12 @@ same rule lists back the ClusterRoles (cluster-wide mode) and the per-namespace 
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
-# Events on EmbeddingServices (kopf posts through the core API).
+# Events on EmbeddingServices (kopf posts through the core API); list: the Events of a
+# pod still waiting for a node (cluster-autoscaler's TriggeredScaleUp/NotTriggerScaleUp,
+# Karpenter's Nominated), read only during such a wake.
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create, patch, list]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]

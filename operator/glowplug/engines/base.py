@@ -100,8 +100,6 @@ class Engine(ABC):
 
     name: str
     port: int
-    #: The cheap endpoint that says "ready for traffic".
-    readiness_path: str
 
     # --- engine specific -------------------------------------------------------------
     @abstractmethod
@@ -130,6 +128,11 @@ class Engine(ABC):
         return None
 
     # --- shared ------------------------------------------------------------------------
+    def readiness_path(self, svc: EmbeddingService) -> str:
+        """The cheap endpoint that says "ready for traffic": the readiness probe's path
+        (the activator probes starting pods on it too)."""
+        return self.probes(svc).readiness.path
+
     def image(self, svc: EmbeddingService) -> str:
         return svc.engine.image or self.default_image(svc)
 

@@ -18,7 +18,8 @@ from glowplug.engines.base import Engine, HttpProbe, Manifest, Probes
 # tag is the CUDA 13 image (driver R580+); CUDA 12 tags end at v0.5.19-cu129.
 VERSION = "0.5.23"
 IMAGE = f"lmsysorg/sglang:v{VERSION}"
-# For nodes whose driver predates CUDA 13 (below R580): the last CUDA 12 image.
+# For nodes whose driver predates CUDA 13 (below R580): the last CUDA 12 image. Written
+# once too: scripts/engine-env.sh sglang-cuda12 installs its parser from it.
 CUDA12_VERSION = "0.5.19"
 CUDA12_IMAGE = f"lmsysorg/sglang:v{CUDA12_VERSION}-cu129"
 PORT = 30000
@@ -34,7 +35,6 @@ STARTUP_FAILURES = 1800
 class SGLang(Engine):
     name = "sglang"
     port = PORT
-    readiness_path = "/ready"
 
     def default_image(self, svc: EmbeddingService) -> str:
         return CUDA12_IMAGE if svc.engine.cuda == "12" else IMAGE
@@ -78,8 +78,9 @@ class SGLang(Engine):
         )
 
     def _probes_before_ready(self) -> Probes:
-        """0.5.19 has no /ready: /health (503 while starting, then a one-token forward
-        polled every second, so at least 1 s) says ready instead. It is slower than
+        """0.5.19 has no /ready: /health says ready instead (read from the 0.5.19 wheel's
+        http_server.py: 503 while starting or shutting down, else a one-token forward
+        polled every second, so at least 1 s, that gives up after 20 s). It is slower than
         /ready, so readiness allows 25 s per try (the engine's own check gives up at 20 s)
         and probes every 2 s: a woken pod takes traffic up to 2 s later than with /ready.
         """

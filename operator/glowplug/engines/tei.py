@@ -56,9 +56,6 @@ def image_for(gpus: int, gpu_type: str) -> str:
 class TEI(Engine):
     name = "tei"
     port = PORT
-    # TEI has no separate readiness endpoint: /health is 200 once the model is loaded,
-    # and its port stays closed until then.
-    readiness_path = "/health"
 
     def default_image(self, svc: EmbeddingService) -> str:
         return image_for(svc.resources.gpus, svc.resources.gpu_type)
@@ -85,6 +82,8 @@ class TEI(Engine):
         return args
 
     def probes(self, svc: EmbeddingService) -> Probes:
+        # TEI has no separate readiness endpoint: /health is 200 once the model is loaded,
+        # and its port stays closed until then.
         return Probes(
             startup=HttpProbe("/health", period=1, failure_threshold=1800),
             readiness=HttpProbe("/health", period=1, failure_threshold=3, timeout=2),

@@ -57,9 +57,6 @@ def is_decoder_embedder(svc: EmbeddingService) -> bool:
 class VLLM(Engine):
     name = "vllm"
     port = PORT
-    # vLLM's /health is 200 once the engine core is up and serving (cheap: no forward
-    # pass); the HTTP server only answers after the weights are loaded.
-    readiness_path = "/health"
 
     def default_image(self, svc: EmbeddingService) -> str:
         return IMAGE if svc.resources.gpus > 0 else CPU_IMAGE
@@ -94,6 +91,8 @@ class VLLM(Engine):
         return args
 
     def probes(self, svc: EmbeddingService) -> Probes:
+        # vLLM's /health is 200 once the engine core is up and serving (cheap: no forward
+        # pass); the HTTP server only answers after the weights are loaded.
         return Probes(
             startup=HttpProbe("/health", period=STARTUP_PERIOD, failure_threshold=STARTUP_FAILURES),
             readiness=HttpProbe("/health", period=1, failure_threshold=3, timeout=2),
