@@ -516,14 +516,6 @@ class Activator:
         await self.forwarder.close()
 
 
-class _RefusedUntilDeadline(Exception):
-    """Every connection attempt was refused until the activation deadline."""
-
-    def __init__(self, refusal: ConnectFailed) -> None:
-        super().__init__(str(refusal))
-        self.refusal = refusal
-
-
 _MODELS_PATHS = ("/v1/models", "/models")
 _INTERNAL_PATHS = ("/stats", "/metrics")
 _PROBE_PATHS = ("/healthz", "/readyz")
@@ -534,6 +526,14 @@ def _would_wake(route: Route) -> bool:
     in progress): what a key without ``wake`` may not do."""
     state = route.state
     return not state.has_ready and state.replicas == 0 and not state.waking
+
+
+class _RefusedUntilDeadline(Exception):
+    """Every connection attempt was refused until the activation deadline."""
+
+    def __init__(self, refusal: ConnectFailed) -> None:
+        super().__init__(str(refusal))
+        self.refusal = refusal
 
 
 def _engine_error(status: int, body: bytes) -> bytes:
