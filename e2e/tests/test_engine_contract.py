@@ -37,6 +37,7 @@ from e2e import models
 from e2e.cluster import REPO
 from e2e.engines.vllm_server import VllmServer, serve_args
 from e2e.tests.helpers import free_port
+from glowplug.api import parse
 from glowplug.engines import sglang as sglang_profile
 from glowplug.engines import vllm as vllm_profile
 
@@ -56,6 +57,18 @@ DIFFERENCES = {
     # by model and sends the served name.
     "unknown_model_status": {"standin": 200, "vllm": 404},
 }
+
+
+def readiness_path(engine: str) -> str:
+    """The path glowplug's profile for ``engine`` probes for readiness (a CPU service)."""
+    svc = parse({
+        "apiVersion": "glowplug.dev/v1alpha1", "kind": "EmbeddingService",
+        "metadata": {"name": SERVED, "namespace": "contract"},
+        "spec": {"model": {"id": "m", "source": {"hostPath": {"path": "/models"}}},
+                 "engine": {"name": engine}, "resources": {"gpus": 0}},
+    })  # fmt: skip
+    profile = sglang_profile.ENGINE if engine == "sglang" else vllm_profile.ENGINE
+    return profile.readiness_path(svc)
 
 
 @dataclass
@@ -115,7 +128,7 @@ def standin_engine() -> Iterator[Engine]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     eng = Engine("standin", f"http://127.0.0.1:{port}", "/models/minilm",
-                 sglang_profile.ENGINE.readiness_path)  # fmt: skip
+                 readiness_path("sglang"))  # fmt: skip
     try:
         deadline = time.monotonic() + 30
         while not (_port_open(port) and eng.get("/ready")[0] == 200):
@@ -133,7 +146,7 @@ def vllm_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     reuse = os.environ.get("GLOWPLUG_TEST_VLLM_URL")
     model = models.ensure(models.MINILM)
     if reuse:
-        yield Engine("vllm", reuse.rstrip("/"), str(model), vllm_profile.ENGINE.readiness_path)
+        yield Engine("vllm", reuse.rstrip("/"), str(model), readiness_path("vllm"))
         return
     port = free_port()
     log = tmp_path_factory.mktemp("vllm") / "vllm.log"
@@ -142,7 +155,7 @@ def vllm_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     try:
         cold = server.wait_healthy()
         print(f"\n[contract] real vLLM (MiniLM) answered /health {cold:.0f} s after start")
-        yield Engine("vllm", server.url, str(model), vllm_profile.ENGINE.readiness_path)
+        yield Engine("vllm", server.url, str(model), readiness_path("vllm"))
     finally:
         server.stop()
 
