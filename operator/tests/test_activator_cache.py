@@ -126,7 +126,7 @@ async def test_repeats_are_answered_at_zero_without_a_wake() -> None:
         status, first, headers = await post(s, h.url, {"model": "emb", "input": ["a", "b"]})
         assert status == 200, first
         assert headers["X-Glowplug-Cache"] == "miss"
-        assert first["usage"]["prompt_tokens"] == 6  # the FakeEngine's 3 per input
+        assert first["usage"]["prompt_tokens"] == 2  # the FakeEngine counts 1 per input
         assert vectors(first) == [text_vector("a", DIMS), text_vector("b", DIMS)]
         assert h.scaler.writes == 1 and e.requests == 1
 
@@ -185,7 +185,7 @@ async def test_partial_hits_send_only_distinct_misses_and_merge_in_order() -> No
         assert e.bodies[-1]["input"] == ["a", "c"]  # misses only, each once
         assert e.bodies[-1]["user"] == "u" and e.bodies[-1]["model"] == "emb"
         assert vectors(body) == [text_vector(t, DIMS) for t in ["a", "b", "c", "a", "d"]]
-        assert body["usage"]["prompt_tokens"] == 6  # what the engine computed: two inputs
+        assert body["usage"]["prompt_tokens"] == 2  # what the engine computed: two of five
 
 
 async def test_query_instruction_dimensions_and_encoding_in_the_key() -> None:

@@ -36,7 +36,7 @@ JSON = "application/json"
 CACHE_HEADER = "X-Glowplug-Cache"  # hit | partial | miss
 HITS_HEADER = "X-Glowplug-Cache-Hits"  # inputs answered from the cache
 
-Forward = Callable[[oai.EmbeddingRequest, Route, bytes, float], Awaitable[Response]]
+Forward = Callable[[oai.EmbeddingRequest, Route, list[bytes], float], Awaitable[Response]]
 
 
 class EmbeddingCache:
@@ -128,7 +128,9 @@ class EmbeddingCache:
                 input_type=None,
             )
             payload = json.dumps(sub_raw, ensure_ascii=False).encode()
-            resp = await forward(sub, route, payload, t0)
+            # Split like any request when the engine's batch is smaller (TEI).
+            payloads = oai.upstream_bodies(sub, spec, payload, route.max_batch)
+            resp = await forward(sub, route, payloads, t0)
             if resp.status != 200:
                 return resp
             forwarded_headers = resp.headers
