@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install lint test unit binaries cluster-up cluster-down operator activator bench demo clean
+.PHONY: help install lint test unit binaries node-deps testbed-images cluster-up cluster-down operator activator bench demo clean
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -26,13 +26,19 @@ lint: install ## ruff and mypy
 binaries: ## build or reuse the test-bed binaries (cached outside the repo)
 	bash e2e/cluster/build-binaries.sh
 
+node-deps: ## Debian packages of the real node: containerd, runc, CNI plugins, iptables, buildah, debootstrap (root; skips what is present)
+	bash scripts/install-node-deps.sh
+
+testbed-images: install node-deps ## build or reuse the real node's images (pause, glowplug, SGLang stand-in) with buildah
+	$(PY) -m e2e.cluster.images
+
 unit: install ## unit tests only (no cluster)
 	$(PY) -m pytest -q operator/tests
 
-test: install lint binaries promtool ## everything CI runs: lint, unit, integration and end-to-end tests
+test: install lint binaries node-deps promtool ## everything CI runs: lint, unit, integration and end-to-end tests
 	$(PY) -m pytest -q -rs
 
-cluster-up: install binaries ## start the local control plane and node agent; prints export KUBECONFIG=...
+cluster-up: install binaries node-deps ## start the control plane, the process node and the real node; prints export KUBECONFIG=...
 	$(PY) -m e2e.cluster up
 
 cluster-down: install ## stop what cluster-up started
@@ -54,7 +60,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= glowplug/glowplug:$(VERSION)
 KIND_CLUSTER ?= glowplug
 
-demo: install binaries ## wake, answer and scale to zero an example service (local cluster unless $$KUBECONFIG is set)
+demo: install binaries node-deps ## wake, answer and scale to zero an example service (local cluster unless $$KUBECONFIG is set)
 	$(PY) -m e2e.demo
 
 chart-crds: ## copy crds/ into the chart (the chart ships byte-identical copies)

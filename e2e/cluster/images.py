@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[2]
 Log = Callable[[str], None]
 
 # Bump when the way the base is made changes (the key then changes with it).
-BASE_RECIPE = "1"
+BASE_RECIPE = "2"
 BASE_SUITE = "bookworm"
 BASE_MIRROR = os.environ.get("GLOWPLUG_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates")
@@ -92,6 +92,14 @@ def _files(root: Path, relative: Iterable[str]) -> list[bytes]:
     return out
 
 
+def _base_key() -> str:
+    """The base image's key: its recipe, suite, packages and the host CAs it trusts."""
+    ca = _files(HOST_CA_DIR, sorted(p.name for p in HOST_CA_DIR.glob("*.crt")))
+    return _digest(
+        [BASE_RECIPE.encode(), BASE_SUITE.encode(), " ".join(BASE_PACKAGES).encode(), *ca]
+    )
+
+
 class Builder:
     """buildah with its own storage under the cache (never the machine's default store)."""
 
@@ -128,31 +136,18 @@ class Builder:
     # -- the images ------------------------------------------------------------------------
 
     def base(self) -> Image:
-        ca = _files(HOST_CA_DIR, sorted(p.name for p in HOST_CA_DIR.glob("*.crt")))
-        key = _digest(
-            [BASE_RECIPE.encode(), BASE_SUITE.encode(), " ".join(BASE_PACKAGES).encode(), *ca]
-        )
+        key = _base_key()
         ref = f"localhost/glowplug-testbed/python-base:{BASE_SUITE}-{key}"
         archive = self.dir / f"base-{key}.tar"
         if self.has(ref):
             self.log(f"base {ref}: cached")
             return Image("base", ref, key, archive)
-        for tool in ("debootstrap", "buildah"):
-            if shutil.which(tool) is None:
-                raise FileNotFoundError(f"{tool} is missing: run scripts/install-node-deps.sh")
         t0 = time.monotonic()
-        self.log(
-            f"base: debootstrap --variant=minbase {BASE_SUITE} + {', '.join(BASE_PACKAGES)} "
-            "(a few minutes, cached afterwards)..."
-        )
+        rootfs_tar = self._debootstrap()
         with tempfile.TemporaryDirectory(prefix="glowplug-base-", dir=self.dir) as tmp:
             rootfs = Path(tmp) / "rootfs"
-            subprocess.run(
-                ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
-                 BASE_SUITE, str(rootfs), BASE_MIRROR],
-                check=True, stdout=subprocess.DEVNULL, stderr=sys.stderr,
-            )  # fmt: skip
-            self.log(f"base: debootstrap done ({time.monotonic() - t0:.0f} s); trimming")
+            rootfs.mkdir()
+            subprocess.run(["tar", "-C", str(rootfs), "-xf", str(rootfs_tar)], check=True)
             extra = rootfs / "usr/local/share/ca-certificates"
             for crt in sorted(HOST_CA_DIR.glob("*.crt")):
                 shutil.copy(crt, extra / crt.name)
@@ -163,6 +158,11 @@ class Builder:
             (rootfs / "etc/pip.conf").write_text(
                 "[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n"
             )
+            # python:3.11-slim has `python` and `pip` on PATH; Debian only has python3.
+            for name, target in (("python", "/usr/bin/python3"), ("pip", "/usr/bin/pip3")):
+                link = rootfs / "usr/local/bin" / name
+                link.unlink(missing_ok=True)
+                link.symlink_to(target)
             for junk in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc",
                          "usr/share/man", "usr/share/locale"):  # fmt: skip
                 shutil.rmtree(rootfs / junk, ignore_errors=True)
@@ -189,6 +189,35 @@ class Builder:
         self.times["base"] = time.monotonic() - t0
         self.log(f"base {ref}: built in {self.times['base']:.0f} s")
         return Image("base", ref, key, archive)
+
+    def _debootstrap(self) -> Path:
+        """The Debian root filesystem as a tarball, cached by suite and package list."""
+        key = _digest([BASE_SUITE.encode(), " ".join(BASE_PACKAGES).encode()])
+        out = self.dir / f"rootfs-{BASE_SUITE}-{key}.tar"
+        if out.exists():
+            self.log(f"base: debootstrap {BASE_SUITE}: cached ({out.name})")
+            return out
+        for tool in ("debootstrap", "buildah", "chroot"):
+            if shutil.which(tool) is None:
+                raise FileNotFoundError(f"{tool} is missing: run scripts/install-node-deps.sh")
+        t0 = time.monotonic()
+        self.log(
+            f"base: debootstrap --variant=minbase {BASE_SUITE} + {', '.join(BASE_PACKAGES)} "
+            f"from {BASE_MIRROR} (about 2-6 minutes, cached afterwards)..."
+        )
+        with tempfile.TemporaryDirectory(prefix="glowplug-rootfs-", dir=self.dir) as tmp:
+            rootfs = Path(tmp) / "rootfs"
+            subprocess.run(
+                ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+                 BASE_SUITE, str(rootfs), BASE_MIRROR],
+                check=True, stdout=subprocess.DEVNULL, stderr=sys.stderr,
+            )  # fmt: skip
+            tmp_tar = out.with_suffix(".tmp")
+            subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tmp_tar), "."], check=True)
+            tmp_tar.replace(out)
+        self.times["debootstrap"] = time.monotonic() - t0
+        self.log(f"base: debootstrap done in {self.times['debootstrap']:.0f} s ({out.name})")
+        return out
 
     def pause(self) -> Image:
         src = REPO / "images" / "pause"
@@ -266,10 +295,7 @@ class Builder:
     def _glowplug_cached(self) -> Image | None:
         """The glowplug image when its archive exists for the current base key (no base
         build needed to find out: the base key depends on recipe and host CAs only)."""
-        ca = _files(HOST_CA_DIR, sorted(p.name for p in HOST_CA_DIR.glob("*.crt")))
-        base_key = _digest(
-            [BASE_RECIPE.encode(), BASE_SUITE.encode(), " ".join(BASE_PACKAGES).encode(), *ca]
-        )
+        base_key = _base_key()
         dockerfile = REPO / "images" / "glowplug" / "Dockerfile"
         inputs = _files(REPO, ["pyproject.toml", "README.md", "operator/glowplug", ".dockerignore"])
         key = _digest([dockerfile.read_bytes(), base_key.encode(), *inputs])
