@@ -294,6 +294,46 @@ class Cluster:
         with self._lock():
             self._down_locked()
 
+    def stop_real_node(self) -> float:
+        """Stop only the real node (its pods, processes, host changes); returns seconds."""
+        with self._lock():
+            state = self._read_state() or {}
+            procs = {p.name: p for p in (Proc.from_json(x) for x in state.get("procs", []))}
+            t0 = time.monotonic()
+            if procs.get("kubelet") and procs["kubelet"].alive():
+                self.real_node.drain()
+            self.real_node.stop(procs)
+            state["procs"] = [
+                p.to_json() for p in procs.values() if p.name not in REAL_NODE_COMPONENTS
+            ]
+            state["real_node"] = False
+            self._write_state(state)
+            return time.monotonic() - t0
+
+    def start_real_node(self) -> float:
+        """Start the real node beside a running control plane; returns seconds to Ready."""
+        with self._lock():
+            state = self._read_state() or {}
+            procs = [Proc.from_json(x) for x in state.get("procs", [])]
+            node = self.real_node
+            node.prepare()
+            t0 = time.monotonic()
+
+            def record(p: Proc) -> None:
+                procs.append(p)
+                state["procs"] = [x.to_json() for x in procs]
+                self._write_state(state)
+
+            def alive() -> None:
+                for p in procs:
+                    if not p.alive():
+                        raise RuntimeError(f"{p.name} exited; see {self.state_dir / 'logs'}")
+
+            node.start(record, alive)
+            state["real_node"] = True
+            self._write_state(state)
+            return time.monotonic() - t0
+
     # -- users (pytest sessions sharing one cluster) ----------------------------------------
 
     def attach(self) -> None:

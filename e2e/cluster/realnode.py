@@ -143,18 +143,26 @@ def _read_sysctls() -> dict[str, str]:
     return out
 
 
+BUILTIN_CHAINS = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
+
+
 def _iptables_rules(cmd: str) -> list[str]:
-    """``iptables-save`` without counters and comments: chains and rules, table by table."""
+    """``iptables-save`` as ``table :CHAIN`` (user chains) and ``table -A ...`` (rules)
+    lines: no counters, and no built-in chains or empty tables, which loading the
+    iptables modules creates and nothing can remove (they accept everything)."""
     if not shutil.which(cmd):
         return []
     out = subprocess.run([cmd], capture_output=True, text=True, check=False).stdout
-    rules = []
+    rules, table = [], ""
     for line in out.splitlines():
-        if line.startswith("#"):
-            continue
-        if line.startswith(":"):
-            line = line.split()[0]  # the chain name; policy counters change all the time
-        rules.append(line)
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith(":"):
+            chain = line.split()[0][1:]
+            if chain not in BUILTIN_CHAINS:
+                rules.append(f"{table} :{chain}")
+        elif line.startswith("-A"):
+            rules.append(f"{table} {line}")
     return rules
 
 
@@ -718,13 +726,7 @@ def _delete_new_kube_chains(cmd: str, before: list[str]) -> None:
         return
 
     def chains(rules: list[str]) -> set[tuple[str, str]]:
-        found, table = set(), ""
-        for line in rules:
-            if line.startswith("*"):
-                table = line[1:]
-            elif line.startswith(":"):
-                found.add((table, line[1:]))
-        return found
+        return {(r.split()[0], r.split()[1][1:]) for r in rules if r.split()[1].startswith(":")}
 
     new = sorted(
         (t, c) for t, c in chains(_iptables_rules(f"{cmd}-save")) - chains(before)
