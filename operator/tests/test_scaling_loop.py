@@ -79,6 +79,7 @@ class ClusterAPIDouble:
     def __init__(self, obj: dict[str, Any], clock: Callable[[], float]) -> None:
         self.obj = obj
         self.pods: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []  # FailedMount Events of the namespace
         self.clock = clock
         self.warnings: list[tuple[str, str]] = []
         self.scale_writes: list[int] = []
@@ -97,6 +98,9 @@ class ClusterAPIDouble:
 
     async def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
         return copy.deepcopy(self.pods)
+
+    async def list_mount_failures(self, namespace: str) -> list[dict[str, Any]]:
+        return copy.deepcopy(self.events)
 
     async def read_scale(self, namespace: str, name: str) -> tuple[int, str] | None:
         return int(self.obj["spec"]["replicas"]), self.obj["metadata"]["resourceVersion"]

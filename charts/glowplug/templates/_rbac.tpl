@@ -30,10 +30,11 @@ same rule lists back the ClusterRoles (cluster-wide mode) and the per-namespace 
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
-# Events on EmbeddingServices (kopf posts through the core API).
+# Events on EmbeddingServices (kopf posts through the core API); list: the kubelet's
+# FailedMount Events of engine pods stuck in ContainerCreating (wake failure FailedMount).
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create, patch, list]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]

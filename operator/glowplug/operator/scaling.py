@@ -38,7 +38,7 @@ from glowplug.operator.activity import (
 from glowplug.operator.autoscaler import ScalerState, decide
 from glowplug.operator.ledger import Ledger, PodHold
 from glowplug.operator.timefmt import format_time, parse_time
-from glowplug.operator.wakefailures import WakeFailure, is_ready, service_failure
+from glowplug.operator.wakefailures import WakeFailure, creating, is_ready, service_failure
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,8 @@ class ServiceAPI(Protocol):
 
     async def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]: ...
 
+    async def list_mount_failures(self, namespace: str) -> list[dict[str, Any]]: ...
+
     async def read_scale(self, namespace: str, name: str) -> tuple[int, str] | None: ...
 
     async def write_scale(self, namespace: str, name: str, replicas: int, rv: str) -> bool: ...
@@ -169,6 +171,14 @@ class KubeServiceAPI:
             namespace, label_selector=f"{SERVICE_LABEL}={name}"
         )
         plain: dict[str, Any] = self.api_client.sanitize_for_serialization(pods)
+        return list(plain.get("items") or [])
+
+    async def list_mount_failures(self, namespace: str) -> list[dict[str, Any]]:
+        """The namespace's FailedMount Events (the kubelet's; pod status lacks them)."""
+        events = await self.core.list_namespaced_event(
+            namespace, field_selector="reason=FailedMount,involvedObject.kind=Pod"
+        )
+        plain: dict[str, Any] = self.api_client.sanitize_for_serialization(events)
         return list(plain.get("items") or [])
 
     async def read_scale(self, namespace: str, name: str) -> tuple[int, str] | None:
@@ -353,7 +363,13 @@ class ServiceLoop:
         # 2. wake failures and wake duration
         ready = sum(1 for p in pods if is_ready(p))
         # Pods created before the last spec change carry the old spec's failure.
-        failure = service_failure(pods, since=self.spec_changed_at)
+        # Only while a pod waits in ContainerCreating: one list of Events, else none.
+        events = (
+            await self.api.list_mount_failures(namespace)
+            if any(creating(p) and not is_ready(p) for p in pods)
+            else []
+        )
+        failure = service_failure(pods, since=self.spec_changed_at, events=events)
         failure_patch = self._failure(failure, body)
         if failure_patch:
             patch.update(failure_patch)
