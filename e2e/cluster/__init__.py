@@ -266,8 +266,7 @@ class Cluster:
         with self._lock():
             if self.running():
                 state = self._read_state() or {}
-                same_nodes = bool(state.get("real_node")) == self.config.real_node.enabled
-                if state.get("code") == code_version() and same_nodes:
+                if state.get("code") == code_version():
                     self.log(f"already running (state in {self.state_dir}); reusing it")
                     return False
                 users = self._live_users()
@@ -463,6 +462,13 @@ class Cluster:
             if not (bin_dir / name).exists():
                 raise FileNotFoundError(f"{bin_dir / name} is missing: run `make binaries`")
         real_node = self.real_node if cfg.real_node.enabled else None
+        if real_node is not None and (other := real_node.other_owner()):
+            # kube-proxy's chains are machine-wide: one real node per machine.
+            self.log(
+                f"WARNING: the real node of the test bed in {other} runs on this machine; "
+                "this one starts with the process node only (GLOWPLUG_REAL_NODE=0 says so)"
+            )
+            real_node = None
         if real_node is not None:
             real_node.prepare()  # images: minutes on a fresh machine, cached afterwards
         # Each cluster gets fresh logs; the previous cluster's stay in logs.prev.

@@ -59,6 +59,9 @@ SYSCTLS = (
     "net.bridge.bridge-nf-call-iptables",
     "net.netfilter.nf_conntrack_max",
 )
+# One real node per machine (kube-proxy's chains and the bridge are machine-wide): the
+# running one is recorded here, with its containerd's pid and start time.
+CLAIM = Path(os.environ.get("GLOWPLUG_REAL_NODE_CLAIM", "/run/glowplug/realnode.json"))
 # Interfaces and namespaces that process node agents (of any test bed on this machine)
 # make and remove on their own: not the real node's business.
 AGENT_LINK = re.compile(r"^gp[vp][0-9a-f]+$")
@@ -282,6 +285,36 @@ class RealNode:
             raise RuntimeError(f"ctr {' '.join(args[:3])} exited {proc.returncode}: {proc.stderr}")
         return proc.stdout
 
+    # -- one per machine --------------------------------------------------------------------
+
+    def other_owner(self) -> str | None:
+        """The state directory of another test bed whose real node is running on this
+        machine, or None (no claim, a stale one, or our own)."""
+        try:
+            claim = json.loads(CLAIM.read_text())
+        except (OSError, ValueError):
+            return None
+        if claim.get("state_dir") == str(self.dir.parent):
+            return None
+        try:
+            alive = Proc.from_json(claim["containerd"]).alive()
+        except (KeyError, TypeError, ValueError):
+            return None
+        return str(claim.get("state_dir")) if alive else None
+
+    def _claim(self, containerd: Proc) -> None:
+        CLAIM.parent.mkdir(parents=True, exist_ok=True)
+        tmp = CLAIM.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(
+            json.dumps({"state_dir": str(self.dir.parent), "containerd": containerd.to_json()})
+        )
+        tmp.replace(CLAIM)
+
+    def _release_claim(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(CLAIM.read_text()).get("state_dir") == str(self.dir.parent):
+                CLAIM.unlink()
+
     # -- up -----------------------------------------------------------------------------------
 
     def prepare(self) -> None:
@@ -307,13 +340,12 @@ class RealNode:
         self._bridge_up()
         self._write_configs()
 
-        record(
-            launch(
-                "containerd",
-                ["containerd", "--config", str(self.dir / "containerd.toml")],
-                logs / "containerd.log",
-            )
-        )
+        containerd = launch(
+            "containerd", ["containerd", "--config", str(self.dir / "containerd.toml")],
+            logs / "containerd.log",
+        )  # fmt: skip
+        record(containerd)
+        self._claim(containerd)
         self._wait(
             lambda: self.ctr("version", check=False, timeout=5) != "", 30, "containerd", alive
         )
@@ -647,6 +679,7 @@ state = "{d / "containerd" / "state"}"
         if containerd is not None and containerd.stop(15):
             self.log(f"stopped containerd (pid {containerd.pid})")
         self._restore_host()
+        self._release_claim()
 
     def _kill_containers(self) -> None:
         """Whatever the kubelet left running (it was killed, or the drain timed out)."""

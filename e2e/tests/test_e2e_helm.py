@@ -213,6 +213,15 @@ def diagnose_on_failure(kube: Kube, namespaces: tuple[str, ...]) -> Iterator[Non
             for log in sorted(agent_pods.glob(f"{ns}_*/*.log")):
                 print(f"--- {log.parent.name}/{log.name} (tail) ---")
                 print(log.read_text(errors="replace")[-3000:])
+            # Pods on the real node: their logs come through the kubelet.
+            for pod in kube.items(
+                "pods", "-n", ns, "--field-selector=spec.nodeName=glowplug-realnode"
+            ):
+                name = pod["metadata"]["name"]
+                out = kube.kubectl(
+                    "logs", "-n", ns, name, "--all-containers", "--tail=60", check=False
+                )
+                print(f"--- {ns}/{name} (kubectl logs, tail) ---\n{out.stdout}{out.stderr}")
         raise
 
 
