@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import time
 import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -379,7 +380,11 @@ class RealNode:
                 logs / "kube-proxy.log",
             )
         )
-        self._wait(self._ready, 120, f"node {cfg.name} Ready", alive)
+        # A node object from an earlier start may still say Ready: wait for a heartbeat
+        # of this kubelet, and for kube-proxy's first sync of the Service rules.
+        since = time.time() - 1
+        self._wait(lambda: self._ready(since), 120, f"node {cfg.name} Ready", alive)
+        self._wait(self._proxy_synced, 60, "kube-proxy /healthz", alive)
         self._advertise_gpus()
         self._route_kubernetes_service()
         self.log(f"real node {cfg.name} Ready ({time.monotonic() - t0:.1f} s)")
@@ -577,12 +582,25 @@ state = "{d / "containerd" / "state"}"
         except (urllib.error.URLError, OSError):
             return None
 
-    def _ready(self) -> bool:
+    def _ready(self, since: float) -> bool:
+        from datetime import datetime
+
         node = self.node()
         if node is None:
             return False
-        conds = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
-        return conds.get("Ready") == "True"
+        for c in node.get("status", {}).get("conditions", []):
+            if c["type"] == "Ready" and c["status"] == "True":
+                beat = datetime.fromisoformat(c["lastHeartbeatTime"].replace("Z", "+00:00"))
+                return beat.timestamp() >= since
+        return False
+
+    def _proxy_synced(self) -> bool:
+        url = f"http://127.0.0.1:{self.config.proxy_healthz_port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return bool(resp.status == 200)
+        except (OSError, urllib.error.URLError):
+            return False
 
     def _advertise_gpus(self) -> None:
         # An extended resource a node advertises by a status patch (the documented way to
