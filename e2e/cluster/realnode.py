@@ -701,23 +701,24 @@ state = "{d / "containerd" / "state"}"
 
     def _kill_containers(self) -> None:
         """Whatever the kubelet left running (it was killed, or the drain timed out)."""
-        tasks = [
-            line.split()[0]
-            for line in self.ctr("tasks", "list", check=False).splitlines()[1:]
-            if line.strip()
-        ]
+        listing = self.ctr("tasks", "list", check=False).splitlines()[1:]
+        tasks = [line.split()[0] for line in listing if line.strip()]
         for t in tasks:
             self.ctr("tasks", "kill", "--signal", "SIGKILL", t, check=False, timeout=30)
-        for t in tasks:
-            for _ in range(50):
-                if self.ctr("tasks", "delete", t, check=False, timeout=30) != "" or not any(
-                    line.startswith(t)
-                    for line in self.ctr("tasks", "list", check=False).splitlines()
-                ):
-                    break
-                time.sleep(0.1)
+        deadline = time.monotonic() + 10
+        left = list(tasks)
+        while left and time.monotonic() < deadline:
+            for t in list(left):
+                done = subprocess.run(
+                    ["ctr", "--address", str(self.socket), "--namespace", "k8s.io",
+                     "tasks", "delete", t],
+                    capture_output=True, timeout=30,
+                )  # fmt: skip
+                if done.returncode == 0:
+                    left.remove(t)
+            time.sleep(0.2)
         if tasks:
-            self.log(f"killed {len(tasks)} container(s) the kubelet left behind")
+            self.log(f"killed {len(tasks) - len(left)} container(s) the kubelet left behind")
 
     def _restore_host(self) -> None:
         before = (
