@@ -283,9 +283,8 @@ class Builder:
         """Every image the real node runs (the base is only built on), built or cached."""
         t0 = time.monotonic()
         pause = self.pause()
-        gp_key_probe = self._glowplug_cached()
-        base = None if gp_key_probe else self.base()
-        glowplug = gp_key_probe or self.glowplug(base)  # type: ignore[arg-type]
+        # The base is only needed (and built) when the glowplug image must be built.
+        glowplug = self._glowplug_cached() or self.glowplug(self.base())
         standin = self.standin(glowplug)
         self.log(f"images ready in {time.monotonic() - t0:.0f} s")
         return [pause, glowplug, standin]
