@@ -100,6 +100,17 @@ def _base_key() -> str:
     )
 
 
+GLOWPLUG_DOCKERFILE = REPO / "images" / "glowplug" / "Dockerfile"
+# What the glowplug image's build context holds (.dockerignore keeps it to these).
+GLOWPLUG_INPUTS = ("pyproject.toml", "README.md", "operator/glowplug", ".dockerignore")
+
+
+def _glowplug_key(base_key: str) -> str:
+    return _digest(
+        [GLOWPLUG_DOCKERFILE.read_bytes(), base_key.encode(), *_files(REPO, GLOWPLUG_INPUTS)]
+    )
+
+
 class Builder:
     """buildah with its own storage under the cache (never the machine's default store)."""
 
@@ -244,9 +255,8 @@ class Builder:
         return Image("pause", ref, key, archive)
 
     def glowplug(self, base: Image) -> Image:
-        dockerfile = REPO / "images" / "glowplug" / "Dockerfile"
-        inputs = _files(REPO, ["pyproject.toml", "README.md", "operator/glowplug", ".dockerignore"])
-        key = _digest([dockerfile.read_bytes(), base.key.encode(), *inputs])
+        dockerfile = GLOWPLUG_DOCKERFILE
+        key = _glowplug_key(base.key)
         ref = f"docker.io/glowplug/glowplug:{version()}"
         archive = self.dir / f"glowplug-{key}.tar"
         if archive.exists():
@@ -294,10 +304,7 @@ class Builder:
     def _glowplug_cached(self) -> Image | None:
         """The glowplug image when its archive exists for the current base key (no base
         build needed to find out: the base key depends on recipe and host CAs only)."""
-        base_key = _base_key()
-        dockerfile = REPO / "images" / "glowplug" / "Dockerfile"
-        inputs = _files(REPO, ["pyproject.toml", "README.md", "operator/glowplug", ".dockerignore"])
-        key = _digest([dockerfile.read_bytes(), base_key.encode(), *inputs])
+        key = _glowplug_key(_base_key())
         archive = self.dir / f"glowplug-{key}.tar"
         if not archive.exists():
             return None
