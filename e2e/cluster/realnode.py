@@ -28,6 +28,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 import urllib.error
@@ -316,6 +317,14 @@ class RealNode:
             if json.loads(CLAIM.read_text()).get("state_dir") == str(self.dir.parent):
                 CLAIM.unlink()
 
+    def _containerd_serving(self) -> bool:
+        # `ctr version` prints the client's version even when the server does not answer:
+        # only its exit status says whether containerd serves.
+        probe = subprocess.run(
+            ["ctr", "--address", str(self.socket), "version"], capture_output=True, timeout=10
+        )
+        return probe.returncode == 0
+
     # -- up -----------------------------------------------------------------------------------
 
     def prepare(self) -> None:
@@ -347,9 +356,7 @@ class RealNode:
         )  # fmt: skip
         record(containerd)
         self._claim(containerd)
-        self._wait(
-            lambda: self.ctr("version", check=False, timeout=5) != "", 30, "containerd", alive
-        )
+        self._wait(self._containerd_serving, 30, "containerd", alive)
         self._import_images()
         self.log(f"containerd up, images imported ({time.monotonic() - t0:.1f} s)")
         record(
@@ -720,12 +727,30 @@ state = "{d / "containerd" / "state"}"
         if tasks:
             self.log(f"killed {len(tasks) - len(left)} container(s) the kubelet left behind")
 
+    def _kill_leftovers(self, before: HostSnapshot | None) -> None:
+        """After a crash (containerd or the kubelet killed): the containers still run,
+        holding their network namespaces, veths and cgroups. Kill every process in the
+        kubelet's cgroups (those the snapshot did not have) and this containerd's shims."""
+        roots = [cg for cg in _kubelet_cgroups() if before is None or cg not in before.cgroups]
+        deadline = time.monotonic() + 10
+        killed = 0
+        while time.monotonic() < deadline:
+            pids = _cgroup_pids(roots) + _shim_pids(self.socket)
+            if not pids:
+                break
+            killed += len(pids)
+            _signal_all(pids)
+            time.sleep(0.2)
+        if killed:
+            self.log(f"killed {killed} leftover container process(es)")
+
     def _restore_host(self) -> None:
         before = (
             HostSnapshot.from_json(json.loads(self.snapshot_path.read_text()))
             if self.snapshot_path.exists()
             else None
         )
+        self._kill_leftovers(before)
         # Mounts under the node's directory (rootfs overlays, /dev/shm of sandboxes, the
         # kubelet's volumes), deepest first.
         mounts = []
@@ -770,6 +795,34 @@ state = "{d / "containerd" / "state"}"
         shutil.rmtree(self.dir / "cni" / "ipam", ignore_errors=True)
         shutil.rmtree(self.dir / "containerd" / "state", ignore_errors=True)
         self.snapshot_path.unlink(missing_ok=True)
+
+
+def _signal_all(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _shim_pids(socket: Path) -> list[int]:
+    """containerd-shim processes serving the containerd at ``socket`` (and no other)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if argv and b"containerd-shim" in argv[0] and str(socket).encode() in argv:
+                pids.append(int(proc.name))
+    return pids
+
+
+def _cgroup_pids(roots: list[str]) -> list[int]:
+    pids: set[int] = set()
+    for root in roots:
+        for procs in Path(root).rglob("cgroup.procs"):
+            with contextlib.suppress(OSError, ValueError):
+                pids.update(int(x) for x in procs.read_text().split())
+    return sorted(pids)
 
 
 def _delete_new_kube_chains(cmd: str, before: list[str]) -> None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,11 +159,22 @@ def test_down_restores_the_host(real: Cluster, namespace: str) -> None:
         assert any(c.startswith("links: + ") for c in changes), changes
         assert any("KUBE-SERVICES" in c for c in changes), changes
         assert any(c.startswith("netns: + cni-") for c in changes), changes
-        real.kubectl("delete", "namespace", namespace, "--wait=false")
+        real.kubectl("delete", "pod,service", "snap", "-n", namespace)
         down2_s = real.stop_real_node()
         after = HostSnapshot.take()
         assert before.diff(after) == []
         print(f"real node: down {down_s:.1f} s, up {up_s:.1f} s, down {down2_s:.1f} s")
+
+        # A crash: containerd, the kubelet and kube-proxy killed while a pod runs. The
+        # containers outlive them; down still leaves the host as it was.
+        real.start_real_node()
+        serve_through_cluster_ip(real, namespace, "crash")
+        state = json.loads((real.state_dir / "state.json").read_text())
+        for proc in state["procs"]:
+            if proc["name"] in ("containerd", "kubelet", "kube-proxy"):
+                os.kill(proc["pid"], signal.SIGKILL)
+        real.stop_real_node()
+        assert before.diff(HostSnapshot.take()) == []
     finally:
         if not real.has_real_node():
             real.start_real_node()
