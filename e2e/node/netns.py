@@ -122,7 +122,10 @@ class IpPool:
         self.net = ipaddress.ip_network(cidr)
         self.host_ip = ipaddress.ip_address(host_ip)
         self.used: set[str] = set()
-        self._next = int(self.host_ip) + 1
+        # A second agent (the node-provisioner double's) gets a sub-range of the pod CIDR
+        # that does not hold the shared host IP: start at its first address then.
+        start = self.host_ip if self.host_ip in self.net else self.net.network_address
+        self._next = int(start) + 1
 
     @property
     def prefix_len(self) -> int:

@@ -80,6 +80,38 @@ BAD = [
     ),
     ("max-zero", {"scaling": {"maxReplicas": 0}}, "spec.scaling.maxReplicas"),
     ("negative-gpus", {"resources": {"gpus": -1}}, "spec.resources.gpus"),
+    # issue 11 (8): cron fields, zone names and duration bounds
+    (
+        "bad-cron",
+        {
+            "scaling": {
+                "autoscale": False,
+                "prewarm": [{"schedule": "99 8 * * funday", "duration": "1h"}],
+            }
+        },
+        "spec.scaling.prewarm[0].schedule",
+    ),
+    (
+        "bad-zone-shape",
+        {
+            "scaling": {
+                "autoscale": False,
+                "prewarm": [
+                    {"schedule": "0 8 * * *", "duration": "1h", "timeZone": "Europe Berlin"}
+                ],
+            }
+        },
+        "spec.scaling.prewarm[0].timeZone",
+    ),
+    ("zero-activation", {"scaling": {"activationTimeout": "0s"}}, "spec.scaling.activationTimeout"),
+    ("zero-node-wait", {"scaling": {"nodeWaitTimeout": "0ms"}}, "spec.scaling.nodeWaitTimeout"),
+    ("zero-request", {"engine": {"requestTimeout": "0s"}}, "spec.engine.requestTimeout"),
+    (
+        "overflow-request",
+        {"engine": {"requestTimeout": "99999999999999h"}},
+        "spec.engine.requestTimeout",
+    ),
+    ("long-request", {"engine": {"requestTimeout": "2h"}}, "spec.engine.requestTimeout"),
 ]
 
 
@@ -96,16 +128,46 @@ def test_invalid_spec_is_refused_naming_the_field(
     assert gone.returncode != 0
 
 
+def test_unknown_time_zone_is_a_failed_condition_naming_the_field(
+    cluster: Cluster, namespace: str, operator_process: OperatorProcess
+) -> None:
+    """A zone the schema cannot judge (well-formed, but not in the IANA database) is
+    accepted by the API server and refused by the operator: Failed/InvalidSpec names it."""
+    body = embsvc(
+        "mars",
+        scaling={
+            "autoscale": False,
+            "prewarm": [{"schedule": "0 8 * * 1-5", "duration": "1h", "timeZone": "Mars/Base"}],
+        },
+    )
+    apply(cluster, namespace, body)
+
+    def failed() -> dict[str, Any] | None:
+        c = condition(get(cluster, "embsvc", "mars", namespace), "Failed")
+        return c if c.get("status") == "True" else None
+
+    c = wait_for(failed, 60, what="Failed condition for Mars/Base")
+    assert c["reason"] == "InvalidSpec"
+    assert "spec.scaling.prewarm[0].timeZone" in c["message"]
+    assert "Mars/Base" in c["message"]
+
+
 def test_defaults_and_scale_subresource(
     cluster: Cluster, crd_installed: Path, namespace: str
 ) -> None:
     apply(cluster, namespace, embsvc("scaled"))
     obj = get(cluster, "embsvc", "scaled", namespace)
     assert obj["spec"]["replicas"] == 0
+    generation = obj["metadata"]["generation"]
     assert obj["spec"]["engine"]["requestTimeout"] == "2m"
     assert obj["spec"]["scaling"]["idleTimeout"] == "5m"
     cluster.kubectl("scale", "embsvc", "scaled", "-n", namespace, "--replicas", "2")
-    assert get(cluster, "embsvc", "scaled", namespace)["spec"]["replicas"] == 2
+    scaled = get(cluster, "embsvc", "scaled", namespace)
+    assert scaled["spec"]["replicas"] == 2
+    # A write through the scale subresource bumps metadata.generation like any spec
+    # change: why the operator must not treat a generation change as a new pod spec
+    # (issue 11, the Unschedulable diagnosis; scaling.spec_fingerprint).
+    assert scaled["metadata"]["generation"] == generation + 1
     scale = json.loads(
         cluster.kubectl(
             "get",

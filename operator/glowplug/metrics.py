@@ -30,6 +30,8 @@ BASELINE_GPU_SECONDS_TOTAL = "glowplug_baseline_gpu_seconds_total"  # counter, s
 GPU_HOURLY_PRICE = "glowplug_gpu_hourly_price_dollars"  # gauge {namespace, service, gpu_type}
 REPLICAS = "glowplug_replicas"  # gauge {namespace, service, state=desired|ready}
 WAKE_DURATION = "glowplug_wake_duration_seconds"  # histogram {namespace, service}
+# histogram {namespace, service, phase=node|image|engine|first_response}: seconds per phase
+WAKE_PHASE_DURATION = "glowplug_wake_phase_duration_seconds"
 WAKES_TOTAL = "glowplug_wakes_total"  # counter {namespace, service, outcome=ready|failed}
 SERVICE_INFO = "glowplug_service_info"  # gauge {namespace, service, model, engine, gpu_type}
 AUTOSCALER_STATS_ERRORS = "glowplug_autoscaler_stats_errors_total"  # counter {activator}
@@ -50,6 +52,7 @@ ALL_METRICS = (
     GPU_HOURLY_PRICE,
     REPLICAS,
     WAKE_DURATION,
+    WAKE_PHASE_DURATION,
     WAKES_TOTAL,
     SERVICE_INFO,
     AUTOSCALER_STATS_ERRORS,
@@ -58,6 +61,10 @@ ALL_METRICS = (
 # Explicit buckets: prometheus-client's defaults stop at 10 s, and a GPU cold start
 # (node provisioning, image pull, weight load) takes from seconds to many minutes.
 WAKE_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1200)
+# Phases run from milliseconds (first response after ready, a cached image) to minutes.
+WAKE_PHASE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
+# The phase label values, in wake order.
+WAKE_PHASE_LABELS = ("node", "image", "engine", "first_response")
 QUEUE_WAIT_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 900)
 OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)

@@ -44,6 +44,10 @@ class FakeEngine:
         self.concurrent = 0
         self.max_concurrent = 0
         self.gate: asyncio.Event | None = None  # when set, requests wait for it
+        # GET /ready answers 503 until this loop time (None: always 200), as SGLang's
+        # /ready does until the model is loaded; ready_probes counts the probes.
+        self.ready_at: float | None = None
+        self.ready_probes = 0
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -54,6 +58,7 @@ class FakeEngine:
     async def start(self) -> FakeEngine:
         app = web.Application()
         app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_get("/ready", self.ready)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
@@ -65,6 +70,12 @@ class FakeEngine:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    async def ready(self, request: web.Request) -> web.Response:
+        self.ready_probes += 1
+        if self.ready_at is not None and asyncio.get_running_loop().time() < self.ready_at:
+            return web.json_response({"status": "loading"}, status=503)
+        return web.json_response({"status": "ready"})
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1

@@ -276,6 +276,7 @@ async def test_models_stats_metrics_health() -> None:
             "queued": 0,
             "waking": False,
             "lastRequestFinished": None,
+            "firstResponseAfterWake": None,
         }
         async with s.get(f"{h.url}/metrics") as r:
             text = await r.text()
@@ -388,3 +389,90 @@ async def test_connect_errors_until_the_deadline_are_502() -> None:
         status, body, _ = await post(s, h.url, emb())
         assert status == 502 and "connect to" in body["error"]["message"]
         assert h.state().inflight == 0 and h.state().queued == 0
+
+
+# --- issue 11 (3): what held clients learn --------------------------------------------
+
+
+async def test_a_response_that_waited_for_a_wake_says_so() -> None:
+    async with harness() as h, engines(1) as (e,), aiohttp.ClientSession() as s:
+        h.services.apply_service(service_obj(replicas=0))
+        h.scaler.on_wake = [e.address]
+        h.scaler.wake_delay = 0.3
+        status, _, headers = await post(s, h.url, emb())
+        assert status == 200
+        assert headers["X-Glowplug-Cold-Start"] == "true"
+        assert float(headers["X-Glowplug-Wait-Seconds"]) >= 0.25
+        # the first answer after the wake is in /stats for the operator's FirstResponse
+        st = h.state()
+        assert st.first_response_after_wake is not None
+        # a warm request carries no such header
+        status, _, headers = await post(s, h.url, emb())
+        assert status == 200 and "X-Glowplug-Cold-Start" not in headers
+
+
+async def test_504_names_the_phase_reached_and_retry_after_follows_observed_wakes() -> None:
+    async with harness() as h, aiohttp.ClientSession() as s:
+        obj = service_obj(replicas=0, scaling={"activationTimeout": "1s"})
+        obj["status"] = {
+            "lastWakeSeconds": 95.2,
+            "wake": {
+                "phase": "WaitingForNode",
+                "message": "pod emb-1 has no node: 0/1 nodes are available; "
+                "cluster-autoscaler: pod triggered scale-up: [{gpu 0->1 (max: 2)}]",
+            },
+        }
+        h.services.apply_service(obj)
+        status, body, headers = await post(s, h.url, emb())
+        assert status == 504
+        message = body["error"]["message"]
+        assert "the wake reached WaitingForNode" in message
+        assert "pod triggered scale-up" in message
+        # 95.2 s typical, about 1 s already spent: about 94 s left
+        assert 90 <= int(headers["Retry-After"]) <= 95
+
+
+# --- issue 11 (5): fast release --------------------------------------------------------
+
+
+def starting_slice(address: str, *, ready: bool) -> dict[str, Any]:
+    """An EndpointSlice as the EndpointSlice controller writes it for a starting pod."""
+    host, port = address.rsplit(":", 1)
+    return {
+        "metadata": {
+            "name": "emb-x1",
+            "namespace": "ns1",
+            "labels": {"kubernetes.io/service-name": "emb"},
+        },
+        "ports": [{"name": "http", "port": int(port), "protocol": "TCP"}],
+        "endpoints": [{"addresses": [host], "conditions": {"ready": ready}}],
+    }
+
+
+async def test_held_request_goes_when_the_engine_answers_not_when_the_slice_says_ready() -> None:
+    from glowplug.activator.readiness_probe import ReadinessProber
+
+    async with harness() as h, engines(1) as (e,), aiohttp.ClientSession() as s:
+        prober = ReadinessProber(h.services.probed_ready)
+        h.services.set_prober(prober)
+        try:
+            h.services.apply_service(service_obj(replicas=0))
+            loop = asyncio.get_running_loop()
+            e.ready_at = loop.time() + 0.6  # the engine loads its model for 0.6 s
+            task = asyncio.create_task(post(s, h.url, emb()))
+            await until(lambda: h.state().queued == 1)
+            # the pod has an IP: in the slice, not ready (the kubelet has not probed yet)
+            h.services.apply_slice(starting_slice(e.address, ready=False))
+            assert prober.probing("ns1/emb") == [e.address]
+            status, _, headers = await asyncio.wait_for(task, 10)
+            assert status == 200
+            assert headers["X-Glowplug-Cold-Start"] == "true"
+            assert e.ready_probes >= 2  # 503 while loading, then the 200 that released it
+            assert prober.probing("ns1/emb") == []
+            # the slice never said ready: the probe released the request
+            assert h.services.tracker.starting("ns1/emb") == [e.address]
+            # a warm service is not probed: another starting pod next to a ready one
+            h.services.apply_slice(starting_slice(e.address, ready=True))
+            assert prober.probing("ns1/emb") == []
+        finally:
+            await prober.close()

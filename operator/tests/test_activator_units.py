@@ -153,6 +153,35 @@ async def test_least_inflight_and_per_pod_limit() -> None:
     assert b is b0 and st.inflight == 4 and st.queued == 0
 
 
+async def test_second_refusal_inside_a_cool_down_re_arms_the_timer() -> None:
+    """Issue 11 (7): one pod; a refusal cools it down; a second refusal (another request
+    already in flight on it) 0.2 s later extends the cool-down past the first timer.
+    The waiter must still get the pod when the second cool-down ends, without any other
+    event (before the fix the only timer fired inside the second cool-down and nothing
+    dispatched again)."""
+    from glowplug.activator import holdqueue
+
+    st, _ = _state(limit=4)
+    st.set_endpoints(["a:1"])
+    first, second = st.try_acquire(), st.try_acquire()
+    assert first is not None and second is not None
+    st.cool_down(first)
+    st.release(first, completed=False)
+    waiter = asyncio.create_task(st.acquire(10))
+    await asyncio.sleep(0.2)
+    st.cool_down(second)  # the second refusal, inside the first cool-down
+    st.release(second, completed=False)
+    await asyncio.sleep(0)
+    assert not waiter.done() and st.queued == 1
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    b = await asyncio.wait_for(waiter, 5 * holdqueue.COOLDOWN_SECONDS)
+    waited = loop.time() - t0
+    assert b.address == "a:1"
+    # Served when the second cool-down ended (0.5 s after it began, 0.3 s from here).
+    assert waited < holdqueue.COOLDOWN_SECONDS + 1.0
+
+
 async def test_backlog_released_one_slot_at_a_time() -> None:
     st, woken = _state(replicas=0, limit=3)
     waiters = [asyncio.create_task(st.acquire(5)) for _ in range(10)]

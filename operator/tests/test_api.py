@@ -59,6 +59,7 @@ READ_BACK = {
     "scaling.scaleDownDelay": lambda s: format_duration(s.scaling.scale_down_delay),
     "scaling.targetConcurrency": lambda s: s.scaling.target_concurrency,
     "scaling.activationTimeout": lambda s: format_duration(s.scaling.activation_timeout),
+    "scaling.nodeWaitTimeout": lambda s: format_duration(s.scaling.node_wait_timeout),
     "scaling.maxQueuedRequests": lambda s: s.scaling.max_queued_requests,
     "scaling.prewarm": lambda s: list(s.scaling.prewarm),
     "replicas": lambda s: s.replicas,
@@ -172,6 +173,35 @@ BAD_SPECS: list[tuple[dict[str, Any], str]] = [
         "prewarm[0].replicas",
     ),
     ({"engine": {"requestTimeout": "forever"}}, "spec.engine.requestTimeout"),
+    # issue 11: bad cron fields, unknown zones and unbounded durations name their field
+    (
+        {"scaling": {"prewarm": [{"schedule": "99 8 * * funday", "duration": "1h"}]}},
+        "prewarm[0].schedule",
+    ),
+    ({"scaling": {"prewarm": [{"schedule": "0 8 * * 5-1", "duration": "1h"}]}}, "prewarm[0]"),
+    (
+        {
+            "scaling": {
+                "prewarm": [{"schedule": "0 8 * * *", "duration": "1h", "timeZone": "Mars/Base"}]
+            }
+        },
+        "spec.scaling.prewarm[0].timeZone",
+    ),
+    (
+        {"scaling": {"prewarm": [{"schedule": "0 8 * * *", "duration": "0s"}]}},
+        "prewarm[0].duration",
+    ),
+    (
+        {"scaling": {"prewarm": [{"schedule": "0 8 * * *", "duration": "200h"}]}},
+        "prewarm[0].duration",
+    ),
+    ({"engine": {"requestTimeout": "0s"}}, "spec.engine.requestTimeout"),
+    ({"engine": {"requestTimeout": "99999999999999h"}}, "spec.engine.requestTimeout"),
+    ({"engine": {"requestTimeout": "2h"}}, "spec.engine.requestTimeout"),
+    ({"scaling": {"activationTimeout": "0s"}}, "spec.scaling.activationTimeout"),
+    ({"scaling": {"activationTimeout": "0ms"}}, "spec.scaling.activationTimeout"),
+    ({"scaling": {"nodeWaitTimeout": "0s"}}, "spec.scaling.nodeWaitTimeout"),
+    ({"scaling": {"nodeWaitTimeout": "10 minutes"}}, "spec.scaling.nodeWaitTimeout"),
     ({"engine": {"name": "vllm"}}, "spec.engine.name"),
     ({"engine": {"args": ["--x", 1]}}, "spec.engine.args"),
     (

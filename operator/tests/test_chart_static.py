@@ -42,6 +42,7 @@ NAMESPACED_OPERATOR = {
     ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "pods"): {"get", "list", "watch"},
     ("", "secrets"): {"get"},  # the token-secret check reads one Secret by name
+    # list: a waiting pod's node-autoscaler Events (wakephases), FailedMount Events
     ("", "events"): {"create", "patch", "list"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from crd_schema import apply_defaults, cel_regex, defaults_key, load_crd, root_schema, walk
 
+from glowplug.api import cron
 from glowplug.api import spec as api
-from glowplug.api.durations import DURATION_REGEX
+from glowplug.api.durations import BOUNDED_DURATION_REGEX, DURATION_REGEX, parse_duration
 
 
 @pytest.fixture(scope="module")
@@ -156,9 +157,9 @@ def test_duration_rules_use_the_python_regex(schema: dict[str, Any]) -> None:
     durations = [
         (p, r)
         for p, r in all_rules(schema)
-        if "matches" in r["rule"] and "duration" in r["message"]
+        if "matches" in r["rule"] and "must be a duration" in r["message"]
     ]
-    assert len(durations) == 5
+    assert len(durations) == 6
     for _, rule in durations:
         assert cel_regex(rule["rule"]) == DURATION_REGEX
 
@@ -170,13 +171,67 @@ def test_served_name_rule_uses_the_python_pattern(schema: dict[str, Any]) -> Non
     assert pattern == api._SERVED_NAME.pattern
 
 
-def test_cron_rule_accepts_five_fields_only(schema: dict[str, Any]) -> None:
+def test_cron_rule_is_the_python_grammar(schema: dict[str, Any]) -> None:
     nodes = dict(walk(schema))
     (rule,) = nodes["spec.scaling.prewarm[].schedule"]["x-kubernetes-validations"]
+    assert cel_regex(rule["rule"]) == cron.CRON_REGEX
     regex = re.compile(cel_regex(rule["rule"]))
-    assert regex.match("0 8 * * 1-5")
-    assert not regex.match("0 8 * *")
-    assert not regex.match("0 8 * * 1-5 2026")
+    for good in (
+        "0 8 * * 1-5",
+        "*/15 8-10,14 1 jan,Mar-may mon-fri",
+        "0 0 */2 * 7",
+        "5/20 * * * *",
+    ):
+        assert regex.match(good), good
+        cron.parse_cron(good)  # and the operator's parser agrees
+    for bad in (
+        "0 8 * *",
+        "0 8 * * 1-5 2026",
+        "99 8 * * funday",
+        "0 24 * * *",
+        "0 8 0 * *",
+        "0 8 * 13 *",
+        "0 8 * * 8",
+        "*/0 * * * *",
+        "0 8 * * mon/x",
+    ):
+        assert not regex.match(bad), bad
+
+
+def test_time_zone_rule_is_the_python_shape(schema: dict[str, Any]) -> None:
+    nodes = dict(walk(schema))
+    (rule,) = nodes["spec.scaling.prewarm[].timeZone"]["x-kubernetes-validations"]
+    assert cel_regex(rule["rule"]) == cron.TIME_ZONE_REGEX
+    regex = re.compile(cron.TIME_ZONE_REGEX)
+    for good in ("UTC", "Europe/Berlin", "America/Argentina/Buenos_Aires", "Etc/GMT+5"):
+        assert regex.match(good), good
+    for bad in ("", "Europe Berlin", "/etc/localtime", "../../x"):
+        assert not regex.match(bad), bad
+
+
+def bounded_rules(schema: dict[str, Any]) -> dict[str, str]:
+    return {
+        p: r["rule"] for p, r in all_rules(schema) if "duration(self) > duration('0s')" in r["rule"]
+    }
+
+
+def test_bounded_durations_match_the_python_bounds(schema: dict[str, Any]) -> None:
+    rules = bounded_rules(schema)
+    expected = {
+        "spec.engine.requestTimeout": "engine.requestTimeout",
+        "spec.scaling.activationTimeout": "scaling.activationTimeout",
+        "spec.scaling.nodeWaitTimeout": "scaling.nodeWaitTimeout",
+        "spec.scaling.prewarm[].duration": "prewarm.duration",
+    }
+    assert set(rules) == set(expected)
+    for path, key in expected.items():
+        rule = rules[path]
+        top = re.search(r"duration\(self\) <= duration\('([^']+)'\)", rule)
+        assert top is not None, rule
+        assert parse_duration(top.group(1)) == api.DURATION_BOUNDS[key], path
+        # the overflow guard is the Python one (second matches() in the rule)
+        second = rule[rule.index("(self.matches(") + 1 :]
+        assert cel_regex(second) == BOUNDED_DURATION_REGEX, path
 
 
 def test_cel_cost_is_bounded(schema: dict[str, Any]) -> None:
@@ -236,6 +291,8 @@ STATUS_FIELDS = {
     "conditions",
     "lastRequestTime",
     "lastWakeSeconds",
+    "wake",
+    "lastWake",
     "gpuSeconds",
     "baselineGpuSeconds",
     "wakeStartedTime",

@@ -27,6 +27,7 @@ HISTOGRAMS = {
     m.QUEUE_WAIT,
     m.ACTIVATOR_WAKE_DURATION,
     m.WAKE_DURATION,
+    m.WAKE_PHASE_DURATION,
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
@@ -180,6 +181,13 @@ def test_dashboard_shows_what_the_issue_asks_for() -> None:
     exprs = "\n".join(all_exprs(dash))
     for q in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({q}, sum by (le) (rate({m.WAKE_DURATION}_bucket" in exprs
+    # issue 11: the cold-start breakdown, p50 and p95 per phase
+    assert "cold-start breakdown by phase" in titles
+    for q in ("0.5", "0.95"):
+        assert (
+            f"histogram_quantile({q}, sum by (le, phase) (increase({m.WAKE_PHASE_DURATION}_bucket"
+            in exprs
+        )
 
 
 def test_recording_rules_name_exported_metrics() -> None:

@@ -105,3 +105,28 @@ def test_floor_is_the_largest_open_window() -> None:
     assert (
         floor([PrewarmWindow(schedule="0 8 * * *", duration=60, time_zone="Nowhere/X")], now) == 0
     )
+
+
+def test_star_step_day_of_month_is_unrestricted_as_in_crontab5() -> None:
+    """crontab(5): day fields that start with * are unrestricted, so ``*/2`` in
+    day-of-month ANDs with a restricted day-of-week (odd days that are weekdays), not ORs
+    (which would fire on every weekday and on every odd day)."""
+    cron = parse_cron("0 8 */2 * 1-5")
+    assert cron.day_any and not cron.weekday_any
+    odd_weekday = datetime(2026, 12, 1, 8, 0)  # Tuesday the 1st
+    even_weekday = datetime(2026, 12, 2, 8, 0)  # Wednesday the 2nd
+    odd_sunday = datetime(2026, 12, 13, 8, 0)  # Sunday the 13th
+    assert cron.matches(odd_weekday)
+    assert not cron.matches(even_weekday)
+    assert not cron.matches(odd_sunday)
+    # Both restricted (no leading *): either matches.
+    both = parse_cron("0 8 1 * 1")
+    assert both.matches(datetime(2026, 12, 1, 8, 0))  # the 1st (a Tuesday)
+    assert both.matches(datetime(2026, 12, 7, 8, 0))  # a Monday
+
+
+def test_bad_field_is_named() -> None:
+    with pytest.raises(CronError, match="day-of-week field 'funday'"):
+        parse_cron("0 8 * * funday")
+    with pytest.raises(CronError, match="minute field '99'"):
+        parse_cron("99 8 * * *")

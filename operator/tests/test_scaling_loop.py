@@ -7,7 +7,7 @@ patches to status, and enforces the scale subresource's compare-and-swap.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -79,9 +79,11 @@ class ClusterAPIDouble:
     def __init__(self, obj: dict[str, Any], clock: Callable[[], float]) -> None:
         self.obj = obj
         self.pods: list[dict[str, Any]] = []
-        self.events: list[dict[str, Any]] = []  # FailedMount Events of the namespace
         self.clock = clock
         self.warnings: list[tuple[str, str]] = []
+        self.infos: list[tuple[str, str]] = []
+        self.events: dict[str, list[dict[str, Any]]] = {}
+        self.event_reads = 0
         self.scale_writes: list[int] = []
         self.conflict_next_scale = False
 
@@ -98,9 +100,6 @@ class ClusterAPIDouble:
 
     async def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
         return copy.deepcopy(self.pods)
-
-    async def list_mount_failures(self, namespace: str) -> list[dict[str, Any]]:
-        return copy.deepcopy(self.events)
 
     async def read_scale(self, namespace: str, name: str) -> tuple[int, str] | None:
         return int(self.obj["spec"]["replicas"]), self.obj["metadata"]["resourceVersion"]
@@ -136,6 +135,15 @@ class ClusterAPIDouble:
 
     def warn(self, body: Mapping[str, Any], reason: str, message: str) -> None:
         self.warnings.append((reason, message))
+
+    def info(self, body: Mapping[str, Any], reason: str, message: str) -> None:
+        self.infos.append((reason, message))
+
+    async def list_pod_events(
+        self, namespace: str, pods: Sequence[str]
+    ) -> dict[str, list[dict[str, Any]]]:
+        self.event_reads += 1
+        return {p: copy.deepcopy(self.events.get(p, [])) for p in pods}
 
 
 class LoadDouble:
@@ -312,6 +320,7 @@ async def test_a_spec_change_clears_the_failure_or_reports_the_new_one() -> None
     assert api.obj["status"]["phase"] == "Failed"
     # A new spec (new generation): the old pod's failure no longer counts.
     api.obj["metadata"]["generation"] = 2
+    api.obj["spec"]["engine"] = {"image": "fixed:1"}
     await run_until(loop, api, clock, T0 + 4)
     failed = next(c for c in api.obj["status"]["conditions"] if c["type"] == "Failed")
     assert failed["status"] == "False"
@@ -323,3 +332,229 @@ async def test_a_spec_change_clears_the_failure_or_reports_the_new_one() -> None
     assert (failed["status"], failed["reason"]) == ("True", "ImagePullBackOff")
     assert "pod-new" in failed["message"]
     assert [w[0] for w in api.warnings] == ["ImagePullBackOff", "ImagePullBackOff"]
+
+
+# --- issue 11: wake phases, node waits ---------------------------------------------------
+
+
+def pending_pod(uid: str, created: float) -> dict[str, Any]:
+    """A pod the scheduler could not place (as kube-scheduler writes it)."""
+    pod = a_pod(uid, created)
+    del pod["spec"]["nodeName"]
+    pod["status"] = {
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.",
+            }
+        ]
+    }
+    return pod
+
+
+def ca_event(reason: str, message: str, at: float) -> dict[str, Any]:
+    """An Event as cluster-autoscaler's EventingScaleUpStatusProcessor records it."""
+    return {
+        "reason": reason,
+        "message": message,
+        "type": "Normal",
+        "source": {"component": "cluster-autoscaler"},
+        "lastTimestamp": format_time(at),
+    }
+
+
+def condition(api: ClusterAPIDouble, type_: str) -> dict[str, Any]:
+    return next(c for c in api.obj["status"]["conditions"] if c["type"] == type_)
+
+
+async def wake(api: ClusterAPIDouble, load: LoadDouble, clock: Clock, loop: ServiceLoop) -> None:
+    """The activator's wake: replicas 0 -> 1 through the scale subresource, which bumps
+    metadata.generation (as the API server does for any spec change)."""
+    await run_until(loop, api, clock, clock.t + 1)
+    api.obj["spec"]["replicas"] = 1
+    api.obj["metadata"]["generation"] += 1
+    api.obj["status"]["wakeStartedTime"] = format_time(clock.t)
+    load.loads = [ActivatorLoad(queued=1, waking=True)]
+
+
+async def test_a_wakes_own_pods_failures_are_reported() -> None:
+    """The diagnosis of issue 11: the wake bumps the generation, and the pod it creates
+    exists before the tick that notices (whole-second creationTimestamp). It used to be
+    ignored as "the old spec's pod", so its failure never reached status."""
+    api, load, clock = make(replicas=0)
+    loop = ServiceLoop(api, load, Options(), clock=clock)
+    await wake(api, load, clock, loop)
+    api.pods = [a_pod("a", clock.t - 0.5, waiting="ImagePullBackOff")]
+    await run_until(loop, api, clock, clock.t + 2)
+    failed = condition(api, "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "ImagePullBackOff")
+
+
+async def test_wake_phases_timeline_events_and_histograms() -> None:
+    from prometheus_client import REGISTRY
+
+    def phase_count(phase: str) -> float:
+        v = REGISTRY.get_sample_value(
+            "glowplug_wake_phase_duration_seconds_count",
+            {"namespace": "ns", "service": "svc", "phase": phase},
+        )
+        return v or 0.0
+
+    before = {p: phase_count(p) for p in ("node", "image", "engine", "first_response")}
+    api, load, clock = make(replicas=0)
+    loop = ServiceLoop(api, load, Options(), clock=clock)
+    await wake(api, load, clock, loop)
+    t_wake = clock.t
+    api.pods = [pending_pod("a", clock.t)]
+    await run_until(loop, api, clock, clock.t + 2)
+    st = api.obj["status"]
+    assert st["wake"]["phase"] == "WaitingForNode"
+    assert "Insufficient nvidia.com/gpu" in st["wake"]["message"]
+    assert "no node autoscaler has answered" in st["wake"]["message"]
+    waking = condition(api, "Waking")
+    assert (waking["status"], waking["reason"]) == ("True", "WaitingForNode")
+    assert (
+        condition(api, "Failed").get("status") != "True"
+        if any(c["type"] == "Failed" for c in st["conditions"])
+        else True
+    )
+    # cluster-autoscaler answers: the message says so
+    api.events["pod-a"] = [
+        ca_event("TriggeredScaleUp", "pod triggered scale-up: [{gpu-pool 0->1 (max: 4)}]", clock.t)
+    ]
+    await run_until(loop, api, clock, clock.t + 2)
+    assert "cluster-autoscaler: pod triggered scale-up" in api.obj["status"]["wake"]["message"]
+    assert "gpu-pool 0->1" in condition(api, "Waking")["message"]
+    # the node arrives (10 s after the wake): pulling, then the engine runs, then ready
+    clock.t = t_wake + 10
+    api.pods = [a_pod("a", t_wake, waiting="ContainerCreating")]
+    await run_until(loop, api, clock, clock.t + 1)
+    assert api.obj["status"]["wake"]["phase"] == "PullingImage"
+    running = a_pod("a", t_wake)
+    running["status"]["containerStatuses"][0]["state"] = {"running": {"startedAt": "x"}}
+    clock.t = t_wake + 14
+    api.pods = [running]
+    await run_until(loop, api, clock, clock.t + 1)
+    assert api.obj["status"]["wake"]["phase"] == "StartingEngine"
+    assert condition(api, "Waking")["reason"] == "StartingEngine"
+    clock.t = t_wake + 20
+    api.pods = [a_pod("a", t_wake, ready=True)]
+    await run_until(loop, api, clock, clock.t + 1)
+    st = api.obj["status"]
+    assert "wake" not in st
+    phases = [e["phase"] for e in st["lastWake"]["timeline"]]
+    assert phases == ["WaitingForNode", "PullingImage", "StartingEngine", "Ready"]
+    assert st["lastWake"]["seconds"] == 20
+    # the activator reports the first answer 0.3 s after ready
+    load.loads = [ActivatorLoad(in_flight=1, first_response=t_wake + 20.3)]
+    await run_until(loop, api, clock, clock.t + 1)
+    phases = [e["phase"] for e in api.obj["status"]["lastWake"]["timeline"]]
+    assert phases[-1] == "FirstResponse"
+    # one Normal Event per phase, in order
+    assert [r for r, _ in api.infos] == [
+        "WaitingForNode",
+        "PullingImage",
+        "StartingEngine",
+        "Ready",
+    ]
+    for phase in ("node", "image", "engine", "first_response"):
+        assert phase_count(phase) == before[phase] + 1, phase
+    node_sum = REGISTRY.get_sample_value(
+        "glowplug_wake_phase_duration_seconds_sum",
+        {"namespace": "ns", "service": "svc", "phase": "node"},
+    )
+    assert node_sum is not None and node_sum >= 10
+
+
+async def test_not_trigger_scale_up_fails_within_a_tick() -> None:
+    api, load, clock = make(replicas=0)
+    loop = ServiceLoop(api, load, Options(), clock=clock)
+    await wake(api, load, clock, loop)
+    api.pods = [pending_pod("a", clock.t)]
+    await run_until(loop, api, clock, clock.t + 2)
+    api.events["pod-a"] = [
+        ca_event(
+            "NotTriggerScaleUp",
+            "pod didn't trigger scale-up: 1 node(s) didn't match Pod's node affinity/selector",
+            clock.t,
+        )
+    ]
+    await run_until(loop, api, clock, clock.t + 1)
+    failed = condition(api, "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "NotTriggerScaleUp")
+    assert "didn't match Pod's node affinity" in failed["message"]
+    assert api.warnings[-1][0] == "NotTriggerScaleUp"
+    assert api.obj["status"]["lastWake"]["phase"] == "Failed"
+    assert "wake" not in api.obj["status"]
+
+
+async def test_node_wait_timeout_only_without_any_signal() -> None:
+    api, load, clock = make(replicas=0, nodeWaitTimeout="8s")
+    loop = ServiceLoop(api, load, Options(), clock=clock)
+    await wake(api, load, clock, loop)
+    t_wake = clock.t
+    api.pods = [pending_pod("a", clock.t)]
+    await run_until(loop, api, clock, t_wake + 6)
+    assert not any(
+        c["type"] == "Failed" and c["status"] == "True" for c in api.obj["status"]["conditions"]
+    )
+    await run_until(loop, api, clock, t_wake + 10)
+    failed = condition(api, "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "NodeWaitTimeout")
+    assert "spec.scaling.nodeWaitTimeout" in failed["message"]
+
+    # The same wait with a node autoscaler on it is not cut short.
+    api2, load2, clock2 = make(replicas=0, nodeWaitTimeout="8s")
+    loop2 = ServiceLoop(api2, load2, Options(), clock=clock2)
+    await wake(api2, load2, clock2, loop2)
+    api2.pods = [pending_pod("a", clock2.t)]
+    api2.events["pod-a"] = [
+        {
+            "reason": "Nominated",
+            "message": "Pod should schedule on: nodeclaim/gpu-x7k2q",
+            "source": {"component": "karpenter"},
+            "lastTimestamp": format_time(clock2.t),
+        }
+    ]
+    await run_until(loop2, api2, clock2, clock2.t + 20)
+    assert not any(
+        c["type"] == "Failed" and c["status"] == "True" for c in api2.obj["status"]["conditions"]
+    )
+    assert (
+        "karpenter: Pod should schedule on: nodeclaim/gpu-x7k2q"
+        in (api2.obj["status"]["wake"]["message"])
+    )
+
+
+async def test_a_pending_wake_is_not_scaled_away_inside_its_wait() -> None:
+    """KServe #1247 the other way round: no held request left (they timed out), the
+    idle timeout passes, but the pod still waits for a node a node autoscaler is adding."""
+    api, load, clock = make(replicas=0, idleTimeout="2s", nodeWaitTimeout="1h")
+    loop = ServiceLoop(api, load, Options(), clock=clock)
+    await wake(api, load, clock, loop)
+    api.pods = [pending_pod("a", clock.t)]
+    api.events["pod-a"] = [
+        ca_event("TriggeredScaleUp", "pod triggered scale-up: [{g 0->1 (max: 1)}]", clock.t)
+    ]
+    await run_until(loop, api, clock, clock.t + 3)
+    load.loads = [ActivatorLoad(last_request_finished=clock.t)]
+    await run_until(loop, api, clock, clock.t + 30)
+    assert api.obj["spec"]["replicas"] == 1
+    assert 0 not in api.scale_writes
+
+
+async def test_restart_during_a_wake_keeps_its_timeline() -> None:
+    api, load, clock = make(replicas=0)
+    first = ServiceLoop(api, load, Options(), clock=clock)
+    await wake(api, load, clock, first)
+    t_wake = clock.t
+    api.pods = [pending_pod("a", clock.t)]
+    await run_until(first, api, clock, clock.t + 3)
+    # the operator is killed; a new one takes over and the pod gets its node
+    second = ServiceLoop(api, load, Options(), clock=clock)
+    api.pods = [a_pod("a", t_wake, ready=True)]
+    await run_until(second, api, clock, clock.t + 1)
+    phases = [e["phase"] for e in api.obj["status"]["lastWake"]["timeline"]]
+    assert phases == ["WaitingForNode", "Ready"]

@@ -30,8 +30,10 @@ same rule lists back the ClusterRoles (cluster-wide mode) and the per-namespace 
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
-# Events on EmbeddingServices (kopf posts through the core API); list: the kubelet's
-# FailedMount Events of engine pods stuck in ContainerCreating (wake failure FailedMount).
+# Events on EmbeddingServices (kopf posts through the core API); list: the Events of a
+# pod still waiting for a node (cluster-autoscaler's TriggeredScaleUp/NotTriggerScaleUp,
+# Karpenter's Nominated), read only during such a wake, and the kubelet's FailedMount
+# Events of engine pods stuck in ContainerCreating (wake failure FailedMount).
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch, list]

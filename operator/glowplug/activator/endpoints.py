@@ -47,6 +47,27 @@ def ready_addresses(slice_obj: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def starting_addresses(slice_obj: Mapping[str, Any]) -> list[str]:
+    """``ip:port`` of endpoints that are not ready yet and not terminating: pods starting
+    up (the readiness prober's candidates)."""
+    ports = slice_obj.get("ports") or []
+    port = None
+    for p in ports:
+        if p.get("name") == PORT_NAME or port is None:
+            port = p.get("port")
+    if port is None:
+        return []
+    out = []
+    for ep in slice_obj.get("endpoints") or []:
+        cond = ep.get("conditions") or {}
+        if cond.get("ready") is not False or cond.get("terminating") is True:
+            continue
+        for addr in ep.get("addresses") or []:
+            host = f"[{addr}]" if ":" in addr else addr
+            out.append(f"{host}:{port}")
+    return out
+
+
 def pod_failure(pod: Mapping[str, Any]) -> Failure | None:
     """The reason a pod cannot start (ImagePullBackOff, CrashLoopBackOff, OOMKilled, ...).
 
@@ -79,6 +100,8 @@ class EndpointTracker:
         self._slice_owner: dict[str, str] = {}  # "namespace/slice" -> ref
         self._pods: dict[str, dict[str, Failure]] = {}  # ref -> pod name -> failure
         self._pod_owner: dict[str, str] = {}  # "namespace/pod" -> ref
+        self._starting: dict[str, dict[str, list[str]]] = {}  # ref -> slice -> not ready yet
+        self._probed: dict[str, set[str]] = {}  # ref -> starting addresses that answered
 
     def apply_slice(self, obj: Mapping[str, Any]) -> str | None:
         """Record one slice; return the service ref it belongs to (None if unowned)."""
@@ -91,6 +114,7 @@ class EndpointTracker:
         ref = f"{ns}/{svc}"
         self._slice_owner[slice_key] = ref
         self._slices.setdefault(ref, {})[slice_key] = ready_addresses(obj)
+        self._starting.setdefault(ref, {})[slice_key] = starting_addresses(obj)
         return ref
 
     def delete_slice(self, obj: Mapping[str, Any]) -> str | None:
@@ -102,6 +126,10 @@ class EndpointTracker:
             slices.pop(slice_key, None)
             if not slices:
                 self._slices.pop(ref, None)
+            starting = self._starting.get(ref, {})
+            starting.pop(slice_key, None)
+            if not starting:
+                self._starting.pop(ref, None)
         return ref
 
     def set_static(self, ref: str, addresses: list[str]) -> None:
@@ -111,11 +139,30 @@ class EndpointTracker:
         self._slices.setdefault(ref, {})[slice_key] = list(addresses)
 
     def addresses(self, ref: str) -> list[str]:
+        """Ready addresses, plus starting ones whose engine already answered its probe."""
         seen: dict[str, None] = {}
         for addrs in self._slices.get(ref, {}).values():
             for a in addrs:
                 seen[a] = None
+        probed = self._probed.get(ref)
+        if probed:
+            starting = set(self.starting(ref))
+            probed &= starting  # forget addresses that left the slice or became ready
+            for a in sorted(probed):
+                seen[a] = None
         return list(seen)
+
+    def starting(self, ref: str) -> list[str]:
+        seen: dict[str, None] = {}
+        for addrs in self._starting.get(ref, {}).values():
+            for a in addrs:
+                seen[a] = None
+        return list(seen)
+
+    def mark_probed(self, ref: str, address: str) -> None:
+        """The engine at ``address`` answered its readiness endpoint: route to it."""
+        if address in self.starting(ref):
+            self._probed.setdefault(ref, set()).add(address)
 
     def slice_refs(self) -> list[str]:
         return list(self._slices)
@@ -158,6 +205,10 @@ class EndpointTracker:
 
     def clear_slices(self, namespace: str | None = None) -> list[str]:
         """Forget the slices of one namespace (None: all) before a re-list; return their refs."""
+        prefix = f"{namespace}/" if namespace is not None else ""
+        for by_ref in (self._starting, self._probed):
+            for r in [r for r in by_ref if r.startswith(prefix)]:
+                del by_ref[r]
         return _clear(self._slices, self._slice_owner, namespace)
 
     def clear_pods(self, namespace: str | None = None) -> list[str]:

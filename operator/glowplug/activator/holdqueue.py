@@ -89,7 +89,12 @@ class ServiceState:
         self.wake_pending = False  # a wake task is running
         self.last_finished: float | None = None  # unix time of the last completed request
         self.gone = False
+        # Unix time of the first answer to a request that waited for the last wake (the
+        # operator's FirstResponse phase, through /stats); set by the request path.
+        self.first_response_after_wake: float | None = None
+        self.awaiting_first_response = False
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # monotonic time the timer fires at
 
     # --- what the request path calls --------------------------------------------------
 
@@ -165,11 +170,16 @@ class ServiceState:
         if self.waiters:
             self._dispatch()
 
+    def answered_after_wait(self) -> None:
+        """A request that waited was answered: the first one after a wake is recorded."""
+        if self.awaiting_first_response:
+            self.awaiting_first_response = False
+            self.first_response_after_wake = time.time()
+
     def cool_down(self, b: Backend) -> None:
         """Skip a backend that refused a connection for a moment, and retry others."""
-        now = time.monotonic()
-        b.cooldown_until = now + COOLDOWN_SECONDS
-        self._arm_timer(COOLDOWN_SECONDS)
+        b.cooldown_until = time.monotonic() + COOLDOWN_SECONDS
+        self._arm_timer(b.cooldown_until)
 
     # --- what the sources (watches) call ----------------------------------------------
 
@@ -191,6 +201,8 @@ class ServiceState:
         self._ready = [b for b in self.backends.values() if b.ready]
         self.epoch += 1
         if self._ready and not had_ready:
+            if self.waiters:
+                self.awaiting_first_response = True
             if self.wake_started is not None:
                 started, self.wake_started = self.wake_started, None
                 if self._on_ready is not None:
@@ -292,14 +304,27 @@ class ServiceState:
                 # Mark retrieved: a waiter that already gave up never reads it.
                 fut.exception()
 
-    def _arm_timer(self, delay: float) -> None:
-        if self._timer is not None:
-            return
+    def _arm_timer(self, at: float) -> None:
+        """Dispatch again at monotonic time ``at`` (a cool-down's end), or earlier.
+
+        One timer, set for the earliest cool-down that ends; when it fires it re-arms for
+        the earliest one still running (a second refusal inside the first cool-down ends
+        later than the timer did: without the re-arm, waiters stalled until an unrelated
+        event dispatched).
+        """
         loop = asyncio.get_running_loop()
+        if self._timer is not None:
+            if self._timer_at <= at:
+                return
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = loop.call_at(loop.time() + max(0.0, at - time.monotonic()), self._fire)
 
-        def fire() -> None:
-            self._timer = None
-            self.epoch += 1
-            self._dispatch()
-
-        self._timer = loop.call_later(delay, fire)
+    def _fire(self) -> None:
+        self._timer = None
+        self.epoch += 1
+        self._dispatch()
+        now = time.monotonic()
+        pending = [b.cooldown_until for b in self._ready if b.cooldown_until > now]
+        if pending and self.waiters:
+            self._arm_timer(min(pending))

@@ -95,6 +95,7 @@ async def serve(args: argparse.Namespace) -> int:
     from glowplug.activator import static
     from glowplug.activator.http import HttpServer
     from glowplug.activator.metrics import Metrics
+    from glowplug.activator.readiness_probe import ReadinessProber
     from glowplug.activator.server import Activator, Config
     from glowplug.activator.services import Services
     from glowplug.activator.waker import KubeScaler, Waker
@@ -103,6 +104,8 @@ async def serve(args: argparse.Namespace) -> int:
 
     metrics = Metrics()
     services = Services(metrics)
+    prober = ReadinessProber(services.probed_ready)
+    services.set_prober(prober)
     activator = Activator(
         services,
         metrics=metrics,
@@ -157,6 +160,7 @@ async def serve(args: argparse.Namespace) -> int:
     await activator.wait_idle(args.shutdown_timeout)
     await server.close()
     await waker.close()
+    await prober.close()
     if source is not None:
         synced_task.cancel()
         await source.close()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glowplug.activator import openai as oai
+from glowplug.activator.coldstart import cold_start_headers
 from glowplug.activator.forwarder import (
     BrokenResponse,
     ConnectFailed,
@@ -247,16 +248,19 @@ class Activator:
         except oai.APIError as err:
             return self._reject(route, path, err, None)
         except QueueFull:
+            retry = RETRY_AFTER_QUEUE_FULL
+            if not state.has_ready:  # queued behind a wake: the rest of a typical wake
+                retry = route.wake.retry_after(time.monotonic() - t0)
             return self._reject(
                 route,
                 path,
                 oai.APIError(
                     503,
                     f"model {spec.model.served_name!r} has {state.max_queue} requests queued"
-                    f" (spec.scaling.maxQueuedRequests); retry later",
+                    f" (spec.scaling.maxQueuedRequests); retry later{route.wake.describe()}",
                     type="service_unavailable",
                     code="queue_full",
-                    headers={"Retry-After": RETRY_AFTER_QUEUE_FULL},
+                    headers={"Retry-After": retry},
                 ),
                 "queue_full",
             )
@@ -275,16 +279,23 @@ class Activator:
                     ),
                     "upstream_error",
                 )
-            what = "was not ready" if not state.has_ready else "had no free slot"
+            cold = not state.has_ready
+            what = "was not ready" if cold else "had no free slot"
             return self._reject(
                 route,
                 path,
                 oai.APIError(
                     504,
                     f"model {spec.model.served_name!r} {what} within the activation timeout"
-                    f" of {spec.scaling.activation_timeout:g}s",
+                    f" of {spec.scaling.activation_timeout:g}s"
+                    + (route.wake.describe() if cold else ""),
                     type="timeout",
                     code="activation_timeout",
+                    headers=(
+                        {"Retry-After": route.wake.retry_after(time.monotonic() - t0)}
+                        if cold
+                        else None
+                    ),
                 ),
                 "activation_timeout",
             )
@@ -354,6 +365,10 @@ class Activator:
             resp = Response(200, out, JSON)
         else:
             resp = Response(status, _engine_error(status, body), JSON)
+        if waited:
+            state.answered_after_wait()
+            if path == "cold":
+                resp.headers.update(cold_start_headers(waited))
         total = time.monotonic() - t0
         sm.requests(status, path).inc()
         sm.duration[path].observe(total)

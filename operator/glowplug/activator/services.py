@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from glowplug import engines
+from glowplug.activator.coldstart import WakeInfo, wake_info
 from glowplug.activator.endpoints import EndpointTracker, Failure, condition_failure
 from glowplug.activator.holdqueue import ServiceState
 from glowplug.activator.metrics import Metrics, ServiceMetrics
+from glowplug.activator.readiness_probe import ReadinessProber
 from glowplug.activator.routing import RoutingTable
 from glowplug.api import EmbeddingService, SpecError, parse
 
@@ -28,6 +31,7 @@ class Route:
     state: ServiceState
     metrics: ServiceMetrics
     condition: Failure | None = None  # the operator's Failed condition
+    wake: WakeInfo = field(default_factory=WakeInfo)  # status.wake, lastWakeSeconds
 
 
 class Services:
@@ -39,6 +43,15 @@ class Services:
         self.tracker = EndpointTracker()
         self.routes: dict[str, Route] = {}  # "namespace/name" -> Route
         self._on_wake = on_wake
+        self.prober: ReadinessProber | None = None  # fast release after a wake
+
+    def set_prober(self, prober: ReadinessProber) -> None:
+        self.prober = prober
+
+    def probed_ready(self, ref: str, address: str) -> None:
+        """The readiness prober found a starting engine answering: route to it now."""
+        self.tracker.mark_probed(ref, address)
+        self._endpoints_changed(ref)
 
     def set_waker(self, on_wake: Callable[[ServiceState], None]) -> None:
         self._on_wake = on_wake
@@ -81,11 +94,13 @@ class Services:
             route = Route(svc, state, sm)
             self.routes[ref] = route
             route.condition = condition_failure(obj)
+            route.wake = wake_info(obj)
             self._update_failure(ref)
             state.set_endpoints(self.tracker.addresses(ref))
             return
         route.spec = svc
         route.condition = condition_failure(obj)
+        route.wake = wake_info(obj)
         route.state.configure(
             limit=s.target_concurrency, max_queue=s.max_queued_requests, replicas=svc.replicas
         )
@@ -146,6 +161,11 @@ class Services:
         if route is not None:
             route.state.set_endpoints(self.tracker.addresses(ref))
             self._update_failure(ref)
+            if self.prober is not None:
+                # Probe starting pods only while the service has no ready one (a wake).
+                starting = [] if route.state.has_ready else self.tracker.starting(ref)
+                path = engines.get(route.spec.engine.name).readiness_path
+                self.prober.want(ref, starting, path)
 
     # --- pods -----------------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ Contract (shared with the autoscaler)::
 
     {"activator": "<hostname>", "time": <unix float>,
      "services": {"<namespace>/<name>": {"namespace", "name", "inFlight", "queued",
-                                         "waking", "lastRequestFinished": <unix float|null>}}}
+                                         "waking", "lastRequestFinished": <unix float|null>,
+                                         "firstResponseAfterWake": <unix float|null>}}}
 
 Keyed by metadata.name, not servedName. Every routed service appears, idle or not.
 """
@@ -28,5 +29,6 @@ def stats(services: Services, activator: str) -> dict[str, Any]:
             "queued": st.queued,
             "waking": st.waking,
             "lastRequestFinished": st.last_finished,
+            "firstResponseAfterWake": st.first_response_after_wake,
         }
     return {"activator": activator, "time": time.time(), "services": out}

@@ -18,14 +18,22 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import aiohttp
+
 from glowplug.activator.endpoints import SERVICE_LABEL
 from glowplug.activator.services import Services
 from glowplug.api import GROUP, PLURAL, VERSION
+from glowplug.kubeclient import CONNECT_TIMEOUT, WATCH_TIMEOUT
+from glowplug.outage import UNAVAILABLE_STATUSES, Outage, Unavailable, is_unreachable
 
 log = logging.getLogger("glowplug.activator.watch")
 
 WATCH_TIMEOUT_SECONDS = 300
 RETRY_DELAY = 1.0
+# A list of a few thousand objects: a generous read timeout, a short connect.
+LIST_TIMEOUT = aiohttp.ClientTimeout(
+    total=None, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT, sock_read=60
+)
 
 Apply = Callable[[Mapping[str, Any]], None]
 Resync = Callable[[Iterable[Mapping[str, Any]], str | None], None]
@@ -94,6 +102,8 @@ class KubeSource:
         self.namespaces: list[str | None] = list(namespaces) if namespaces else [None]
         self._tasks: list[asyncio.Task[None]] = []
         self._synced: dict[tuple[str, str | None], asyncio.Event] = {}
+        # One outage for all the loops: logged when it starts and when it ends.
+        self.outage = Outage(log)
 
     def start(self) -> None:
         for kind in kinds(self.services):
@@ -110,7 +120,7 @@ class KubeSource:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _get(self, path: str, query: list[tuple[str, str]], limit_s: float) -> Any:
+    async def _get(self, path: str, query: list[tuple[str, str]], limit_s: Any) -> Any:
         return await self.api.call_api(
             path,
             "GET",
@@ -125,6 +135,7 @@ class KubeSource:
         while True:
             try:
                 rv = await self._list(kind, ns)
+                self.outage.ok(f"{kind.name}/{ns}")
                 synced.set()
                 while True:
                     rv = await self._watch(kind, ns, rv)
@@ -133,15 +144,23 @@ class KubeSource:
             except _Gone:
                 log.info("%s watch expired, listing again", kind.name)
             except Exception as err:
-                log.warning(
-                    "%s watch failed (%s), listing again in %.0fs", kind.name, err, RETRY_DELAY
-                )
+                if is_unreachable(err):
+                    self.outage.failed(err, f"{kind.name}/{ns}")  # routing goes on meanwhile
+                else:
+                    log.warning(
+                        "%s watch failed (%s), listing again in %.0fs",
+                        kind.name,
+                        err,
+                        RETRY_DELAY,
+                    )
                 await asyncio.sleep(RETRY_DELAY)
 
     async def _list(self, kind: Kind, ns: str | None) -> str:
         query = [("labelSelector", kind.label_selector)] if kind.label_selector else []
-        resp = await self._get(kind.path(ns), query, 60)
+        resp = await self._get(kind.path(ns), query, LIST_TIMEOUT)
         async with resp:
+            if resp.status in UNAVAILABLE_STATUSES:
+                raise Unavailable(f"list {kind.path(ns)}: HTTP {resp.status}")
             if resp.status != 200:
                 raise RuntimeError(f"list {kind.path(ns)}: HTTP {resp.status}: {await resp.text()}")
             doc = await resp.json()
@@ -159,10 +178,14 @@ class KubeSource:
             query.append(("resourceVersion", rv))
         if kind.label_selector:
             query.append(("labelSelector", kind.label_selector))
-        resp = await self._get(kind.path(ns), query, WATCH_TIMEOUT_SECONDS + 30)
+        # No total limit (the server ends the watch after timeoutSeconds); a read timeout
+        # of two bookmark intervals ends a watch whose server went silent.
+        resp = await self._get(kind.path(ns), query, WATCH_TIMEOUT)
         async with resp:
             if resp.status == 410:
                 raise _Gone()
+            if resp.status in UNAVAILABLE_STATUSES:
+                raise Unavailable(f"watch {kind.path(ns)}: HTTP {resp.status}")
             if resp.status != 200:
                 raise RuntimeError(f"watch {kind.path(ns)}: HTTP {resp.status}")
             buf = b""

@@ -10,6 +10,10 @@ import re
 
 # One or more <number><unit> parts; units ordered as Go prints them, fractions allowed.
 DURATION_REGEX = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+# A duration whose value stays far from overflow (Go's time.Duration, which the API
+# server's CEL duration() uses, ends near 2562047h): at most two parts of at most six
+# digits. The bounded durations (spec.DURATION_BOUNDS) must match it as well.
+BOUNDED_DURATION_REGEX = r"^([0-9]{1,6}(\.[0-9]{1,9})?(ms|s|m|h)){1,2}$"
 _PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _FULL = re.compile(DURATION_REGEX)

@@ -14,7 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from glowplug.api.durations import DurationError, parse_duration
+from glowplug.api.cron import CronError, check_zone, parse_cron
+from glowplug.api.durations import (
+    BOUNDED_DURATION_REGEX,
+    DurationError,
+    format_duration,
+    parse_duration,
+)
 
 GROUP = "glowplug.dev"
 VERSION = "v1alpha1"
@@ -49,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "scaling.scaleDownDelay": "1m",
     "scaling.targetConcurrency": 16,
     "scaling.activationTimeout": "15m",
+    "scaling.nodeWaitTimeout": "10m",
     "scaling.maxQueuedRequests": 1000,
     "scaling.prewarm": [],
     "replicas": 0,
@@ -56,6 +63,17 @@ DEFAULTS: dict[str, Any] = {
     "cost.baselineReplicas": 1,
     "prewarm.replicas": 1,
     "prewarm.timeZone": "UTC",
+}
+
+# Durations that must be positive and have an upper bound, by the same paths: the CRD's
+# CEL rules say the same (a unit test compares them). requestTimeout sizes the pod's
+# terminationGracePeriodSeconds, so a bound keeps it far from any integer overflow; the
+# pre-warm bound is the longest window the timer looks back over (prewarm.last_start).
+DURATION_BOUNDS: dict[str, float] = {
+    "engine.requestTimeout": 3600.0,
+    "scaling.activationTimeout": 3600.0,
+    "scaling.nodeWaitTimeout": 3600.0,
+    "prewarm.duration": 8 * 86400.0,
 }
 
 
@@ -150,6 +168,9 @@ class ScalingSpec:
     scale_down_delay: float = 60.0
     target_concurrency: int = 16
     activation_timeout: float = 900.0
+    # How long a wake waits for a node when nothing (no node autoscaler Event, no node
+    # able to take the pod) says one is coming: then it fails as NodeWaitTimeout.
+    node_wait_timeout: float = 600.0
     max_queued_requests: int = 1000
     prewarm: tuple[PrewarmWindow, ...] = ()
 
@@ -233,6 +254,23 @@ class _Reader:
             self.errors.append(f"{path}.{key}: {err}")
             return parse_duration(default)
 
+    def bounded_duration(
+        self, raw: Mapping[str, Any], key: str, path: str, default: str, bound: str
+    ) -> float:
+        """A duration that must be more than 0 and at most ``DURATION_BOUNDS[bound]``."""
+        seconds = self.duration(raw, key, path, default)
+        top = DURATION_BOUNDS[bound]
+        text = raw.get(key)
+        if not 0 < seconds <= top or (
+            isinstance(text, str) and not re.match(BOUNDED_DURATION_REGEX, text)
+        ):
+            self.errors.append(
+                f"{path}.{key}: must be more than 0s and at most {format_duration(top)}"
+                f" (at most two parts of at most six digits), got {text!r}"
+            )
+            return parse_duration(default)
+        return seconds
+
 
 def _model_source(r: _Reader, raw: Mapping[str, Any]) -> ModelSource:
     path = "spec.model.source"
@@ -282,20 +320,22 @@ def _prewarm(r: _Reader, items: Any) -> tuple[PrewarmWindow, ...]:
             r.errors.append(f"{path}: must be an object")
             continue
         schedule = r.get(item, "schedule", path, str, "")
-        if len(schedule.split()) != 5:
-            r.errors.append(
-                f"{path}.schedule: must be a five-field cron schedule, got {schedule!r}"
-            )
-        duration = r.duration(item, "duration", path, "1h")
+        try:
+            parse_cron(schedule)
+        except CronError as err:
+            r.errors.append(f"{path}.schedule: not a five-field cron schedule: {err}")
+        duration = r.bounded_duration(item, "duration", path, "1h", "prewarm.duration")
         replicas = r.get(item, "replicas", path, int, DEFAULTS["prewarm.replicas"])
         if replicas < 1:
             r.errors.append(f"{path}.replicas: must be at least 1")
+        time_zone = r.get(item, "timeZone", path, str, DEFAULTS["prewarm.timeZone"])
+        try:
+            check_zone(time_zone)
+        except CronError as err:
+            r.errors.append(f"{path}.timeZone: {err}")
         windows.append(
             PrewarmWindow(
-                schedule=schedule,
-                duration=duration,
-                replicas=replicas,
-                time_zone=r.get(item, "timeZone", path, str, DEFAULTS["prewarm.timeZone"]),
+                schedule=schedule, duration=duration, replicas=replicas, time_zone=time_zone
             )
         )
     return tuple(windows)
@@ -371,7 +411,9 @@ def parse(obj: Mapping[str, Any]) -> EmbeddingService:
         image=r.get(e, "image", "spec.engine", str, d["engine.image"]),
         args=tuple(args),
         env=tuple(dict(x) for x in env if isinstance(x, Mapping)),
-        request_timeout=r.duration(e, "requestTimeout", "spec.engine", d["engine.requestTimeout"]),
+        request_timeout=r.bounded_duration(
+            e, "requestTimeout", "spec.engine", d["engine.requestTimeout"], "engine.requestTimeout"
+        ),
         cache_volume=cache,
     )
 
@@ -398,8 +440,19 @@ def parse(obj: Mapping[str, Any]) -> EmbeddingService:
         target_concurrency=r.get(
             s, "targetConcurrency", "spec.scaling", int, d["scaling.targetConcurrency"]
         ),
-        activation_timeout=r.duration(
-            s, "activationTimeout", "spec.scaling", d["scaling.activationTimeout"]
+        activation_timeout=r.bounded_duration(
+            s,
+            "activationTimeout",
+            "spec.scaling",
+            d["scaling.activationTimeout"],
+            "scaling.activationTimeout",
+        ),
+        node_wait_timeout=r.bounded_duration(
+            s,
+            "nodeWaitTimeout",
+            "spec.scaling",
+            d["scaling.nodeWaitTimeout"],
+            "scaling.nodeWaitTimeout",
         ),
         max_queued_requests=r.get(
             s, "maxQueuedRequests", "spec.scaling", int, d["scaling.maxQueuedRequests"]

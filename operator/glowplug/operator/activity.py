@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from glowplug.operator.autoscaler import ActivatorLoad, ServiceLoad
+from glowplug.outage import Outage, is_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +118,14 @@ def parse_stats(payload: Any) -> dict[str, ActivatorLoad]:
         if not isinstance(entry, Mapping):
             raise ValueError(f"stats: {key}: not an object")
         finished = entry.get("lastRequestFinished")
+        first = entry.get("firstResponseAfterWake")
         try:
             out[str(key)] = ActivatorLoad(
                 in_flight=int(entry.get("inFlight") or 0),
                 queued=int(entry.get("queued") or 0),
                 waking=bool(entry.get("waking")),
                 last_request_finished=None if finished is None else float(finished),
+                first_response=None if first is None else float(first),
             )
         except (TypeError, ValueError) as err:
             raise ValueError(f"stats: {key}: {err}") from None
@@ -138,6 +141,7 @@ class LoadReader:
     _session: aiohttp.ClientSession | None = None
     _snapshot: Snapshot | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _outage: Outage = field(default_factory=lambda: Outage(log, "the activator list"))
 
     async def snapshot(self) -> Snapshot:
         """The latest snapshot, refreshed when older than ``max_age``."""
@@ -152,8 +156,12 @@ class LoadReader:
         try:
             urls = await self.discovery.urls()
         except Exception as err:  # the API is down: we cannot tell who is busy
-            log.warning("cannot list activators: %s", err)
+            if is_unreachable(err):
+                self._outage.failed(err)
+            else:
+                log.warning("cannot list activators: %s", err)
             return Snapshot(now, {}, unreadable=1, activators=0)
+        self._outage.ok()
         results = await asyncio.gather(*(self._read(u) for u in urls))
         per_service: dict[str, list[ActivatorLoad]] = {}
         unreadable = 0

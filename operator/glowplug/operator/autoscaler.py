@@ -36,6 +36,7 @@ class ActivatorLoad:
     queued: int = 0
     waking: bool = False
     last_request_finished: float | None = None
+    first_response: float | None = None  # unix time of the first answer after its last wake
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class ServiceLoad:
     waking: bool = False
     last_request_finished: float | None = None  # max over activators
     unreadable: int = 0  # activators whose stats could not be read
+    first_response: float | None = None  # earliest first answer after a wake, any activator
 
     @property
     def busy(self) -> bool:
@@ -57,7 +59,10 @@ class ServiceLoad:
         in_flight = queued = 0
         waking = False
         last: float | None = None
+        first: float | None = None
         for one in loads:
+            if one.first_response is not None:
+                first = one.first_response if first is None else min(first, one.first_response)
             in_flight += max(0, one.in_flight)
             queued += max(0, one.queued)
             waking = waking or one.waking
@@ -67,7 +72,7 @@ class ServiceLoad:
                     if last is None
                     else max(last, one.last_request_finished)
                 )
-        return ServiceLoad(in_flight, queued, waking, last, unreadable)
+        return ServiceLoad(in_flight, queued, waking, last, unreadable, first)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from glowplug.operator import wakefailures
+from glowplug.operator import wakefailures, wakephases
 from glowplug.operator.timefmt import now_rfc3339
 
 READY = "Ready"
@@ -149,12 +149,23 @@ def replica_conditions(
         conditions, READY, *ready_cond, now=now, observed_generation=observed_generation
     )
     waking = spec_replicas > 0 and ready == 0
+    reason = "WaitingForReadyReplica" if waking else ("Awake" if ready else "Idle")
+    message = f"{replicas} pod(s), none ready yet" if waking else ""
+    current = get_condition(conditions, WAKING)
+    if (
+        waking
+        and current is not None
+        and current.get("status") == "True"
+        and current.get("reason") in wakephases.WAITING_PHASES
+    ):
+        # The wake tracker (scaling.py) says which phase the wake waits in: keep it.
+        reason, message = str(current["reason"]), str(current.get("message") or "")
     out = set_condition(
         out,
         WAKING,
         waking,
-        "WaitingForReadyReplica" if waking else ("Awake" if ready else "Idle"),
-        f"{replicas} pod(s), none ready yet" if waking else "",
+        reason,
+        message,
         now=now,
         observed_generation=observed_generation,
     )

@@ -31,7 +31,7 @@ from prometheus_client import Gauge
 
 from glowplug import metrics
 from glowplug.api.spec import GROUP, PLURAL, VERSION, EmbeddingService, SpecError, parse
-from glowplug.kubeclient import new_api_client
+from glowplug.kubeclient import BOOKMARK_INTERVAL, CONNECT_TIMEOUT, READ_TIMEOUT, new_api_client
 from glowplug.operator import conditions as cond
 from glowplug.operator import render
 from glowplug.operator.kube import Kube
@@ -371,6 +371,14 @@ def register() -> None:
         # kopf waits this long after an event for more before handling the latest; its
         # 0.1 s default would be added to every wake.
         settings.batching.batch_window = 0.01
+        # Connect and read timeouts on kopf's own calls and watches (its defaults wait
+        # forever on a black-holed API server): watches end server-side after
+        # server_timeout, and a client-side limit a little longer catches a silent one.
+        settings.networking.connect_timeout = CONNECT_TIMEOUT
+        settings.networking.request_timeout = READ_TIMEOUT
+        settings.watching.connect_timeout = CONNECT_TIMEOUT
+        settings.watching.server_timeout = int(2 * BOOKMARK_INTERVAL)  # timeoutSeconds: an int
+        settings.watching.client_timeout = 2 * BOOKMARK_INTERVAL + 10
         api = await new_api_client()
         memo.api = api
         memo.reconciler = Reconciler(Kube(api))

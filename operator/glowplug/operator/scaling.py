@@ -6,7 +6,8 @@ One kopf daemon per EmbeddingService ticks about once a second (``--autoscale-in
    ledger, checkpointing it into status every ``--ledger-checkpoint`` seconds and at
    once whenever the set of pods holding GPUs changes;
 2. turns pods that cannot become ready into the ``Failed`` condition and a Warning
-   Event, and measures each wake (replicas raised from zero to the first ready pod);
+   Event, measures each wake (replicas raised from zero to the first ready pod) and
+   follows it through its phases (``waketracker``: status.wake, Events, node failures);
 3. reads every activator's ``/stats`` (one shared snapshot per second for all
    services) and applies ``autoscaler.decide``; each change of ``spec.replicas`` is a
    compare-and-swap write through the scale subresource.
@@ -21,9 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from glowplug.api.spec import GROUP, PLURAL, VERSION, EmbeddingService, SpecError, parse
@@ -39,6 +41,8 @@ from glowplug.operator.autoscaler import ScalerState, decide
 from glowplug.operator.ledger import Ledger, PodHold
 from glowplug.operator.timefmt import format_time, parse_time
 from glowplug.operator.wakefailures import WakeFailure, creating, is_ready, service_failure
+from glowplug.operator.waketracker import WakeTracker
+from glowplug.outage import Outage, is_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +127,6 @@ class ServiceAPI(Protocol):
 
     async def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]: ...
 
-    async def list_mount_failures(self, namespace: str) -> list[dict[str, Any]]: ...
-
     async def read_scale(self, namespace: str, name: str) -> tuple[int, str] | None: ...
 
     async def write_scale(self, namespace: str, name: str, replicas: int, rv: str) -> bool: ...
@@ -137,6 +139,12 @@ class ServiceAPI(Protocol):
     ) -> dict[str, Any] | None: ...
 
     def warn(self, body: Mapping[str, Any], reason: str, message: str) -> None: ...
+
+    def info(self, body: Mapping[str, Any], reason: str, message: str) -> None: ...
+
+    async def list_pod_events(
+        self, namespace: str, pods: Sequence[str]
+    ) -> dict[str, list[dict[str, Any]]]: ...
 
 
 class KubeServiceAPI:
@@ -171,14 +179,6 @@ class KubeServiceAPI:
             namespace, label_selector=f"{SERVICE_LABEL}={name}"
         )
         plain: dict[str, Any] = self.api_client.sanitize_for_serialization(pods)
-        return list(plain.get("items") or [])
-
-    async def list_mount_failures(self, namespace: str) -> list[dict[str, Any]]:
-        """The namespace's FailedMount Events (the kubelet's; pod status lacks them)."""
-        events = await self.core.list_namespaced_event(
-            namespace, field_selector="reason=FailedMount,involvedObject.kind=Pod"
-        )
-        plain: dict[str, Any] = self.api_client.sanitize_for_serialization(events)
         return list(plain.get("items") or [])
 
     async def read_scale(self, namespace: str, name: str) -> tuple[int, str] | None:
@@ -224,6 +224,25 @@ class KubeServiceAPI:
         target: Any = dict(body)
         kopf.warn(target, reason=reason, message=message)
 
+    def info(self, body: Mapping[str, Any], reason: str, message: str) -> None:
+        import kopf
+
+        target: Any = dict(body)
+        kopf.info(target, reason=reason, message=message)
+
+    async def list_pod_events(
+        self, namespace: str, pods: Sequence[str]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """The Events of each named pod (only pods still waiting for a node: one or two)."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for pod in pods:
+            events = await self.core.list_namespaced_event(
+                namespace, field_selector=f"involvedObject.kind=Pod,involvedObject.name={pod}"
+            )
+            plain: dict[str, Any] = self.api_client.sanitize_for_serialization(events)
+            out[pod] = list(plain.get("items") or [])
+        return out
+
 
 # --- one service's loop --------------------------------------------------------------------
 
@@ -260,6 +279,19 @@ def pod_hold(pod: Mapping[str, Any]) -> PodHold | None:
     return PodHold(uid=str(meta.get("uid")), bound_at=bound, gpus=pod_gpus(pod))
 
 
+def spec_fingerprint(body: Mapping[str, Any]) -> str:
+    """The spec without ``replicas``: what, when it changes, makes new pods differ.
+
+    A change of ``spec.replicas`` alone (every wake, every scale) bumps
+    ``metadata.generation`` too, but the pods it creates are the same spec's pods.
+    """
+    import json
+
+    spec = dict(body.get("spec") or {})
+    spec.pop("replicas", None)
+    return json.dumps(spec, sort_keys=True, default=str)
+
+
 def _raw_int(obj: Mapping[str, Any], *path: str, default: int) -> int:
     value: Any = obj
     for key in path:
@@ -279,8 +311,10 @@ class ServiceLoop:
         reader: LoadSource | None,
         options: Options,
         clock: Callable[[], float] = time.time,
+        outage: Outage | None = None,
     ) -> None:
         self.api = api
+        self.outage = outage or Outage(log)
         self.reader = reader
         self.options = options
         self.clock = clock
@@ -293,7 +327,10 @@ class ServiceLoop:
         self.prev_replicas: int | None = None
         self.wake_start: float | None = None
         self.generation: int | None = None
+        self.fingerprint: str | None = None
+        self.last_tick: float | None = None
         self.spec_changed_at: float | None = None
+        self.wake = WakeTracker()  # the wake's phases, timeline and node failures
         self.reported: str | None = None  # the wake-failure reason in status, if ours
         self.clear_pending = False  # the spec changed while a wake failure was reported
 
@@ -315,8 +352,10 @@ class ServiceLoop:
             self.series.price(svc.cost.gpu_hourly_price)
         spec_replicas = _raw_int(body, "spec", "replicas", default=0)
         generation = _raw_int(body, "metadata", "generation", default=0)
+        fingerprint = spec_fingerprint(body)
         if self.generation is None:
             self.generation = generation
+            self.fingerprint = fingerprint
             failed = cond.get_condition(status.get("conditions") or [], cond.FAILED)
             if (
                 failed
@@ -324,13 +363,22 @@ class ServiceLoop:
                 and failed.get("reason") in cond.WAKE_REASONS
             ):
                 self.reported = str(failed.get("reason"))
-        elif generation != self.generation:
+        elif fingerprint != self.fingerprint:
             self.generation = generation
-            self.spec_changed_at = now
+            self.fingerprint = fingerprint
+            # The change happened after the last tick that saw the old spec; pods carry
+            # whole-second creationTimestamps, so compare with that second. (A change of
+            # replicas alone is no new spec: wakefailures, "why Unschedulable never
+            # reached status".)
+            seen = self.last_tick if self.last_tick is not None else now
+            self.spec_changed_at = float(math.floor(seen))
             if self.reported is not None:
                 # A new spec: its pods may fail differently or not at all; say so afresh.
                 self.reported = None
                 self.clear_pending = True
+        else:
+            self.generation = generation
+        self.last_tick = now
         pods = await self.api.list_pods(namespace, name)
         patch: dict[str, Any] = {}
 
@@ -355,7 +403,10 @@ class ServiceLoop:
             try:
                 await self.api.write_ledger(namespace, name, self.ledger.checkpoint())
             except Exception as err:  # kept in memory; the next checkpoint catches up
-                log.warning("%s/%s: ledger checkpoint failed: %s", namespace, name, err)
+                if is_unreachable(err):
+                    self.outage.failed(err, f"{namespace}/{name}")
+                else:
+                    log.warning("%s/%s: ledger checkpoint failed: %s", namespace, name, err)
             else:
                 self.last_pods = pod_set
                 self.last_checkpoint = now
@@ -363,17 +414,34 @@ class ServiceLoop:
         # 2. wake failures and wake duration
         ready = sum(1 for p in pods if is_ready(p))
         # Pods created before the last spec change carry the old spec's failure.
-        # Only while a pod waits in ContainerCreating: one list of Events, else none.
+        # A pod waiting in ContainerCreating: its Events may say FailedMount.
+        mounting = [p["metadata"]["name"] for p in pods if creating(p) and not is_ready(p)]
         events = (
-            await self.api.list_mount_failures(namespace)
-            if any(creating(p) and not is_ready(p) for p in pods)
+            [ev for evs in (await self.api.list_pod_events(namespace, mounting)).values()
+             for ev in evs]
+            if mounting
             else []
-        )
+        )  # fmt: skip
         failure = service_failure(pods, since=self.spec_changed_at, events=events)
-        failure_patch = self._failure(failure, body)
+        self._wake(now, status, spec_replicas, ready, patch)
+        node_failure = await self.wake.track(
+            self.api,
+            self.series,
+            self.wake_start,
+            now,
+            body,
+            svc,
+            status,
+            spec_replicas,
+            ready,
+            pods,
+            failure,
+            patch,
+        )
+        failure_patch = self._failure(failure or node_failure, body)
         if failure_patch:
             patch.update(failure_patch)
-        self._wake(now, status, spec_replicas, ready, failure, patch)
+            self.wake.end_failed(self.series, self.wake_start, now, failure or node_failure, patch)
 
         # 3. the autoscaler
         if svc is not None and svc.scaling.autoscale and self.reader is not None:
@@ -403,7 +471,6 @@ class ServiceLoop:
         status: Mapping[str, Any],
         spec_replicas: int,
         ready: int,
-        failure: WakeFailure | None,
         patch: dict[str, Any],
     ) -> None:
         stamped = parse_time(status.get("wakeStartedTime"))
@@ -427,8 +494,6 @@ class ServiceLoop:
                 self.series.wake("ready", seconds)
             log.info("wake took %.1f s", seconds)
             self.wake_start = None
-        elif failure is not None and "__failed__" in patch and self.series is not None:
-            self.series.wake("failed")
 
     async def _autoscale(
         self,
@@ -441,6 +506,7 @@ class ServiceLoop:
         assert self.reader is not None
         snapshot = await self.reader.snapshot()
         load = snapshot.load(svc.namespace, svc.name)
+        self.wake.first_response(self.series, now, load.first_response, patch)
         if self.scaler is None:
             self.persisted_activity = parse_time(status.get("lastRequestTime"))
             self.scaler = ScalerState(last_activity=self.persisted_activity)
@@ -456,6 +522,8 @@ class ServiceLoop:
             self.persisted_activity = activity
         if decision.replicas == spec_replicas:
             return
+        if decision.replicas == 0 and self.wake.waiting:
+            return  # a pending wake is never scaled away inside its wait (issue 11)
         if decision.replicas == 0:
             # Re-read every activator right before the last replica goes: a request that
             # arrived since the snapshot keeps it (the wake race's window shrinks to ms).
@@ -488,13 +556,21 @@ class ServiceLoop:
     ) -> None:
         failed: WakeFailure | None = patch.pop("__failed__", None)
         clear = bool(patch.pop("__clear_failed__", False))
+        waking: tuple[str, str] | None = patch.pop("__waking__", None)
         generation = self.generation
 
         def mutate(current: Mapping[str, Any]) -> dict[str, Any] | None:
             out = dict(patch)
             st = current.get("status") or {}
+            if waking is not None and failed is None:
+                old = list(out.get("conditions") or st.get("conditions") or [])
+                new = cond.set_condition(
+                    old, cond.WAKING, True, waking[0], waking[1], observed_generation=generation
+                )
+                if new != old:
+                    out["conditions"] = new
             if failed is not None or clear:
-                old = list(st.get("conditions") or [])
+                old = list(out.get("conditions") or st.get("conditions") or [])
                 if failed is not None:
                     new = cond.set_condition(
                         old,
@@ -515,9 +591,13 @@ class ServiceLoop:
         try:
             await self.api.update_status(namespace, name, mutate)
         except Exception as err:  # next tick writes again; the ledger stays in memory
-            log.warning("%s/%s: status write failed: %s", namespace, name, err)
+            if is_unreachable(err):
+                self.outage.failed(err, f"{namespace}/{name}")
+            else:
+                log.warning("%s/%s: status write failed: %s", namespace, name, err)
             if failed is not None:
                 self.reported = None  # report it again next tick
+            self.wake.written_wake = None  # and the wake's status
 
 
 def _key(body: Mapping[str, Any]) -> str:
@@ -540,6 +620,7 @@ class _Shared:
     reader: LoadReader | None = None
     api_client: Any = None
     closing: bool = False  # cleanup began: the clients are being closed under the loops
+    outage: Outage = field(default_factory=lambda: Outage(log))  # shared by every loop
 
 
 SHARED = _Shared()
@@ -588,21 +669,27 @@ async def _daemon(**kwargs: Any) -> None:
     if SHARED.api is None:
         await _startup(logger=logger)
     assert SHARED.api is not None
-    loop = ServiceLoop(SHARED.api, SHARED.reader, OPTIONS)
+    loop = ServiceLoop(SHARED.api, SHARED.reader, OPTIONS, outage=SHARED.outage)
+    key = _key(body)
     try:
         while not stopped:
             started = time.monotonic()
             try:
                 await loop.tick(body)
+                SHARED.outage.ok(key)
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # one bad tick must not end the loop
                 if stopped or SHARED.closing:
                     break  # shutting down: the API client may already be closed
-                logger.warning("autoscaler tick failed: %s", err, exc_info=True)
+                if is_unreachable(err):
+                    SHARED.outage.failed(err, key)  # logged once for all services
+                else:
+                    logger.warning("autoscaler tick failed: %s", err, exc_info=True)
             elapsed = time.monotonic() - started
             await stopped.wait(max(0.05, OPTIONS.interval - elapsed))
     finally:
+        SHARED.outage.forget(key)
         if loop.series is not None and _deleted(stopped):
             loop.series.remove()
 

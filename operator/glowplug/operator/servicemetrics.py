@@ -34,6 +34,13 @@ WAKE_DURATION = Histogram(
     ("namespace", "service"),
     buckets=m.WAKE_BUCKETS,
 )
+WAKE_PHASE_DURATION = Histogram(
+    m.WAKE_PHASE_DURATION,
+    "Seconds a wake spent in each phase: waiting for a node, pulling the image, starting"
+    " the engine, and from the first ready pod to the first response",
+    ("namespace", "service", "phase"),
+    buckets=m.WAKE_PHASE_BUCKETS,
+)
 WAKES = Counter(
     m.WAKES_TOTAL, "Wakes by outcome (ready or failed)", ("namespace", "service", "outcome")
 )
@@ -56,6 +63,8 @@ class ServiceSeries:
         for outcome in ("ready", "failed"):
             WAKES.labels(svc.namespace, svc.name, outcome)
         WAKE_DURATION.labels(svc.namespace, svc.name)
+        for phase in m.WAKE_PHASE_LABELS:
+            WAKE_PHASE_DURATION.labels(svc.namespace, svc.name, phase)
 
     def price(self, dollars_per_gpu_hour: float) -> None:
         GPU_PRICE.labels(self.namespace, self.name, self.gpu_type).set(dollars_per_gpu_hour)
@@ -64,6 +73,10 @@ class ServiceSeries:
         WAKES.labels(self.namespace, self.name, outcome).inc()
         if seconds is not None:
             WAKE_DURATION.labels(self.namespace, self.name).observe(seconds)
+
+    def phase(self, phase: str, seconds: float) -> None:
+        """One wake's time in one phase (``glowplug.metrics.WAKE_PHASE_LABELS``)."""
+        WAKE_PHASE_DURATION.labels(self.namespace, self.name, phase).observe(seconds)
 
     def remove(self) -> None:
         """Drop every child of this service (it was deleted)."""
@@ -75,6 +88,7 @@ class ServiceSeries:
             (WAKES, (self.namespace, self.name, "ready")),
             (WAKES, (self.namespace, self.name, "failed")),
             (WAKE_DURATION, (self.namespace, self.name)),
+            *((WAKE_PHASE_DURATION, (self.namespace, self.name, p)) for p in m.WAKE_PHASE_LABELS),
         ):
             with contextlib.suppress(KeyError):
                 collector.remove(*labels)

@@ -16,6 +16,18 @@ pods disagree (the most specific first):
   Pod status does not carry it (the container just waits in ContainerCreating), so the
   caller passes the pods' FailedMount Events;
 - ``Unschedulable``: PodScheduled is False with reason Unschedulable.
+
+``Unschedulable`` alone is not a wake failure (``service_failure`` skips it): on a GPU
+cluster it is the normal cold start while a node autoscaler adds a node. ``wakephases``
+turns it into the ``WaitingForNode`` phase, and into ``NotTriggerScaleUp`` or
+``NodeWaitTimeout`` when the wait cannot end well.
+
+Why Unschedulable never reached status before (issue 11): ``ServiceLoop`` ignored pods
+created before the last *generation* change, and the wake itself changes the
+generation (spec.replicas, through the scale subresource). The tick that noticed it ran
+up to a second after the pod was created (and creationTimestamp has whole seconds), so
+every pod of a wake counted as "the old spec's" and its failure was never reported.
+Only a change of the spec other than ``replicas`` now counts (``scaling.spec_fingerprint``).
 """
 
 from __future__ import annotations
@@ -32,7 +44,18 @@ IMAGE_PULL = "ImagePullBackOff"
 CREATE_CONTAINER = "CreateContainerConfigError"
 FAILED_MOUNT = "FailedMount"
 UNSCHEDULABLE = "Unschedulable"
-PRIORITY = (OOM_KILLED, CRASH_LOOP, IMAGE_PULL, CREATE_CONTAINER, FAILED_MOUNT, UNSCHEDULABLE)
+NOT_TRIGGER_SCALE_UP = "NotTriggerScaleUp"  # from wakephases: a node autoscaler said no
+NODE_WAIT_TIMEOUT = "NodeWaitTimeout"  # from wakephases: nothing said a node is coming
+PRIORITY = (
+    OOM_KILLED,
+    CRASH_LOOP,
+    IMAGE_PULL,
+    CREATE_CONTAINER,
+    FAILED_MOUNT,
+    NOT_TRIGGER_SCALE_UP,
+    NODE_WAIT_TIMEOUT,
+    UNSCHEDULABLE,
+)
 _PULL_REASONS = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"}
 _CREATE_REASONS = {"CreateContainerConfigError", "CreateContainerError"}
 
@@ -159,7 +182,8 @@ def service_failure(
         if since is not None and created is not None and created < since:
             continue
         failure = pod_failure(pod, events)
-        if failure is not None:
+        # Waiting for a node is a phase of the wake, not a failure (wakephases).
+        if failure is not None and failure.reason != UNSCHEDULABLE:
             failures.append(failure)
     if not failures:
         return None
