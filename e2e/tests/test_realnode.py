@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
+import tempfile
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -221,15 +223,27 @@ def engine_pod(cluster: Cluster, namespace: str, name: str) -> dict[str, Any] | 
 def test_oom_killed_engine_is_the_oomkilled_wake_failure(
     real: Cluster, namespace: str, operator_process: OperatorProcess
 ) -> None:
-    # 24 MiB: Python with aiohttp and the stand-in does not fit (it peaks at about 31 MiB).
-    with woken_service(real, namespace, "oom", resources__memory="24Mi"):
-        cond = wait_for(
-            lambda: failed_condition(real, namespace, "oom"), 180, what="the Failed condition"
-        )
-        assert cond["reason"] == "OOMKilled", cond
-        assert "too much memory" in cond["message"], cond
-        pod = engine_pod(real, namespace, "oom")
-        assert pod is not None and pod["spec"]["nodeName"] == REAL
+    # A TEST DOUBLE of an engine loading its weights into host memory: Python runs
+    # sitecustomize.py (from the hostPath model volume, first on PYTHONPATH) before the
+    # stand-in starts, and it holds 256 MiB, twice the container's memory limit.
+    weights = Path(tempfile.mkdtemp(prefix="glowplug-oom-"))
+    try:
+        weights.chmod(0o755)  # the engine runs as uid 65532
+        (weights / "sitecustomize.py").write_text("HELD = b'x' * (256 * 2**20)\n")
+        model = {"id": ".", "servedName": "oom", "source": {"hostPath": {"path": str(weights)}}}
+        env = [{"name": "PYTHONPATH", "value": "/models:/opt/standin"}]
+        with woken_service(
+            real, namespace, "oom", model=model, engine__env=env, resources__memory="128Mi"
+        ):
+            cond = wait_for(
+                lambda: failed_condition(real, namespace, "oom"), 180, what="the Failed condition"
+            )
+            assert cond["reason"] == "OOMKilled", cond
+            assert "too much memory" in cond["message"], cond
+            pod = engine_pod(real, namespace, "oom")
+            assert pod is not None and pod["spec"]["nodeName"] == REAL
+    finally:
+        shutil.rmtree(weights, ignore_errors=True)
 
 
 def test_absent_image_is_the_image_pull_wake_failure(
