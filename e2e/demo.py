@@ -32,6 +32,7 @@ from e2e.helmkit import (
     Timeout,
     activator_addresses,
     activator_cluster_ip,
+    api_key,
     e2e_engine,
     example_service,
     wait_until,
@@ -216,7 +217,9 @@ def main() -> int:
     state = snapshot(kube)
     clock.say(f"replicas {state['replicas']}, phase {state['phase']}")
     url, forward = base_url(kube, on_testbed, real_node)
-    client = OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=900)
+    # The chart turns auth on and creates a first key (auth.createDefaultKey).
+    key = api_key(kube, RELEASE_NS, RELEASE)
+    client = OpenAI(base_url=url, api_key=key, max_retries=0, timeout=900)
     path = (
         f" (ClusterIP of Service {RELEASE_NS}/{RELEASE}-activator, routed by kube-proxy)"
         if real_node
