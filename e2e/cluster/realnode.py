@@ -392,6 +392,13 @@ class RealNode:
         since = time.time() - 1
         self._wait(lambda: self._ready(since), 120, f"node {cfg.name} Ready", alive)
         self._wait(self._proxy_synced, 60, "kube-proxy /healthz", alive)
+        # A node object kept from an earlier start may still be cordoned by its drain.
+        self.api(
+            "PATCH",
+            f"/api/v1/nodes/{cfg.name}",
+            {"spec": {"unschedulable": None}},
+            content_type="application/strategic-merge-patch+json",
+        )
         self._advertise_gpus()
         self._route_kubernetes_service()
         self.log(f"real node {cfg.name} Ready ({time.monotonic() - t0:.1f} s)")
@@ -658,6 +665,16 @@ state = "{d / "containerd" / "state"}"
         except (urllib.error.URLError, OSError):
             return
         items = pods.get("items") or []
+        if items:
+            # Cordon first: the pods' controllers recreate them at once, and the scheduler
+            # must not put the replacements back here (they wait Pending instead).
+            with contextlib.suppress(urllib.error.URLError, OSError):
+                self.api(
+                    "PATCH",
+                    f"/api/v1/nodes/{self.config.name}",
+                    {"spec": {"unschedulable": True}},
+                    content_type="application/strategic-merge-patch+json",
+                )
         for p in items:
             meta = p["metadata"]
             with contextlib.suppress(urllib.error.URLError, OSError):
