@@ -9,8 +9,11 @@ the demo talks to the activator through its ClusterIP Service (kube-proxy). With
 real node (``GLOWPLUG_REAL_NODE=0``) the node agent runs them as processes and the demo
 uses an activator pod IP. With a ``KUBECONFIG``, it uses that cluster (the glowplug image
 must be pullable there: set ``GLOWPLUG_IMAGE=repo:tag``; ``GLOWPLUG_E2E_ENGINE=tei`` serves
-on CPU). The cluster and the release are left up for exploring; the last lines say how to
-tear them down.
+on CPU). ``make demo ENGINE=vllm`` (``GLOWPLUG_E2E_ENGINE=vllm``) serves
+docs/examples/minilm-vllm-cpu.yaml with the REAL vLLM server on the process node's CPU:
+real all-MiniLM-L6-v2 vectors, and a cold start of 75-100 s on 2 quiet cores (minutes on
+a busy machine). The cluster and the release are left up for exploring; the last lines
+say how to tear them down.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from e2e.helmkit import (
 RELEASE = "glowplug"
 RELEASE_NS = "glowplug-system"
 APP_NS = "glowplug-demo"
-SERVICE = "qwen3-small"
+# The service the demo wakes: the real MiniLM on vLLM, or the stand-in's "Qwen3".
+SERVICE = "minilm" if os.environ.get("GLOWPLUG_E2E_ENGINE") == "vllm" else "qwen3-small"
 IDLE_TIMEOUT_S = 15
 # After scale to zero the demo waits this long so the ledger (checkpointed into status
 # about every 10 s) shows the always-on baseline growing while glowplug holds nothing.
