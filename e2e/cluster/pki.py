@@ -123,3 +123,27 @@ def ensure_pki(directory: Path, ip_sans: list[str], dns_sans: list[str]) -> Pki:
     for key in (pki.ca_key, pki.apiserver_key, pki.sa_key, pki.kubelet_client_key):
         key.chmod(0o600)
     return pki
+
+
+def ensure_client_cert(pki: Pki, name: str, subject: str) -> tuple[Path, Path]:
+    """A client certificate signed by the test bed's CA (e.g. the real node's kubelet:
+    ``/O=system:nodes/CN=system:node:<node>``); remade when the subject changes."""
+    crt, key = pki.dir / f"{name}.crt", pki.dir / f"{name}.key"
+    subj_file = pki.dir / f"{name}.subject"
+    if crt.exists() and key.exists() and subj_file.exists() and subj_file.read_text() == subject:
+        return crt, key
+    csr, ext = pki.dir / f"{name}.csr", pki.dir / f"{name}.ext"
+    ext.write_text(
+        "basicConstraints=CA:FALSE\n"
+        "keyUsage=digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=clientAuth\n"
+    )
+    _openssl("genrsa", "-out", str(key), "2048")
+    key.chmod(0o600)
+    _openssl("req", "-new", "-key", str(key), "-subj", subject, "-out", str(csr))
+    _openssl(
+        "x509", "-req", "-in", str(csr), "-CA", str(pki.ca_crt), "-CAkey", str(pki.ca_key),
+        "-CAcreateserial", "-days", "3650", "-sha256", "-extfile", str(ext), "-out", str(crt),
+    )  # fmt: skip
+    subj_file.write_text(subject)
+    return crt, key

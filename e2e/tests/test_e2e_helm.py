@@ -5,9 +5,14 @@ chart's own ServiceAccounts and RBAC, and the official OpenAI SDK talks to an ac
     and scales to zero -> status shows GPU-seconds and savings -> helm upgrade under traffic
     -> helm uninstall leaves nothing behind.
 
-On the local test bed (default) the node agent maps ``glowplug/glowplug*`` to the project's
-CLI and the SGLang image to its CPU stand-in; requests go straight to activator pod IPs,
-picked from the activator Service's EndpointSlices as kube-proxy would. With
+On the local test bed (default) the chart's operator and activator run on the real node
+(``e2e/cluster/realnode.py``) as containers of the glowplug image built here, under the
+chart's securityContext, resource limits and probes, and requests reach the activator
+through its ClusterIP Service (kube-proxy); the engine runs there too, as a container of
+the SGLang stand-in image (a TEST DOUBLE). With ``GLOWPLUG_REAL_NODE=0`` everything runs
+on the process node instead: the node agent maps ``glowplug/glowplug*`` to the project's
+CLI and the SGLang image to its CPU stand-in, and requests go straight to activator pod
+IPs, picked from the activator Service's EndpointSlices as kube-proxy would. With
 ``GLOWPLUG_E2E_KUBECONFIG`` set (``make e2e-kind``) the same suite runs against that
 cluster instead, through ``kubectl port-forward``, and ``GLOWPLUG_E2E_ENGINE=tei`` switches
 the example to text-embeddings-inference on CPU.
@@ -31,9 +36,11 @@ import pytest
 from openai import APIConnectionError, OpenAI
 
 from e2e.helmkit import (
+    REAL_NODE_SCHEDULING,
     Kube,
     Timeout,
     activator_addresses,
+    activator_cluster_ip,
     activator_service,
     api_key,
     e2e_engine,
@@ -52,14 +59,18 @@ IDLE_TIMEOUT_S = 15
 GLOWPLUG_KINDS = "deployments,services,serviceaccounts,roles,rolebindings,poddisruptionbudgets"
 
 
-def chart_values(**extra: Any) -> dict[str, Any]:
+def chart_values(real_node: bool, **extra: Any) -> dict[str, Any]:
     """Values for the suite's releases; ``GLOWPLUG_E2E_IMAGE`` (repo:tag) picks the image
-    (kind: the image `make image` built and `make kind-load` loaded)."""
+    (kind: the image `make image` built and `make kind-load` loaded). ``real_node``: both
+    components go to the test bed's real node (nodeSelector + toleration)."""
     values: dict[str, Any] = dict(extra)
     image = os.environ.get("GLOWPLUG_E2E_IMAGE", "")
     if image:
         repo, _, tag = image.rpartition(":")
         values["image"] = {"repository": repo, "tag": tag}
+    if real_node:
+        for comp in ("operator", "activator"):
+            values.setdefault(comp, {}).update(REAL_NODE_SCHEDULING)
     return values
 
 
@@ -70,6 +81,44 @@ def kube(request: pytest.FixtureRequest) -> Kube:
     cluster = request.getfixturevalue("cluster")
     request.getfixturevalue("crd_installed")
     return Kube.for_kubeconfig(Path(cluster.kubeconfig), Path(cluster.bin_dir))
+
+
+@pytest.fixture
+def real_node(request: pytest.FixtureRequest) -> bool:
+    """True when the chart runs on the test bed's real node (real containers)."""
+    if EXTERNAL:
+        return False
+    return bool(request.getfixturevalue("cluster").has_real_node())
+
+
+# Run inside a chart container: its uid and gid, a write to /tmp (an emptyDir) and a
+# write to the root filesystem, which must fail with EROFS (30).
+PROBE_SCRIPT = """
+import os
+print(os.getuid(), os.getgid())
+open("/tmp/probe", "w").write("tmp is writable")
+try:
+    open("/opt/probe", "w")
+    print("root filesystem writable")
+except OSError as e:
+    print(e.errno)
+"""
+
+
+def assert_real_containers(kube: Kube, namespace: str, release: str) -> None:
+    """Every chart pod runs on the real node as a container of the glowplug image, under
+    the chart's securityContext (checked from inside: uid, read-only root)."""
+    pods = kube.items("pods", "-n", namespace, "-l", f"app.kubernetes.io/instance={release}")
+    assert pods
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        assert pod["spec"]["nodeName"] == "glowplug-realnode", name
+        statuses = pod["status"]["containerStatuses"]
+        assert all(cs["containerID"].startswith("containerd://") for cs in statuses), name
+        out = kube.kubectl("exec", "-n", namespace, name, "--", "python3", "-c", PROBE_SCRIPT)
+        uid_gid, errno = out.stdout.split("\n")[:2]
+        assert uid_gid == "65532 65532", (name, out.stdout)
+        assert errno == "30", (name, out.stdout)  # EROFS: the root filesystem is read-only
 
 
 @pytest.fixture
@@ -89,10 +138,13 @@ def namespaces(kube: Kube) -> Iterator[tuple[str, str]]:
 class Activators:
     """Base URLs of the activator, as a Service would spread requests over ready pods."""
 
-    def __init__(self, kube: Kube, namespace: str, release: str) -> None:
+    def __init__(self, kube: Kube, namespace: str, release: str, via_service: bool = False) -> None:
         self.kube = kube
         self.namespace = namespace
         self.release = release
+        # The real node: through the ClusterIP Service, as any in-cluster client would.
+        self.via_service = via_service
+        self._service = ""
         self._addresses: list[str] = []
         self._lock = threading.Lock()
         self._forward: subprocess.Popen[str] | None = None
@@ -107,6 +159,10 @@ class Activators:
     def base_url(self) -> str:
         if EXTERNAL:
             return self._port_forward()
+        if self.via_service:
+            if not self._service:
+                self._service = activator_cluster_ip(self.kube, self.namespace, self.release)
+            return f"http://{self._service}/v1"
         with self._lock:
             addresses = list(self._addresses)
         if not addresses:
@@ -159,6 +215,15 @@ def diagnose_on_failure(kube: Kube, namespaces: tuple[str, ...]) -> Iterator[Non
             for log in sorted(agent_pods.glob(f"{ns}_*/*.log")):
                 print(f"--- {log.parent.name}/{log.name} (tail) ---")
                 print(log.read_text(errors="replace")[-3000:])
+            # Pods on the real node: their logs come through the kubelet.
+            for pod in kube.items(
+                "pods", "-n", ns, "--field-selector=spec.nodeName=glowplug-realnode"
+            ):
+                name = pod["metadata"]["name"]
+                out = kube.kubectl(
+                    "logs", "-n", ns, name, "--all-containers", "--tail=60", check=False
+                )
+                print(f"--- {ns}/{name} (kubectl logs, tail) ---\n{out.stdout}{out.stderr}")
         raise
 
 
@@ -270,15 +335,21 @@ def leftovers(kube: Kube, namespaces: tuple[str, ...], release: str) -> list[str
     return found
 
 
-def test_helm_install_wake_idle_upgrade_uninstall(kube: Kube, namespaces: tuple[str, str]) -> None:
+def test_helm_install_wake_idle_upgrade_uninstall(
+    kube: Kube, namespaces: tuple[str, str], real_node: bool
+) -> None:
     """Namespaced install mode (Roles): the application namespace differs from the release's."""
     with diagnose_on_failure(kube, namespaces):
         release_ns, app_ns = namespaces
         release, name = "gp", "qwen3-small"
-        values = chart_values(watchNamespaces=[app_ns])
-        activators = Activators(kube, release_ns, release)
+        values = chart_values(real_node, watchNamespaces=[app_ns])
+        activators = Activators(kube, release_ns, release, via_service=real_node)
         try:
+            started = time.monotonic()
             install_chart(kube, release, release_ns, values)
+            print(f"helm install --wait: {time.monotonic() - started:.1f} s")
+            if real_node:
+                assert_real_containers(kube, release_ns, release)
             # Both components run as pods under their own ServiceAccounts.
             for comp in ("operator", "activator"):
                 pods = kube.items(
@@ -294,6 +365,7 @@ def test_helm_install_wake_idle_upgrade_uninstall(kube: Kube, namespaces: tuple[
                     engine=ENGINE,
                     idle_timeout=f"{IDLE_TIMEOUT_S}s",
                     token_secret="hf",
+                    real_node=real_node,
                 )
             )
             # The token Secret is missing: the operator (reading Secrets under the chart's
@@ -325,6 +397,12 @@ def test_helm_install_wake_idle_upgrade_uninstall(kube: Kube, namespaces: tuple[
             vector = embed(activators, name, "hello from the helm suite", timeout=WAKE_TIMEOUT)
             print(f"first request (woke the service): {time.monotonic() - started:.1f} s")
             assert len(vector) > 0
+            if real_node:
+                (pod,) = engine_pods(kube, app_ns, name)
+                assert pod["spec"]["nodeName"] == "glowplug-realnode"
+                assert pod["status"]["containerStatuses"][0]["image"].endswith(
+                    "sglang-standin:" + pod["spec"]["containers"][0]["image"].rsplit(":", 1)[1]
+                )
             obj = embsvc(kube, app_ns, name)
             assert obj["spec"]["replicas"] >= 1
             status = wait_until(
@@ -337,8 +415,8 @@ def test_helm_install_wake_idle_upgrade_uninstall(kube: Kube, namespaces: tuple[
                 p["metadata"]["uid"]
                 for p in kube.items("pods", "-n", release_ns, "-l", "app.kubernetes.io/instance=gp")
             }
-            values["activator"] = {"podAnnotations": {"e2e.glowplug.dev/revision": "2"}}
-            values["operator"] = {"podAnnotations": {"e2e.glowplug.dev/revision": "2"}}
+            for comp in ("activator", "operator"):
+                values.setdefault(comp, {})["podAnnotations"] = {"e2e.glowplug.dev/revision": "2"}
             with Traffic(activators, name) as traffic:
                 install_chart(kube, release, release_ns, values, upgrade=True)
                 time.sleep(3)  # and a little traffic on the new pods alone
@@ -391,17 +469,21 @@ def test_helm_install_wake_idle_upgrade_uninstall(kube: Kube, namespaces: tuple[
         assert kube.get("crd", "embeddingservices.glowplug.dev") is not None
 
 
-def test_helm_cluster_wide_install(kube: Kube, namespaces: tuple[str, str]) -> None:
+def test_helm_cluster_wide_install(
+    kube: Kube, namespaces: tuple[str, str], real_node: bool
+) -> None:
     """Cluster-wide install mode (ClusterRoles): a service in any namespace is rendered and
     listed; uninstall removes the cluster-scoped objects too."""
     with diagnose_on_failure(kube, namespaces):
         release_ns, app_ns = namespaces
         release, name = "gpc", "minilm"
-        activators = Activators(kube, release_ns, release)
+        activators = Activators(kube, release_ns, release, via_service=real_node)
         try:
-            install_chart(kube, release, release_ns, chart_values())
+            install_chart(kube, release, release_ns, chart_values(real_node))
+            if real_node:
+                assert_real_containers(kube, release_ns, release)
             assert kube.get("clusterkopfpeering", "glowplug") is not None
-            kube.apply(example_service(name, app_ns, engine=ENGINE))
+            kube.apply(example_service(name, app_ns, engine=ENGINE, real_node=real_node))
             wait_until(
                 lambda: kube.get("deployment", name, "-n", app_ns), 60, "the engine Deployment"
             )

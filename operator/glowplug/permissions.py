@@ -81,7 +81,7 @@ OPERATOR: tuple[Need, ...] = (
         "create list",
         "watched",
         "kopf event posting (kopf.event); scaling.py list_namespaced_event (a waiting"
-        " pod's node-autoscaler Events, wake phases)",
+        " pod's node-autoscaler Events, wake phases; a creating pod's FailedMount Events)",
     ),
     _need(
         "discovery.k8s.io",

@@ -585,3 +585,27 @@ async def test_restart_during_a_wake_keeps_its_timeline() -> None:
     await run_until(second, api, clock, clock.t + 1)
     phases = [e["phase"] for e in api.obj["status"]["lastWake"]["timeline"]]
     assert phases == ["WaitingForNode", "Ready"]
+
+
+async def test_failed_mount_event_of_a_creating_pod_fails_the_wake() -> None:
+    """The kubelet's FailedMount Event (pod status only says ContainerCreating) becomes the
+    FailedMount condition; another pod's Event does not."""
+    api, load, clock = make(replicas=1)
+    loop = ServiceLoop(api, load, Options(), clock=clock)
+    load.loads = [ActivatorLoad(queued=1, waking=True)]
+    api.pods = [a_pod("a", T0, waiting="ContainerCreating")]
+    mount = {
+        "reason": "FailedMount",
+        "involvedObject": {"kind": "Pod", "name": "pod-a", "uid": "a"},
+        "message": 'MountVolume.SetUp failed for volume "model" : hostPath type check failed:'
+        " /models/m is not a directory",
+    }
+    api.events["pod-b"] = [dict(mount, involvedObject={"kind": "Pod", "name": "pod-b"})]
+    await run_until(loop, api, clock, T0 + 2)
+    conditions = (api.obj.get("status") or {}).get("conditions") or []
+    assert not [c for c in conditions if c["type"] == "Failed" and c["status"] == "True"]
+    api.events["pod-a"] = [mount]
+    await run_until(loop, api, clock, T0 + 4)
+    failed = condition(api, "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "FailedMount")
+    assert "is not a directory" in failed["message"]

@@ -90,3 +90,34 @@ def test_is_ready() -> None:
     assert is_ready(pod(ready=True))
     assert not is_ready(pod(ready=True, deleting=True))
     assert not is_ready(pod())
+
+
+def mount_event(pod_name: str, uid: str = "u1") -> dict[str, Any]:
+    """A FailedMount Event as the kubelet posts it (shape of a core/v1 Event)."""
+    return {
+        "reason": "FailedMount",
+        "type": "Warning",
+        "involvedObject": {"kind": "Pod", "name": pod_name, "uid": uid},
+        "message": 'MountVolume.SetUp failed for volume "model" : hostPath type check failed:'
+        " /models/qwen3 is not a directory",
+    }
+
+
+def test_failed_mount_needs_container_creating_and_the_pods_event() -> None:
+    creating = pod("p", waiting="ContainerCreating")
+    creating["metadata"]["uid"] = "u1"
+    f = pod_failure(creating, [mount_event("p")])
+    assert f is not None and f.reason == "FailedMount"
+    assert "is not a directory" in f.message and "pod p" in f.message
+    # Another pod's event, an earlier pod of the same name, or no event: no failure.
+    assert pod_failure(creating, [mount_event("q")]) is None
+    assert pod_failure(creating, [mount_event("p", uid="old")]) is None
+    assert pod_failure(creating) is None
+    # Once the containers run, an old FailedMount Event is history.
+    running = pod("p")
+    running["metadata"]["uid"] = "u1"
+    assert pod_failure(running, [mount_event("p")]) is None
+    # Through service_failure too; a ready pod still wins.
+    f = service_failure([creating], events=[mount_event("p")])
+    assert f is not None and f.reason == "FailedMount"
+    assert service_failure([creating, pod("r", ready=True)], events=[mount_event("p")]) is None

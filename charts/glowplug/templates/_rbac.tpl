@@ -42,7 +42,8 @@ can-i, on a real API server). Owner references cascade deletes: no delete verbs.
   verbs: [get]
 # Events on EmbeddingServices (kopf posts through the core API); list: the Events of a
 # pod still waiting for a node (cluster-autoscaler's TriggeredScaleUp/NotTriggerScaleUp,
-# Karpenter's Nominated), read only during such a wake.
+# Karpenter's Nominated), read only during such a wake, and the kubelet's FailedMount
+# Events of engine pods stuck in ContainerCreating (wake failure FailedMount).
 - apiGroups: [""]
   resources: [events]
   verbs: [create, list]

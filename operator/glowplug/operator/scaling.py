@@ -41,7 +41,7 @@ from glowplug.operator.autoscaler import ScalerState, decide
 from glowplug.operator.idlepolicy import IdlePolicy
 from glowplug.operator.ledger import Ledger, PodHold
 from glowplug.operator.timefmt import format_time, parse_time
-from glowplug.operator.wakefailures import WakeFailure, is_ready, service_failure
+from glowplug.operator.wakefailures import WakeFailure, creating, is_ready, service_failure
 from glowplug.operator.waketracker import WakeTracker
 from glowplug.outage import Outage, is_unreachable
 
@@ -415,7 +415,15 @@ class ServiceLoop:
         # 2. wake failures and wake duration
         ready = sum(1 for p in pods if is_ready(p))
         # Pods created before the last spec change carry the old spec's failure.
-        failure = service_failure(pods, since=self.spec_changed_at)
+        # A pod waiting in ContainerCreating: its Events may say FailedMount.
+        mounting = [p["metadata"]["name"] for p in pods if creating(p) and not is_ready(p)]
+        events = (
+            [ev for evs in (await self.api.list_pod_events(namespace, mounting)).values()
+             for ev in evs]
+            if mounting
+            else []
+        )  # fmt: skip
+        failure = service_failure(pods, since=self.spec_changed_at, events=events)
         self._wake(now, status, spec_replicas, ready, patch)
         node_failure = await self.wake.track(
             self.api,

@@ -11,6 +11,10 @@ pods disagree (the most specific first):
   InvalidImageName;
 - ``CreateContainerConfigError``: a container cannot be created (CreateContainerConfigError,
   e.g. a Secret or ConfigMap key its env names is missing, or CreateContainerError);
+- ``FailedMount``: a container waits in ContainerCreating and the kubelet reported a
+  FailedMount Event for the pod (e.g. a hostPath model source that is not a directory).
+  Pod status does not carry it (the container just waits in ContainerCreating), so the
+  caller passes the pods' FailedMount Events;
 - ``Unschedulable``: PodScheduled is False with reason Unschedulable.
 
 ``Unschedulable`` alone is not a wake failure (``service_failure`` skips it): on a GPU
@@ -38,6 +42,7 @@ OOM_KILLED = "OOMKilled"
 CRASH_LOOP = "CrashLoopBackOff"
 IMAGE_PULL = "ImagePullBackOff"
 CREATE_CONTAINER = "CreateContainerConfigError"
+FAILED_MOUNT = "FailedMount"
 UNSCHEDULABLE = "Unschedulable"
 NOT_TRIGGER_SCALE_UP = "NotTriggerScaleUp"  # from wakephases: a node autoscaler said no
 NODE_WAIT_TIMEOUT = "NodeWaitTimeout"  # from wakephases: nothing said a node is coming
@@ -46,6 +51,7 @@ PRIORITY = (
     CRASH_LOOP,
     IMAGE_PULL,
     CREATE_CONTAINER,
+    FAILED_MOUNT,
     NOT_TRIGGER_SCALE_UP,
     NODE_WAIT_TIMEOUT,
     UNSCHEDULABLE,
@@ -54,6 +60,7 @@ _PULL_REASONS = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrIma
 _CREATE_REASONS = {"CreateContainerConfigError", "CreateContainerError"}
 
 Pod = Mapping[str, Any]
+Event = Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -71,10 +78,31 @@ def _statuses(pod: Pod) -> list[Mapping[str, Any]]:
     ]
 
 
-def pod_failure(pod: Pod) -> WakeFailure | None:
-    """The reason this pod cannot become ready, or None."""
-    name = str((pod.get("metadata") or {}).get("name", ""))
+def creating(pod: Pod) -> bool:
+    """True when a container of the pod waits in ContainerCreating (volumes not mounted
+    yet, or the sandbox not up): the state in which a FailedMount Event matters."""
+    return any(
+        ((cs.get("state") or {}).get("waiting") or {}).get("reason") == "ContainerCreating"
+        for cs in _statuses(pod)
+    )
+
+
+def pod_failure(pod: Pod, events: Iterable[Event] = ()) -> WakeFailure | None:
+    """The reason this pod cannot become ready, or None. ``events``: FailedMount Events
+    of the namespace (those of other pods are ignored)."""
+    meta = pod.get("metadata") or {}
+    name = str(meta.get("name", ""))
     found: dict[str, str] = {}
+    if creating(pod):
+        for ev in events:
+            obj = ev.get("involvedObject") or {}
+            if ev.get("reason") != FAILED_MOUNT or obj.get("kind") != "Pod":
+                continue
+            if obj.get("name") == name and obj.get("uid", meta.get("uid")) == meta.get("uid"):
+                found.setdefault(
+                    FAILED_MOUNT,
+                    f"pod {name}: a volume cannot be mounted: {ev.get('message') or 'FailedMount'}",
+                )
     for cs in _statuses(pod):
         container = cs.get("name", "?")
         state = cs.get("state") or {}
@@ -135,12 +163,16 @@ def is_ready(pod: Pod) -> bool:
     return False
 
 
-def service_failure(pods: Iterable[Pod], since: float | None = None) -> WakeFailure | None:
+def service_failure(
+    pods: Iterable[Pod], since: float | None = None, events: Iterable[Event] = ()
+) -> WakeFailure | None:
     """The service's wake failure: None when any pod is ready (the service serves).
 
     Pods being deleted are ignored, and so are pods created before ``since`` (the moment
-    the spec last changed: their failure belongs to the old spec).
+    the spec last changed: their failure belongs to the old spec). ``events``: the
+    namespace's FailedMount Events, when any pod waits in ContainerCreating.
     """
+    events = list(events)
     live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
     if any(is_ready(p) for p in live):
         return None
@@ -149,7 +181,7 @@ def service_failure(pods: Iterable[Pod], since: float | None = None) -> WakeFail
         created = parse_time((pod.get("metadata") or {}).get("creationTimestamp"))
         if since is not None and created is not None and created < since:
             continue
-        failure = pod_failure(pod)
+        failure = pod_failure(pod, events)
         # Waiting for a node is a phase of the wake, not a failure (wakephases).
         if failure is not None and failure.reason != UNSCHEDULABLE:
             failures.append(failure)

@@ -1,0 +1,3 @@
+module glowplug.dev/images/pause
+
+go 1.25.0
