@@ -127,7 +127,7 @@ async def serve(args: argparse.Namespace) -> int:
     else:
         from kubernetes_asyncio import client
 
-        api_client = await new_api_client()
+        api_client = await new_api_client("activator")
         waker = Waker(KubeScaler(client.CustomObjectsApi(api_client)), metrics)
         services.set_waker(waker)
         source = KubeSource(api_client, services, args.namespaces)

@@ -379,7 +379,7 @@ def register() -> None:
         settings.watching.connect_timeout = CONNECT_TIMEOUT
         settings.watching.server_timeout = 2 * BOOKMARK_INTERVAL
         settings.watching.client_timeout = 2 * BOOKMARK_INTERVAL + 10
-        api = await new_api_client()
+        api = await new_api_client("operator")
         memo.api = api
         memo.reconciler = Reconciler(Kube(api))
 

@@ -735,7 +735,7 @@ async def _startup(**kwargs: Any) -> None:
 
     from glowplug.kubeclient import new_api_client
 
-    SHARED.api_client = await new_api_client()
+    SHARED.api_client = await new_api_client("operator")
     SHARED.api = KubeServiceAPI(SHARED.api_client)
     discovery: Any = None
     if OPTIONS.activator_urls:
