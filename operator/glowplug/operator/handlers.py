@@ -377,7 +377,7 @@ def register() -> None:
         settings.networking.connect_timeout = CONNECT_TIMEOUT
         settings.networking.request_timeout = READ_TIMEOUT
         settings.watching.connect_timeout = CONNECT_TIMEOUT
-        settings.watching.server_timeout = 2 * BOOKMARK_INTERVAL
+        settings.watching.server_timeout = int(2 * BOOKMARK_INTERVAL)  # timeoutSeconds: an int
         settings.watching.client_timeout = 2 * BOOKMARK_INTERVAL + 10
         api = await new_api_client("operator")
         memo.api = api
