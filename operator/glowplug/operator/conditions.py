@@ -7,7 +7,7 @@ changes, so rewriting the same condition is a no-op and status patches stay idem
 Who sets which ``Failed`` reason:
 - the operator's reconcile: ``InvalidSpec``, ``SecretNotFound`` (``SPEC_REASONS``), and
   it clears only those when the spec is fixed;
-- the wake-failure watcher: the reasons ``wakefailures`` reports (``WAKE_REASONS``:
+- the wake-failure watcher: the reasons ``glowplug.kube.podstate`` reports (``WAKE_REASONS``:
   Unschedulable, ImagePullBackOff, CrashLoopBackOff, OOMKilled, ...), cleared by it.
 """
 
@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from glowplug.operator import wakefailures, wakephases
+from glowplug.kube import podstate
+from glowplug.operator import wakephases
 from glowplug.operator.timefmt import now_rfc3339
 
 READY = "Ready"
@@ -32,7 +33,7 @@ FAILED_PHASE = "Failed"
 INVALID_SPEC = "InvalidSpec"
 SECRET_NOT_FOUND = "SecretNotFound"
 SPEC_REASONS = frozenset({INVALID_SPEC, SECRET_NOT_FOUND})
-WAKE_REASONS = frozenset(wakefailures.PRIORITY)
+WAKE_REASONS = frozenset(podstate.PRIORITY)
 
 Condition = dict[str, Any]
 

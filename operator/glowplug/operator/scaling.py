@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from glowplug.api.spec import GROUP, PLURAL, VERSION, EmbeddingService, SpecError, parse
+from glowplug.kube.podstate import WakeFailure, is_ready, service_failure
 from glowplug.operator import conditions as cond
 from glowplug.operator import prewarm, wakephases
 from glowplug.operator.activity import (
@@ -39,7 +40,6 @@ from glowplug.operator.activity import (
 from glowplug.operator.autoscaler import ScalerState, decide
 from glowplug.operator.ledger import Ledger, PodHold
 from glowplug.operator.timefmt import format_time, parse_time
-from glowplug.operator.wakefailures import WakeFailure, is_ready, service_failure
 from glowplug.operator.wakephases import Timeline
 from glowplug.outage import Outage, is_unreachable
 
