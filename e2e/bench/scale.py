@@ -109,9 +109,11 @@ def embed(url: str, model: str, timeout: float) -> None:
     req = urllib.request.Request(
         f"{url}/v1/embeddings", data=body, headers={"Content-Type": "application/json"}
     )
-    with contextlib.suppress(OSError, urllib.error.HTTPError):
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            resp.read()
+    with (
+        contextlib.suppress(OSError, urllib.error.HTTPError),
+        urllib.request.urlopen(req, timeout=timeout) as resp,
+    ):
+        resp.read()
 
 
 def create_services(cluster: Cluster, names: list[str], tmp: Path) -> None:
@@ -148,9 +150,7 @@ def component(req: audit.Request) -> str:
     return "operator"  # glowplug-operator/... and kopf/...
 
 
-def measure_idle(
-    tail: audit.AuditTail, procs: dict[str, Proc], window: float
-) -> dict[str, Any]:
+def measure_idle(tail: audit.AuditTail, procs: dict[str, Proc], window: float) -> dict[str, Any]:
     tail.read()  # discard what came before the window
     cpu0 = {k: p.cpu_seconds() for k, p in procs.items()}
     t0 = time.monotonic()
@@ -241,7 +241,7 @@ def main() -> None:
 
         env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig), PYTHONUNBUFFERED="1")
         env.pop("KUBERNETES_SERVICE_HOST", None)
-        act_port, act_metrics = free_port(), free_port()
+        act_port = free_port()
         act_url = f"http://127.0.0.1:{act_port}"
         procs["activator"] = Proc(
             [str(GLOWPLUG), "activator", "--host", "127.0.0.1", "--port", str(act_port),

@@ -477,6 +477,7 @@ class Cluster:
             )
             self.log(f"etcd started (pid {procs[-1].pid}) on {etcd_url}")
             issuer = "https://kubernetes.default.svc.cluster.local"
+            audit_policy = audit.write_policy(self.state_dir / "audit-policy.yaml")
             record(
                 launch(
                     "kube-apiserver",
@@ -507,7 +508,7 @@ class Cluster:
                         "--profiling=false",
                         # Who asked for what (e2e/cluster/audit.py): the scale tests count
                         # glowplug's own requests by user agent, verb and resource.
-                        f"--audit-policy-file={audit.write_policy(self.state_dir / 'audit-policy.yaml')}",
+                        f"--audit-policy-file={audit_policy}",
                         f"--audit-log-path={self.audit_log}",
                         "--audit-log-format=json",
                         "--audit-log-maxsize=200",

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from glowplug.kube import podstate
+from glowplug.kube.labels import SERVICE_LABEL as SERVICE_LABEL  # watch.py reads it here
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-SERVICE_LABEL = "glowplug.dev/service"
 PORT_NAME = "http"
 
 

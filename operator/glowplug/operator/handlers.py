@@ -31,6 +31,7 @@ from prometheus_client import Gauge
 
 from glowplug import metrics
 from glowplug.api.spec import GROUP, PLURAL, VERSION, EmbeddingService, SpecError, parse
+from glowplug.kube import labels
 from glowplug.kubeclient import BOOKMARK_INTERVAL, CONNECT_TIMEOUT, READ_TIMEOUT, new_api_client
 from glowplug.operator import conditions as cond
 from glowplug.operator import render
@@ -176,7 +177,7 @@ class Reconciler:
         namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation")
         if meta.get("deletionTimestamp"):
             return  # being deleted: never re-create what the garbage collector removes
-        selector = f"{render.SERVICE_LABEL}={name}"
+        selector = f"{labels.SERVICE_LABEL}={name}"
         try:
             svc = parse(body)
         except SpecError as err:
@@ -266,7 +267,7 @@ class Reconciler:
     def _remember_deployment(st: _State, dep: Mapping[str, Any]) -> None:
         st.dep_replicas = int((dep.get("spec") or {}).get("replicas") or 0)
         annotations = (dep.get("metadata") or {}).get("annotations") or {}
-        st.dep_hash = annotations.get(render.TEMPLATE_HASH_ANNOTATION)
+        st.dep_hash = annotations.get(labels.TEMPLATE_HASH_ANNOTATION)
 
     async def _fail(
         self, body: Mapping[str, Any], st: _State, reason: str, message: str, selector: str
@@ -299,7 +300,7 @@ class Reconciler:
     ) -> None:
         meta = dep["metadata"]
         namespace = meta["namespace"]
-        name = (meta.get("labels") or {}).get(render.SERVICE_LABEL, meta["name"])
+        name = (meta.get("labels") or {}).get(labels.SERVICE_LABEL, meta["name"])
         spec, status = dep.get("spec") or {}, dep.get("status") or {}
         desired = int(spec.get("replicas") or 0)
         replicas = int(status.get("replicas") or 0)
@@ -314,7 +315,7 @@ class Reconciler:
                 desired=desired,
                 replicas=replicas,
                 ready=ready,
-                selector=f"{render.SERVICE_LABEL}={name}",
+                selector=f"{labels.SERVICE_LABEL}={name}",
                 observed_generation=st.applied_generation,
                 clear_spec_failures=clear_spec_failures,
             )
@@ -323,7 +324,7 @@ class Reconciler:
 
     async def on_deployment_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
-        name = (meta.get("labels") or {}).get(render.SERVICE_LABEL)
+        name = (meta.get("labels") or {}).get(labels.SERVICE_LABEL)
         if not name:
             return
         key = (str(meta.get("namespace")), str(name))
@@ -347,7 +348,7 @@ class Reconciler:
     async def on_service_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A Service deleted by hand is put back (a full reconcile re-applies it)."""
         meta = body.get("metadata") or {}
-        name = (meta.get("labels") or {}).get(render.SERVICE_LABEL)
+        name = (meta.get("labels") or {}).get(labels.SERVICE_LABEL)
         key = (str(meta.get("namespace")), str(name))
         if event_type == "DELETED" and name and key in self.states:
             self.schedule(key, 0.0)

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from glowplug.api.spec import GROUP, PLURAL, VERSION, EmbeddingService, SpecError, parse
+from glowplug.kube import scale
+from glowplug.kube.labels import SERVICE_LABEL
 from glowplug.kube.podstate import WakeFailure, is_ready, service_failure
 from glowplug.operator import conditions as cond
 from glowplug.operator import prewarm, wakephases
@@ -45,7 +47,6 @@ from glowplug.outage import Outage, is_unreachable
 
 log = logging.getLogger(__name__)
 
-SERVICE_LABEL = "glowplug.dev/service"
 GPU_RESOURCE = "nvidia.com/gpu"
 MERGE = "application/merge-patch+json"
 LAST_REQUEST_PERSIST_EVERY = 5.0  # while busy, persist lastRequestTime this often
@@ -184,33 +185,11 @@ class KubeServiceAPI:
         return list(plain.get("items") or [])
 
     async def read_scale(self, namespace: str, name: str) -> tuple[int, str] | None:
-        from kubernetes_asyncio.client.exceptions import ApiException
-
-        try:
-            scale = await self.custom.get_namespaced_custom_object_scale(
-                GROUP, VERSION, namespace, PLURAL, name
-            )
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
-        replicas = int((scale.get("spec") or {}).get("replicas") or 0)
-        return replicas, str(scale["metadata"]["resourceVersion"])
+        return await scale.read_scale(self.custom, namespace, name)
 
     async def write_scale(self, namespace: str, name: str, replicas: int, rv: str) -> bool:
-        from kubernetes_asyncio.client.exceptions import ApiException
-
-        body = {"metadata": {"resourceVersion": rv}, "spec": {"replicas": replicas}}
-        kwargs: dict[str, Any] = {"_content_type": MERGE}
-        try:
-            await self.custom.patch_namespaced_custom_object_scale(
-                GROUP, VERSION, namespace, PLURAL, name, body, **kwargs
-            )
-        except ApiException as err:
-            if err.status in (409, 404):
-                return False  # someone else wrote (or it is gone): decide again next tick
-            raise
-        return True
+        # False: someone else wrote (or it is gone): decide again next tick
+        return await scale.write_scale(self.custom, namespace, name, replicas, rv)
 
     async def update_status(
         self,
@@ -629,10 +608,10 @@ class ServiceLoop:
             fresh = await self.reader.refresh()
             if fresh.load(svc.namespace, svc.name).busy:
                 return
-        scale = await self.api.read_scale(svc.namespace, svc.name)
-        if scale is None or scale[0] != spec_replicas:
+        current = await self.api.read_scale(svc.namespace, svc.name)
+        if current is None or current[0] != spec_replicas:
             return  # someone else changed it since we looked: decide again next tick
-        if await self.api.write_scale(svc.namespace, svc.name, decision.replicas, scale[1]):
+        if await self.api.write_scale(svc.namespace, svc.name, decision.replicas, current[1]):
             log.info(
                 "%s/%s: replicas %d -> %d (%s)",
                 svc.namespace,
