@@ -127,8 +127,15 @@ def create_services(cluster: Cluster, names: list[str], tmp: Path) -> None:
 
 
 def list_services(cluster: Cluster) -> list[dict[str, Any]]:
-    out = cluster.api("GET", f"{GROUP_PATH}/namespaces/{NAMESPACE}/embeddingservices")
-    return list(out.get("items") or [])
+    for attempt in range(10):  # a loaded test bed answers slowly: try again
+        try:
+            out = cluster.api("GET", f"{GROUP_PATH}/namespaces/{NAMESPACE}/embeddingservices")
+        except (OSError, TimeoutError) as err:
+            say(f"listing EmbeddingServices failed ({err}); again")
+            time.sleep(2 + attempt)
+            continue
+        return list(out.get("items") or [])
+    raise RuntimeError("cannot list EmbeddingServices")
 
 
 def reconciled(items: list[dict[str, Any]]) -> int:
