@@ -146,6 +146,37 @@ def reconciled(items: list[dict[str, Any]]) -> int:
     )
 
 
+def remove_namespace(cluster: Cluster, wait: bool) -> None:
+    """Delete the bench namespace. kopf puts a finalizer on every EmbeddingService (the
+    autoscaler's daemons) and only a running operator removes it: with the operator
+    stopped, the bench strips them itself."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if cluster.kubectl("get", "namespace", NAMESPACE, check=False).returncode != 0:
+        return
+    with contextlib.suppress(Exception):
+        items = list_services(cluster)
+        base = f"{GROUP_PATH}/namespaces/{NAMESPACE}/embeddingservices/"
+
+        def strip(o: dict[str, Any]) -> None:
+            with contextlib.suppress(Exception):
+                cluster.api(
+                    "PATCH",
+                    base + o["metadata"]["name"],
+                    {"metadata": {"finalizers": None}},
+                    content_type="application/merge-patch+json",
+                )
+
+        todo = [o for o in items if o["metadata"].get("finalizers")]
+        if todo:
+            say(f"removing kopf's finalizer from {len(todo)} EmbeddingServices")
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(strip, todo))
+    cluster.kubectl(
+        "delete", "namespace", NAMESPACE, f"--wait={str(wait).lower()}", check=False, timeout=900
+    )
+
+
 def rates(reqs: list[audit.Request], seconds: float) -> dict[str, float]:
     counts = audit.by_verb_resource(reqs)
     return {k: round(v / seconds, 2) for k, v in counts.most_common()}
@@ -237,7 +268,7 @@ def main() -> None:
             "wait", "--for=condition=Established", "--timeout=60s",
             "crd/embeddingservices.glowplug.dev",
         )  # fmt: skip
-        cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=true", check=False, timeout=900)
+        remove_namespace(cluster, wait=True)
         cluster.kubectl("create", "namespace", NAMESPACE)
         names = [f"svc-{i:05d}" for i in range(args.n)]
         tmp = cluster.state_dir / "bench-scale"
@@ -330,7 +361,7 @@ def main() -> None:
         for p in procs.values():
             p.stop()
         if not args.keep:
-            cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+            remove_namespace(cluster, wait=False)
         cluster.release()
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -29,6 +30,7 @@ from typing import Any, Protocol
 
 from glowplug.api.spec import GROUP, PLURAL, VERSION, EmbeddingService, SpecError, parse
 from glowplug.kube import scale
+from glowplug.kube.informer import Informer
 from glowplug.kube.labels import SERVICE_LABEL
 from glowplug.kube.podstate import WakeFailure, is_ready, service_failure
 from glowplug.operator import conditions as cond
@@ -39,7 +41,7 @@ from glowplug.operator.activity import (
     LoadSource,
     StaticDiscovery,
 )
-from glowplug.operator.autoscaler import ScalerState, decide
+from glowplug.operator.autoscaler import ActivatorLoad, ScalerState, ServiceLoad, decide
 from glowplug.operator.ledger import Ledger, PodHold
 from glowplug.operator.timefmt import format_time, parse_time
 from glowplug.operator.wakephases import Timeline
@@ -53,6 +55,13 @@ LAST_REQUEST_PERSIST_EVERY = 5.0  # while busy, persist lastRequestTime this oft
 # After the first ready pod, how long to wait for the activators to report the first
 # response of the wake (the FirstResponse phase) before closing the timeline without it.
 FIRST_RESPONSE_WAIT = 120.0
+# At rest with no event, tick anyway after this long (a safety net; such a tick makes no
+# API request).
+REST_MAX = 300.0
+# The first tick of each service reads its object once (the latest ledger checkpoint):
+# at most this many per second, so a start-up or a failover with thousands of services
+# does not stampede the API server.
+FIRST_READS_PER_SECOND = 50.0
 
 
 @dataclass
@@ -62,6 +71,7 @@ class Options:
     interval: float = 1.0
     checkpoint_every: float = 10.0
     stats_timeout: float = 1.0
+    namespaces: Sequence[str] = ()  # --namespace (globs allowed); empty: all namespaces
 
 
 OPTIONS = Options()
@@ -106,6 +116,7 @@ def configure(args: argparse.Namespace) -> None:
         interval=float(getattr(args, "autoscale_interval", 1.0)),
         checkpoint_every=float(getattr(args, "ledger_checkpoint", 10.0)),
         stats_timeout=float(getattr(args, "stats_timeout", 1.0)),
+        namespaces=tuple(getattr(args, "namespace", None) or ()),
     )
     import kopf
 
@@ -118,6 +129,8 @@ def configure(args: argparse.Namespace) -> None:
         id="glowplug-scaling",
         cancellation_timeout=10.0,
     )(_daemon)
+    # A change of the object (spec, status, a scale write) ends its loop's rest at once.
+    kopf.on.event(GROUP, VERSION, PLURAL, id="glowplug-scaling-poke")(_poke_on_event)
 
 
 # --- the cluster, behind a small interface (a test double implements it too) -----------
@@ -153,13 +166,14 @@ class ServiceAPI(Protocol):
 class KubeServiceAPI:
     """``ServiceAPI`` on kubernetes_asyncio, reusing the operator's Kube for status."""
 
-    def __init__(self, api_client: Any) -> None:
+    def __init__(self, api_client: Any, pods: Informer | None = None) -> None:
         from kubernetes_asyncio import client
 
         from glowplug.operator.kube import FIELD_MANAGER, Kube
 
         self.field_manager = FIELD_MANAGER
         self.api_client = api_client
+        self.pods = pods  # the shared pod cache; None: LIST per call (tests of this class)
         self.kube = Kube(api_client)
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
@@ -178,6 +192,9 @@ class KubeServiceAPI:
         )
 
     async def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        if self.pods is not None:
+            await self.pods.wait_synced()
+            return self.pods.items(namespace, name)  # the watch cache: no API request
         pods = await self.core.list_namespaced_pod(
             namespace, label_selector=f"{SERVICE_LABEL}={name}"
         )
@@ -317,6 +334,11 @@ class ServiceLoop:
         self.node_fail: WakeFailure | None = None  # NotTriggerScaleUp / NodeWaitTimeout
         self.reported: str | None = None  # the wake-failure reason in status, if ours
         self.clear_pending = False  # the spec changed while a wake failure was reported
+        # At rest: at zero, no pod, no wake, no load. The daemon then sleeps until an
+        # event (its pods, its object, its load) or the next pre-warm edge.
+        self.at_rest = False
+        self.load: ServiceLoad | None = None  # the last load read (None: not read)
+        self.prewarm = False  # the spec has pre-warm windows
 
     async def tick(self, body: Mapping[str, Any]) -> None:
         now = self.clock()
@@ -381,7 +403,10 @@ class ServiceLoop:
             self.series.gpu.inc(delta.gpu_seconds)
             self.series.baseline.inc(delta.baseline_gpu_seconds)
         pod_set = frozenset(h.uid for h in holds)
-        due = now - self.last_checkpoint >= self.options.checkpoint_every
+        # While GPUs are held the totals move: checkpoint every checkpoint_every. With no
+        # pod, only the baseline moves, and a restart recomputes it from ledgerTime: an
+        # idle service writes nothing (DESIGN.md invariant 6).
+        due = bool(holds) and now - self.last_checkpoint >= self.options.checkpoint_every
         # Never twice at one instant; right after a restore, status holds a checkpoint.
         if (pod_set != self.last_pods or due) and now > self.last_checkpoint:
             try:
@@ -415,6 +440,26 @@ class ServiceLoop:
 
         if patch:
             await self._write_status(namespace, name, patch, spec_replicas, ready)
+        self.prewarm = bool(svc is not None and svc.scaling.prewarm)
+        self.at_rest = self._resting(spec_replicas, pods)
+
+    def _resting(self, spec_replicas: int, pods: Sequence[Mapping[str, Any]]) -> bool:
+        load = self.load
+        return (
+            spec_replicas == 0
+            and not pods
+            and self.timeline is None
+            and self.wake_start is None
+            and not self.clear_pending
+            and (load is None or not (load.in_flight or load.queued or load.waking))
+        )
+
+    def rest_seconds(self, now: float) -> float:
+        """How long the daemon may sleep at rest when no event comes: to the next minute
+        (pre-warm schedules are cron, minute-granular), else ``REST_MAX``."""
+        if self.prewarm:
+            return max(0.05, 60.0 - now % 60.0 + 0.2)
+        return REST_MAX
 
     def _failure(self, failure: WakeFailure | None, body: Mapping[str, Any]) -> dict[str, Any]:
         if failure is not None and failure.reason != self.reported:
@@ -584,6 +629,7 @@ class ServiceLoop:
         assert self.reader is not None
         snapshot = await self.reader.snapshot()
         load = snapshot.load(svc.namespace, svc.name)
+        self.load = load
         self._first_response(now, load.first_response, patch)
         if self.scaler is None:
             self.persisted_activity = parse_time(status.get("lastRequestTime"))
@@ -592,9 +638,13 @@ class ServiceLoop:
         decision = decide(now, spec_replicas, svc.scaling, load, self.scaler, floor)
         activity = decision.last_activity
         persisted = self.persisted_activity
+        # Busy only because an activator cannot be read is no use of the service: kept in
+        # memory (no scale-down on a guess) but not persisted, or one unreadable activator
+        # would make every service write every few seconds.
+        used = load.in_flight > 0 or load.queued > 0 or load.waking
         if persisted is None or (
             activity > persisted
-            and (not load.busy or activity - persisted >= LAST_REQUEST_PERSIST_EVERY)
+            and (not load.busy or (used and activity - persisted >= LAST_REQUEST_PERSIST_EVERY))
         ):
             patch["lastRequestTime"] = format_time(activity)
             self.persisted_activity = activity
@@ -696,11 +746,63 @@ def _series(svc: EmbeddingService) -> Any:
 # --- kopf wiring ---------------------------------------------------------------------------
 
 
+class Pokes:
+    """One asyncio.Event per service: set when something about it changed (an event
+    from its pods' informer, its object, or its load) to end its loop's rest."""
+
+    def __init__(self) -> None:
+        self.events: dict[tuple[str, str], asyncio.Event] = {}
+
+    def event(self, namespace: str, name: str) -> asyncio.Event:
+        return self.events.setdefault((namespace, name), asyncio.Event())
+
+    def poke(self, namespace: str, name: str) -> None:
+        ev = self.events.get((namespace, name))
+        if ev is not None:
+            ev.set()
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.events.pop((namespace, name), None)
+
+
+class RateGate:
+    """At most ``rate`` passes per second, in arrival order (a start-up spreads out)."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = 1.0 / rate
+        self.clock = clock
+        self.next = 0.0
+
+    async def wait(self) -> None:
+        now = self.clock()
+        slot = max(now, self.next)
+        self.next = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+class GatedServiceAPI(KubeServiceAPI):
+    """``KubeServiceAPI`` whose object reads (one per service at its first tick) pass a
+    ``RateGate``: a restart or failover with N services costs N/rate seconds of reads,
+    not N requests at once."""
+
+    def __init__(self, api_client: Any, pods: Informer | None, gate: RateGate) -> None:
+        super().__init__(api_client, pods)
+        self.gate = gate
+
+    async def read_object(self, namespace: str, name: str) -> dict[str, Any] | None:
+        await self.gate.wait()
+        return await super().read_object(namespace, name)
+
+
 @dataclass
 class _Shared:
     api: ServiceAPI | None = None
     reader: LoadReader | None = None
     api_client: Any = None
+    pods: Informer | None = None
+    pokes: Pokes = field(default_factory=Pokes)
+    load_task: asyncio.Task[None] | None = None
     closing: bool = False  # cleanup began: the clients are being closed under the loops
     outage: Outage = field(default_factory=lambda: Outage(log))  # shared by every loop
 
@@ -712,10 +814,14 @@ async def _startup(**kwargs: Any) -> None:
     logger: logging.Logger = kwargs.get("logger") or log
     from kubernetes_asyncio import client
 
+    from glowplug.kube import informer
     from glowplug.kubeclient import new_api_client
 
     SHARED.api_client = await new_api_client("operator")
-    SHARED.api = KubeServiceAPI(SHARED.api_client)
+    # One watch of every engine pod instead of a LIST per service per tick.
+    SHARED.pods = informer.pods(SHARED.api_client, OPTIONS.namespaces, SHARED.pokes.poke)
+    SHARED.pods.start()
+    SHARED.api = GatedServiceAPI(SHARED.api_client, SHARED.pods, RateGate(FIRST_READS_PER_SECOND))
     discovery: Any = None
     if OPTIONS.activator_urls:
         discovery = StaticDiscovery(OPTIONS.activator_urls)
@@ -736,10 +842,50 @@ async def _startup(**kwargs: Any) -> None:
         max_age=min(0.5, OPTIONS.interval / 2),
         on_error=lambda url: STATS_ERRORS.labels(url).inc(),
     )
+    SHARED.load_task = asyncio.create_task(
+        poke_on_load(SHARED.reader, SHARED.pokes, OPTIONS.interval), name="load changes"
+    )
+
+
+def _signature(loads: Sequence[ActivatorLoad]) -> tuple[tuple[Any, ...], ...]:
+    return tuple(
+        (a.in_flight, a.queued, a.waking, a.last_request_finished, a.first_response) for a in loads
+    )
+
+
+async def poke_on_load(reader: LoadSource, pokes: Pokes, interval: float) -> None:
+    """Read the activators' load once per ``interval`` and poke the services whose load
+    changed since the last read: a service at rest wakes on its first request."""
+    prev: dict[str, tuple[tuple[Any, ...], ...]] = {}
+    while True:
+        try:
+            snap = await reader.snapshot()
+        except Exception as err:  # the reader logs its own failures; keep going
+            log.debug("load read failed: %s", err)
+        else:
+            cur = {k: _signature(v) for k, v in snap.per_service.items()}
+            for key in cur.keys() | prev.keys():
+                if cur.get(key) != prev.get(key):
+                    namespace, _sep, name = key.partition("/")
+                    pokes.poke(namespace, name)
+            prev = cur
+        await asyncio.sleep(interval)
+
+
+async def _poke_on_event(**kwargs: Any) -> None:
+    body = kwargs.get("body") or {}
+    meta = body.get("metadata") or {}
+    SHARED.pokes.poke(str(meta.get("namespace")), str(meta.get("name")))
 
 
 async def _cleanup(**_: Any) -> None:
     SHARED.closing = True
+    if SHARED.load_task is not None:
+        SHARED.load_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await SHARED.load_task
+    if SHARED.pods is not None:
+        await SHARED.pods.close()
     if SHARED.reader is not None:
         await SHARED.reader.close()
     if SHARED.api_client is not None:
@@ -752,9 +898,13 @@ async def _daemon(**kwargs: Any) -> None:
         await _startup(logger=logger)
     assert SHARED.api is not None
     loop = ServiceLoop(SHARED.api, SHARED.reader, OPTIONS, outage=SHARED.outage)
+    meta = body.get("metadata") or {}
+    key = (str(meta.get("namespace")), str(meta.get("name")))
+    poke = SHARED.pokes.event(*key)
     try:
         while not stopped:
             started = time.monotonic()
+            poke.clear()  # a poke during the tick makes the next one come at once
             try:
                 await loop.tick(body)
                 SHARED.outage.ok()
@@ -768,10 +918,29 @@ async def _daemon(**kwargs: Any) -> None:
                 else:
                     logger.warning("autoscaler tick failed: %s", err, exc_info=True)
             elapsed = time.monotonic() - started
-            await stopped.wait(max(0.05, OPTIONS.interval - elapsed))
+            if loop.at_rest:
+                await _rest(stopped, poke, loop.rest_seconds(time.time()))
+            else:
+                await stopped.wait(max(0.05, OPTIONS.interval - elapsed))
     finally:
+        SHARED.pokes.forget(*key)
         if loop.series is not None and _deleted(stopped):
             loop.series.remove()
+
+
+async def _rest(stopped: Any, poke: asyncio.Event, seconds: float) -> None:
+    """Sleep until poked, stopped or ``seconds`` passed."""
+    if poke.is_set():
+        return
+    waits = {
+        asyncio.ensure_future(poke.wait()),
+        asyncio.ensure_future(stopped.wait(seconds)),
+    }
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 def _deleted(stopped: Any) -> bool:
