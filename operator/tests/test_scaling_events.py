@@ -7,7 +7,7 @@ import time
 
 from glowplug.operator.activity import Snapshot
 from glowplug.operator.autoscaler import ActivatorLoad
-from glowplug.operator.scaling import Pokes, RateGate, poke_on_load
+from glowplug.operator.serviceloop import Pokes, RateGate, poke_on_load
 
 
 class SnapshotsDouble:

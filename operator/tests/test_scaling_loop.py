@@ -14,7 +14,7 @@ import pytest
 
 from glowplug.operator.activity import Snapshot
 from glowplug.operator.autoscaler import ActivatorLoad
-from glowplug.operator.scaling import Options, ServiceLoop, pod_gpus, pod_hold
+from glowplug.operator.serviceloop import Options, ServiceLoop, pod_gpus, pod_hold
 from glowplug.operator.timefmt import format_time, parse_time
 
 T0 = 1_780_000_000.0
