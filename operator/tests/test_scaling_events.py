@@ -7,7 +7,8 @@ import time
 
 from glowplug.operator.activity import Snapshot
 from glowplug.operator.autoscaler import ActivatorLoad
-from glowplug.operator.serviceloop import Pokes, RateGate, poke_on_load
+from glowplug.operator.pokes import Pokes, poke_on_load
+from glowplug.operator.serviceapi import RateGate
 
 
 class SnapshotsDouble:

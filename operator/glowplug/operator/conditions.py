@@ -159,7 +159,7 @@ def replica_conditions(
         and current.get("status") == "True"
         and current.get("reason") in wakephases.WAITING_PHASES
     ):
-        # The wake tracker (scaling.py) says which phase the wake waits in: keep it.
+        # The wake tracker (serviceloop.py) says which phase the wake waits in: keep it.
         reason, message = str(current["reason"]), str(current.get("message") or "")
     out = set_condition(
         out,

@@ -1,48 +1,37 @@
-"""Autoscaling, wake-failure detection and the GPU-hour ledger, registered with kopf.
+"""One EmbeddingService's loop: the GPU-hour ledger, wake failures and phases, autoscaling.
 
-One kopf daemon per EmbeddingService ticks about once a second (``--autoscale-interval``):
+Each tick (``daemon.py`` runs it about once a second, or rests it while nothing happens):
 
-1. lists the service's pods (label ``glowplug.dev/service``) and feeds the GPU-hour
-   ledger, checkpointing it into status every ``--ledger-checkpoint`` seconds and at
-   once whenever the set of pods holding GPUs changes;
+1. reads the service's pods (label ``glowplug.dev/service``, from the shared pod
+   informer) and feeds the GPU-hour ledger, checkpointing it into status every
+   ``--ledger-checkpoint`` seconds while GPUs are held and at once whenever the set of
+   pods holding GPUs changes (an idle service writes nothing);
 2. turns pods that cannot become ready into the ``Failed`` condition and a Warning
    Event, and measures each wake (replicas raised from zero to the first ready pod);
-3. reads every activator's ``/stats`` (one shared snapshot per second for all
-   services) and applies ``autoscaler.decide``; each change of ``spec.replicas`` is a
-   compare-and-swap write through the scale subresource.
+3. reads every activator's ``/stats`` (one shared snapshot for all services) and
+   applies ``autoscaler.decide``; each change of ``spec.replicas`` is a compare-and-swap
+   write through the scale subresource.
 
-Why a kopf daemon: kopf stops daemons when peering tells this operator replica to
-stand by, and starts them again when it becomes active, so only one replica scales and
-accounts at a time; a daemon also stops when its object is deleted.
+After the tick, ``at_rest`` says whether the loop may sleep until an event.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import contextlib
 import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
-from glowplug.api.spec import GROUP, PLURAL, VERSION, EmbeddingService, SpecError, parse
-from glowplug.kube import scale
-from glowplug.kube.informer import Informer
-from glowplug.kube.labels import SERVICE_LABEL
+from glowplug.api.spec import EmbeddingService, SpecError, parse
 from glowplug.kube.podstate import WakeFailure, is_ready, service_failure
 from glowplug.operator import conditions as cond
 from glowplug.operator import prewarm, wakephases
-from glowplug.operator.activity import (
-    EndpointSliceDiscovery,
-    LoadReader,
-    LoadSource,
-    StaticDiscovery,
-)
-from glowplug.operator.autoscaler import ActivatorLoad, ScalerState, ServiceLoad, decide
+from glowplug.operator.activity import LoadSource
+from glowplug.operator.autoscaler import ScalerState, ServiceLoad, decide
 from glowplug.operator.ledger import Ledger, PodHold
+from glowplug.operator.serviceapi import ServiceAPI
 from glowplug.operator.timefmt import format_time, parse_time
 from glowplug.operator.wakephases import Timeline
 from glowplug.outage import Outage, is_unreachable
@@ -50,7 +39,6 @@ from glowplug.outage import Outage, is_unreachable
 log = logging.getLogger(__name__)
 
 GPU_RESOURCE = "nvidia.com/gpu"
-MERGE = "application/merge-patch+json"
 LAST_REQUEST_PERSIST_EVERY = 5.0  # while busy, persist lastRequestTime this often
 # After the first ready pod, how long to wait for the activators to report the first
 # response of the wake (the FirstResponse phase) before closing the timeline without it.
@@ -58,10 +46,6 @@ FIRST_RESPONSE_WAIT = 120.0
 # At rest with no event, tick anyway after this long (a safety net; such a tick makes no
 # API request).
 REST_MAX = 300.0
-# The first tick of each service reads its object once (the latest ledger checkpoint):
-# at most this many per second, so a start-up or a failover with thousands of services
-# does not stampede the API server.
-FIRST_READS_PER_SECOND = 50.0
 
 
 @dataclass
@@ -72,174 +56,6 @@ class Options:
     checkpoint_every: float = 10.0
     stats_timeout: float = 1.0
     namespaces: Sequence[str] = ()  # --namespace (globs allowed); empty: all namespaces
-
-
-OPTIONS = Options()
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the autoscaler's command-line options to ``glowplug operator``."""
-    group = parser.add_argument_group("autoscaler and ledger")
-    group.add_argument(
-        "--activator-service",
-        default="",
-        metavar="NAMESPACE/NAME",
-        help="read load from every endpoint of this activator Service (in a cluster)",
-    )
-    group.add_argument(
-        "--activator-url",
-        action="append",
-        default=[],
-        metavar="URL",
-        help="read load from this activator base URL (repeatable; local runs)",
-    )
-    group.add_argument(
-        "--autoscale-interval", type=float, default=1.0, help="seconds between ticks"
-    )
-    group.add_argument(
-        "--ledger-checkpoint",
-        type=float,
-        default=10.0,
-        help="seconds between GPU-ledger checkpoints into status",
-    )
-    group.add_argument(
-        "--stats-timeout", type=float, default=1.0, help="timeout of one /stats read"
-    )
-
-
-def configure(args: argparse.Namespace) -> None:
-    """Apply the parsed options and register the autoscaler's kopf handlers."""
-    global OPTIONS
-    OPTIONS = Options(
-        activator_urls=tuple(getattr(args, "activator_url", None) or ()),
-        activator_service=getattr(args, "activator_service", "") or "",
-        interval=float(getattr(args, "autoscale_interval", 1.0)),
-        checkpoint_every=float(getattr(args, "ledger_checkpoint", 10.0)),
-        stats_timeout=float(getattr(args, "stats_timeout", 1.0)),
-        namespaces=tuple(getattr(args, "namespace", None) or ()),
-    )
-    import kopf
-
-    kopf.on.startup(id="glowplug-scaling-startup")(_startup)
-    kopf.on.cleanup(id="glowplug-scaling-cleanup")(_cleanup)
-    kopf.daemon(
-        GROUP,
-        VERSION,
-        PLURAL,
-        id="glowplug-scaling",
-        cancellation_timeout=10.0,
-    )(_daemon)
-    # A change of the object (spec, status, a scale write) ends its loop's rest at once.
-    kopf.on.event(GROUP, VERSION, PLURAL, id="glowplug-scaling-poke")(_poke_on_event)
-
-
-# --- the cluster, behind a small interface (a test double implements it too) -----------
-
-
-class ServiceAPI(Protocol):
-    async def read_object(self, namespace: str, name: str) -> dict[str, Any] | None: ...
-
-    async def write_ledger(self, namespace: str, name: str, fields: dict[str, Any]) -> None: ...
-
-    async def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]: ...
-
-    async def read_scale(self, namespace: str, name: str) -> tuple[int, str] | None: ...
-
-    async def write_scale(self, namespace: str, name: str, replicas: int, rv: str) -> bool: ...
-
-    async def update_status(
-        self,
-        namespace: str,
-        name: str,
-        mutate: Callable[[Mapping[str, Any]], dict[str, Any] | None],
-    ) -> dict[str, Any] | None: ...
-
-    def warn(self, body: Mapping[str, Any], reason: str, message: str) -> None: ...
-
-    def info(self, body: Mapping[str, Any], reason: str, message: str) -> None: ...
-
-    async def list_pod_events(
-        self, namespace: str, pods: Sequence[str]
-    ) -> dict[str, list[dict[str, Any]]]: ...
-
-
-class KubeServiceAPI:
-    """``ServiceAPI`` on kubernetes_asyncio, reusing the operator's Kube for status."""
-
-    def __init__(self, api_client: Any, pods: Informer | None = None) -> None:
-        from kubernetes_asyncio import client
-
-        from glowplug.operator.kube import FIELD_MANAGER, Kube
-
-        self.field_manager = FIELD_MANAGER
-        self.api_client = api_client
-        self.pods = pods  # the shared pod cache; None: LIST per call (tests of this class)
-        self.kube = Kube(api_client)
-        self.core = client.CoreV1Api(api_client)
-        self.custom = client.CustomObjectsApi(api_client)
-
-    async def read_object(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self.kube.get_embsvc(namespace, name)
-
-    async def write_ledger(self, namespace: str, name: str, fields: dict[str, Any]) -> None:
-        """The ledger checkpoint: one merge patch of the fields only the ledger writes.
-
-        No precondition: the fields are written together and nobody else writes them.
-        """
-        kwargs: dict[str, Any] = {"_content_type": MERGE, "field_manager": self.field_manager}
-        await self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": fields}, **kwargs
-        )
-
-    async def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
-        if self.pods is not None:
-            await self.pods.wait_synced()
-            return self.pods.items(namespace, name)  # the watch cache: no API request
-        pods = await self.core.list_namespaced_pod(
-            namespace, label_selector=f"{SERVICE_LABEL}={name}"
-        )
-        plain: dict[str, Any] = self.api_client.sanitize_for_serialization(pods)
-        return list(plain.get("items") or [])
-
-    async def read_scale(self, namespace: str, name: str) -> tuple[int, str] | None:
-        return await scale.read_scale(self.custom, namespace, name)
-
-    async def write_scale(self, namespace: str, name: str, replicas: int, rv: str) -> bool:
-        # False: someone else wrote (or it is gone): decide again next tick
-        return await scale.write_scale(self.custom, namespace, name, replicas, rv)
-
-    async def update_status(
-        self,
-        namespace: str,
-        name: str,
-        mutate: Callable[[Mapping[str, Any]], dict[str, Any] | None],
-    ) -> dict[str, Any] | None:
-        return await self.kube.update_status(namespace, name, mutate)
-
-    def warn(self, body: Mapping[str, Any], reason: str, message: str) -> None:
-        import kopf
-
-        target: Any = dict(body)
-        kopf.warn(target, reason=reason, message=message)
-
-    def info(self, body: Mapping[str, Any], reason: str, message: str) -> None:
-        import kopf
-
-        target: Any = dict(body)
-        kopf.info(target, reason=reason, message=message)
-
-    async def list_pod_events(
-        self, namespace: str, pods: Sequence[str]
-    ) -> dict[str, list[dict[str, Any]]]:
-        """The Events of each named pod (only pods still waiting for a node: one or two)."""
-        out: dict[str, list[dict[str, Any]]] = {}
-        for pod in pods:
-            events = await self.core.list_namespaced_event(
-                namespace, field_selector=f"involvedObject.kind=Pod,involvedObject.name={pod}"
-            )
-            plain: dict[str, Any] = self.api_client.sanitize_for_serialization(events)
-            out[pod] = list(plain.get("items") or [])
-        return out
 
 
 # --- one service's loop --------------------------------------------------------------------
@@ -743,222 +559,10 @@ def _series(svc: EmbeddingService) -> Any:
     return ServiceSeries(svc)
 
 
-# --- kopf wiring ---------------------------------------------------------------------------
-
-
-class Pokes:
-    """One asyncio.Event per service: set when something about it changed (an event
-    from its pods' informer, its object, or its load) to end its loop's rest."""
-
-    def __init__(self) -> None:
-        self.events: dict[tuple[str, str], asyncio.Event] = {}
-
-    def event(self, namespace: str, name: str) -> asyncio.Event:
-        return self.events.setdefault((namespace, name), asyncio.Event())
-
-    def poke(self, namespace: str, name: str) -> None:
-        ev = self.events.get((namespace, name))
-        if ev is not None:
-            ev.set()
-
-    def forget(self, namespace: str, name: str) -> None:
-        self.events.pop((namespace, name), None)
-
-
-class RateGate:
-    """At most ``rate`` passes per second, in arrival order (a start-up spreads out)."""
-
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval = 1.0 / rate
-        self.clock = clock
-        self.next = 0.0
-
-    async def wait(self) -> None:
-        now = self.clock()
-        slot = max(now, self.next)
-        self.next = slot + self.interval
-        if slot > now:
-            await asyncio.sleep(slot - now)
-
-
-class GatedServiceAPI(KubeServiceAPI):
-    """``KubeServiceAPI`` whose object reads (one per service at its first tick) pass a
-    ``RateGate``: a restart or failover with N services costs N/rate seconds of reads,
-    not N requests at once."""
-
-    def __init__(self, api_client: Any, pods: Informer | None, gate: RateGate) -> None:
-        super().__init__(api_client, pods)
-        self.gate = gate
-
-    async def read_object(self, namespace: str, name: str) -> dict[str, Any] | None:
-        await self.gate.wait()
-        return await super().read_object(namespace, name)
-
-
-@dataclass
-class _Shared:
-    api: ServiceAPI | None = None
-    reader: LoadReader | None = None
-    api_client: Any = None
-    pods: Informer | None = None
-    pokes: Pokes = field(default_factory=Pokes)
-    load_task: asyncio.Task[None] | None = None
-    closing: bool = False  # cleanup began: the clients are being closed under the loops
-    outage: Outage = field(default_factory=lambda: Outage(log))  # shared by every loop
-
-
-SHARED = _Shared()
-
-
-async def _startup(**kwargs: Any) -> None:
-    logger: logging.Logger = kwargs.get("logger") or log
-    from kubernetes_asyncio import client
-
-    from glowplug.kube import informer
-    from glowplug.kubeclient import new_api_client
-
-    SHARED.api_client = await new_api_client("operator")
-    # One watch of every engine pod instead of a LIST per service per tick.
-    SHARED.pods = informer.pods(SHARED.api_client, OPTIONS.namespaces, SHARED.pokes.poke)
-    SHARED.pods.start()
-    SHARED.api = GatedServiceAPI(SHARED.api_client, SHARED.pods, RateGate(FIRST_READS_PER_SECOND))
-    discovery: Any = None
-    if OPTIONS.activator_urls:
-        discovery = StaticDiscovery(OPTIONS.activator_urls)
-    elif OPTIONS.activator_service:
-        ns, _sep, svc_name = OPTIONS.activator_service.partition("/")
-        discovery = EndpointSliceDiscovery(client.DiscoveryV1Api(SHARED.api_client), ns, svc_name)
-    if discovery is None:
-        logger.warning(
-            "no --activator-url or --activator-service: the autoscaler is off (replicas are"
-            " left as they are); the ledger and wake-failure detection still run"
-        )
-        return
-    from glowplug.operator.servicemetrics import STATS_ERRORS
-
-    SHARED.reader = LoadReader(
-        discovery,
-        timeout=OPTIONS.stats_timeout,
-        max_age=min(0.5, OPTIONS.interval / 2),
-        on_error=lambda url: STATS_ERRORS.labels(url).inc(),
-    )
-    SHARED.load_task = asyncio.create_task(
-        poke_on_load(SHARED.reader, SHARED.pokes, OPTIONS.interval), name="load changes"
-    )
-
-
-def _signature(loads: Sequence[ActivatorLoad]) -> tuple[tuple[Any, ...], ...]:
-    return tuple(
-        (a.in_flight, a.queued, a.waking, a.last_request_finished, a.first_response) for a in loads
-    )
-
-
-async def poke_on_load(reader: LoadSource, pokes: Pokes, interval: float) -> None:
-    """Read the activators' load once per ``interval`` and poke the services whose load
-    changed since the last read: a service at rest wakes on its first request."""
-    prev: dict[str, tuple[tuple[Any, ...], ...]] = {}
-    while True:
-        try:
-            snap = await reader.snapshot()
-        except Exception as err:  # the reader logs its own failures; keep going
-            log.debug("load read failed: %s", err)
-        else:
-            cur = {k: _signature(v) for k, v in snap.per_service.items()}
-            for key in cur.keys() | prev.keys():
-                if cur.get(key) != prev.get(key):
-                    namespace, _sep, name = key.partition("/")
-                    pokes.poke(namespace, name)
-            prev = cur
-        await asyncio.sleep(interval)
-
-
-async def _poke_on_event(**kwargs: Any) -> None:
-    body = kwargs.get("body") or {}
-    meta = body.get("metadata") or {}
-    SHARED.pokes.poke(str(meta.get("namespace")), str(meta.get("name")))
-
-
-async def _cleanup(**_: Any) -> None:
-    SHARED.closing = True
-    if SHARED.load_task is not None:
-        SHARED.load_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await SHARED.load_task
-    if SHARED.pods is not None:
-        await SHARED.pods.close()
-    if SHARED.reader is not None:
-        await SHARED.reader.close()
-    if SHARED.api_client is not None:
-        await SHARED.api_client.close()
-
-
-async def _daemon(**kwargs: Any) -> None:
-    body, stopped, logger = kwargs["body"], kwargs["stopped"], kwargs.get("logger") or log
-    if SHARED.api is None:
-        await _startup(logger=logger)
-    assert SHARED.api is not None
-    loop = ServiceLoop(SHARED.api, SHARED.reader, OPTIONS, outage=SHARED.outage)
-    meta = body.get("metadata") or {}
-    key = (str(meta.get("namespace")), str(meta.get("name")))
-    poke = SHARED.pokes.event(*key)
-    try:
-        while not stopped:
-            started = time.monotonic()
-            poke.clear()  # a poke during the tick makes the next one come at once
-            try:
-                await loop.tick(body)
-                SHARED.outage.ok()
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # one bad tick must not end the loop
-                if stopped or SHARED.closing:
-                    break  # shutting down: the API client may already be closed
-                if is_unreachable(err):
-                    SHARED.outage.failed(err)  # logged once for all services
-                else:
-                    logger.warning("autoscaler tick failed: %s", err, exc_info=True)
-            elapsed = time.monotonic() - started
-            if loop.at_rest:
-                await _rest(stopped, poke, loop.rest_seconds(time.time()))
-            else:
-                await stopped.wait(max(0.05, OPTIONS.interval - elapsed))
-    finally:
-        SHARED.pokes.forget(*key)
-        if loop.series is not None and _deleted(stopped):
-            loop.series.remove()
-
-
-async def _rest(stopped: Any, poke: asyncio.Event, seconds: float) -> None:
-    """Sleep until poked, stopped or ``seconds`` passed."""
-    if poke.is_set():
-        return
-    waits = {
-        asyncio.ensure_future(poke.wait()),
-        asyncio.ensure_future(stopped.wait(seconds)),
-    }
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()
-
-
-def _deleted(stopped: Any) -> bool:
-    try:
-        import kopf
-
-        reason = stopped.reason
-        return bool(reason and reason & kopf.DaemonStoppingReason.RESOURCE_DELETED)
-    except Exception:
-        return False
-
-
 __all__ = [
     "Options",
-    "ServiceAPI",
     "ServiceLoop",
-    "add_arguments",
-    "configure",
     "pod_gpus",
     "pod_hold",
+    "spec_fingerprint",
 ]
