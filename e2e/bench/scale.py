@@ -33,6 +33,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,19 @@ def rates(reqs: list[audit.Request], seconds: float) -> dict[str, float]:
     return {k: round(v / seconds, 2) for k, v in counts.most_common()}
 
 
+def burst(reqs: list[audit.Request], t0: float) -> dict[str, Any]:
+    """A start-up's requests: how many, the busiest second, when the last busy second was
+    (a second with more than 5 requests), by verb and resource."""
+    per_second = Counter(int(r.at - t0) for r in reqs if r.at >= t0)
+    busy = [s for s, c in per_second.items() if c > 5]
+    return {
+        "requests": len(reqs),
+        "peak_per_s": max(per_second.values(), default=0),
+        "settled_after_s": (max(busy) + 1) if busy else 0,
+        "by_verb_resource": dict(audit.by_verb_resource(reqs).most_common(8)),
+    }
+
+
 def component(req: audit.Request) -> str:
     if req.user_agent.startswith("glowplug-activator"):
         return "activator"
@@ -289,11 +303,11 @@ def main() -> None:
         wait_for(lambda: _ok(f"{act_url}/readyz"), 120, what="activator ready")
         op_metrics = free_port()
         t_op = time.monotonic()
-        procs["operator"] = Proc(
-            [str(GLOWPLUG), "operator", "--standalone", "--namespace", NAMESPACE,
-             "--metrics-port", str(op_metrics), "--activator-url", act_url, "-q"],
-            tmp / "operator.log", env,
-        )  # fmt: skip
+        op_args = [
+            str(GLOWPLUG), "operator", "--standalone", "--namespace", NAMESPACE,
+            "--metrics-port", str(op_metrics), "--activator-url", act_url, "-q",
+        ]  # fmt: skip
+        procs["operator"] = Proc(op_args, tmp / "operator.log", env)
         tail = audit.AuditTail(cluster.audit_log)
         reconcile_s: float | None = None
         while time.monotonic() - t_op < 900:
@@ -317,6 +331,14 @@ def main() -> None:
             with contextlib.suppress(OSError):
                 size, secs = fetch(url)
                 sizes[what] = {"bytes": size, "fetch_s": round(secs, 3)}
+
+        say("failover: a new operator process takes over (60 s)")
+        procs["operator"].stop()
+        tail.read()
+        t_new = time.time()
+        procs["operator"] = Proc(op_args, tmp / "operator-2.log", env)
+        time.sleep(60)
+        failover = burst([r for r in tail.read() if audit.is_glowplug(r)], t_new)
 
         rng = random.Random(12)
         trickle = rng.sample(names, max(1, args.n // 100))
@@ -347,6 +369,7 @@ def main() -> None:
             "reconcile_all_s": None if reconcile_s is None else round(reconcile_s, 1),
             "startup_requests": dict(audit.by_verb_resource(startup_reqs).most_common()),
             "idle": idle,
+            "failover": failover,
             "metrics": sizes,
             "trickle": {"services": len(trickle), **busy},
             "request_to_scale_write": latency,
@@ -379,6 +402,11 @@ def print_table(r: dict[str, Any]) -> None:
         )
     for c, m in r["metrics"].items():
         print(f"/metrics {c:<9} {m['bytes']} bytes in {m['fetch_s']} s")
+    fo = r["failover"]
+    print(
+        f"failover: {fo['requests']} requests, peak {fo['peak_per_s']}/s, "
+        f"settled after {fo['settled_after_s']} s"
+    )
     print(
         f"trickle ({busy['services']} services): {busy['api_requests_per_s']} req/s, "
         f"operator {busy['operator']['cpu_core_share'] * 100:.1f} % core"
