@@ -29,6 +29,7 @@ class FakeKube:
         self.applied: list[dict[str, Any]] = []
         self.fail_next_apply = False
         self.rv = 0
+        self.status_updates = 0  # update_status calls (each a GET and maybe a PATCH)
 
     def _bump(self, obj: dict[str, Any]) -> None:
         self.rv += 1
@@ -68,6 +69,7 @@ class FakeKube:
         body: Mapping[str, Any] | None = None,
         attempts: int = 5,
     ) -> dict[str, Any] | None:
+        self.status_updates += 1
         current = self.embsvcs.get((namespace, name))
         if current is None:
             return None
@@ -288,6 +290,25 @@ async def test_deployment_status_flows_to_embsvc_status(
     assert (st["phase"], st["replicas"], st["readyReplicas"]) == ("Ready", 1, 1)
     assert cond.is_true(st["conditions"], cond.READY)
     assert handlers.REPLICAS.labels("ns", "small", "ready")._value.get() == 1
+
+
+async def test_a_replayed_deployment_costs_no_status_read(
+    kube: FakeKube, reconciler: handlers.Reconciler
+) -> None:
+    """kopf re-lists each watch cycle and replays every Deployment: an unchanged one
+    (same resourceVersion) must not read and rewrite the EmbeddingService's status."""
+    body = kube.put(embsvc(replicas=0))
+    await reconciler.on_embsvc_event("ADDED", body)
+    dep = copy.deepcopy(kube.deployments[("ns", "small")])
+    dep["metadata"]["resourceVersion"] = "41"
+    await reconciler.on_deployment_event("MODIFIED", dep)
+    seen = kube.status_updates
+    await reconciler.on_deployment_event("MODIFIED", copy.deepcopy(dep))
+    assert kube.status_updates == seen
+    dep["metadata"]["resourceVersion"] = "42"
+    dep["status"] = {"replicas": 1}
+    await reconciler.on_deployment_event("MODIFIED", dep)
+    assert kube.status_updates == seen + 1
 
 
 async def test_api_error_is_retried(

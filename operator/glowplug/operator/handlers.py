@@ -91,6 +91,10 @@ class _State:
     # What the Deployment holds (from our applies and its watch events), for Events.
     dep_replicas: int | None = None
     dep_hash: str | None = None
+    # The Deployment resourceVersion whose status is already in our status: kopf re-lists
+    # every watch cycle and replays each object as an event; an unchanged one needs no
+    # status read (an idle service costs nothing, DESIGN.md invariant 6).
+    dep_status_rv: str | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     retry: asyncio.Task[None] | None = None
     backoff: float = field(default_factory=lambda: RETRY_MIN_SECONDS)
@@ -340,10 +344,17 @@ class Reconciler:
             self._remember_deployment(self.states[key], body)
         if key in self.states and self.states[key].applied_generation is None:
             return  # not reconciled yet; the reconcile writes status itself
+        state = self.states.get(key)
+        rv = str(meta.get("resourceVersion") or "")
+        if state is not None and rv and state.dep_status_rv == rv:
+            return  # the same Deployment again (a re-list): its status is written
         try:
             await self.write_status(None, body)
         except Exception as err:
             log.warning("status of %s/%s: %s", *key, err)
+        else:
+            if state is not None:
+                state.dep_status_rv = rv
 
     async def on_service_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A Service deleted by hand is put back (a full reconcile re-applies it)."""
