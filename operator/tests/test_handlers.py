@@ -372,3 +372,38 @@ async def test_nothing_is_applied_while_the_owner_is_being_deleted(
     await reconciler.on_deployment_event("DELETED", dep)
     await asyncio.sleep(0.05)
     assert kube.applied == []
+
+
+class SlowKube(FakeKube):
+    """The double, with applies that take a moment; it records how many overlap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = 0
+        self.most = 0
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        try:
+            await asyncio.sleep(0.01)
+            return await super().apply(manifest)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_a_start_up_reconciles_a_bounded_number_at_once(events: Recorder) -> None:
+    """kopf hands over every object at start-up: reconciles wait for a slot instead of
+    queueing hundreds of calls on the connection pool."""
+    kube = SlowKube()
+    r = handlers.Reconciler(kube, emit=events)  # type: ignore[arg-type]
+    bodies = []
+    for i in range(60):
+        body = embsvc()
+        body["metadata"] = {**body["metadata"], "name": f"s{i}", "uid": f"u{i}"}
+        bodies.append(kube.put(body))
+    await asyncio.gather(*(r.on_embsvc_event("ADDED", b) for b in bodies))
+    assert len(kube.deployments) == 60
+    assert kube.most <= handlers.RECONCILE_CONCURRENCY
+    for key in list(r.states):
+        r.forget(key)

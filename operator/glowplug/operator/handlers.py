@@ -48,6 +48,8 @@ SECRET_RECHECK_SECONDS = 5.0
 # Back-off for API errors while reconciling: 1 s doubling to 30 s.
 RETRY_MIN_SECONDS = 1.0
 RETRY_MAX_SECONDS = 30.0
+# Reconciles in flight at once (each a few API calls): below the client's connection pool.
+RECONCILE_CONCURRENCY = 16
 
 Emit = Callable[[Mapping[str, Any], str, str, str], None]
 Key = tuple[str, str]
@@ -109,6 +111,10 @@ class Reconciler:
         self.kube = kube
         self.emit = emit
         self.states: dict[Key, _State] = {}
+        # At start-up (or a failover) kopf hands over every object at once; unbounded,
+        # N reconciles would queue for the client's connection pool and time out there
+        # (aiohttp's connect timeout covers the wait for a pooled connection).
+        self.gate = asyncio.Semaphore(RECONCILE_CONCURRENCY)
 
     def state(self, key: Key) -> _State:
         return self.states.setdefault(key, _State())
@@ -141,7 +147,7 @@ class Reconciler:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         st = self.state(key)
-        async with st.lock:
+        async with self.gate, st.lock:
             try:
                 await self._reconcile(body, st)
             except Exception as err:  # API errors, timeouts: try again, never give up
@@ -349,7 +355,8 @@ class Reconciler:
         if state is not None and rv and state.dep_status_rv == rv:
             return  # the same Deployment again (a re-list): its status is written
         try:
-            await self.write_status(None, body)
+            async with self.gate:
+                await self.write_status(None, body)
         except Exception as err:
             log.warning("status of %s/%s: %s", *key, err)
         else:
