@@ -44,9 +44,10 @@ operator: install ## run the operator against the cluster in $$KUBECONFIG
 activator: install ## run the activator against the cluster in $$KUBECONFIG
 	$(VENV)/bin/glowplug activator
 
-bench: install ## benchmarks: activator overhead vs direct vs nginx; wake overhead; seed-day GPU-hours (JSON in e2e/bench/results/)
+bench: install ## benchmarks: activator overhead vs direct vs nginx; wake overhead; hostile clients and RSS; seed-day GPU-hours (JSON in e2e/bench/results/)
 	$(PY) -m e2e.bench.activator_bench
 	$(PY) -m e2e.bench.wake_bench
+	$(PY) -m e2e.bench.hostile
 	$(PY) -m e2e.bench.seed_day
 
 # --- shipping: chart, image, demo, kind ------------------------------------------------

@@ -24,6 +24,7 @@ from e2e.helmkit import (
     Kube,
     Timeout,
     activator_addresses,
+    api_key,
     e2e_engine,
     example_service,
     wait_until,
@@ -183,7 +184,9 @@ def main() -> int:
     state = snapshot(kube)
     clock.say(f"replicas {state['replicas']}, phase {state['phase']}")
     url, forward = base_url(kube, on_testbed)
-    client = OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=900)
+    # The chart turns auth on and creates a first key (auth.createDefaultKey).
+    key = api_key(kube, RELEASE_NS, RELEASE)
+    client = OpenAI(base_url=url, api_key=key, max_retries=0, timeout=900)
     clock.say(f"activator at {url}; models: {[m.id for m in client.models.list().data]}")
 
     result: dict[str, Any] = {}

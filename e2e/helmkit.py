@@ -8,6 +8,7 @@ the activator's ready pod addresses, and small JSON helpers. Plain functions ove
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -154,6 +155,15 @@ def install_chart(
 
 def activator_service(release: str) -> str:
     return f"{release}-activator" if "glowplug" in release else f"{release}-glowplug-activator"
+
+
+def api_key(kube: Kube, namespace: str, release: str) -> str:
+    """The chart's default API key (auth.createDefaultKey), read from its Secret."""
+    prefix = release if "glowplug" in release else f"{release}-glowplug"
+    secret = wait_until(
+        lambda: kube.get("secret", f"{prefix}-default-key", "-n", namespace), 60, "the API key"
+    )
+    return base64.b64decode(secret["data"]["key"]).decode()
 
 
 def activator_addresses(kube: Kube, namespace: str, release: str) -> list[str]:

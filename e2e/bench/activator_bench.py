@@ -9,7 +9,8 @@ Targets, all in front of the same canned backend (``e2e.bench.backend``, a test 
 - ``nginx``: nginx as a keep-alive reverse proxy (Debian package; installed with apt if
   missing and possible, else skipped with a message);
 - ``stack-SERVER-CLIENT-LOOP`` (``--stacks``): the minimal proxies of ``e2e.bench.stacks``
-  (aiohttp or httptools server, aiohttp or httptools client), which chose the HTTP stack.
+  (aiohttp, httptools or uvicorn server, aiohttp or httptools client), which chose the
+  HTTP stack (uvicorn's httptools protocol: the maintained core weighed in issue 13).
 
 By default: direct, activator and nginx, three interleaved rounds, medians reported.
 
@@ -48,10 +49,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "e2e" / "bench" / "results"
 BODY = '{"model": "bench", "input": "the quick brown fox"}'
+# Every target gets the same bytes, an API key included: only activator-auth checks it.
+BENCH_KEY = "gp-bench-key-0123456789abcdef"
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.body = '@BODY@'
 wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer @KEY@"
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -61,7 +65,7 @@ done = function(summary, latency, requests)
     latency:percentile(50), latency:percentile(90), latency:percentile(99),
     latency.max, latency.mean))
 end
-""".replace("@BODY@", BODY.replace("'", "\\'"))
+""".replace("@BODY@", BODY.replace("'", "\\'")).replace("@KEY@", BENCH_KEY)
 
 
 def free_port() -> int:
@@ -183,7 +187,7 @@ async def _rate_worker(port: int, rate: float, seconds: float) -> dict[str, Any]
 
     url = f"http://127.0.0.1:{port}/v1/embeddings"
     data = BODY.encode()
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}"}
     lat: list[float] = []
     errors = 0
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
@@ -256,13 +260,22 @@ def targets(
             }
         )
     )
-    glowplug = [py, "-m", "glowplug.cli", "activator", "--host", "127.0.0.1",
-                "--static-config", str(config), "--log-level", "WARNING"]  # fmt: skip
+    keyed = tmp / "static-keys.yaml"
+    doc = json.loads(config.read_text())
+    doc["apiKeys"] = [{"metadata": {"name": "bench", "namespace": "bench"},
+                       "stringData": {"key": BENCH_KEY}}]  # fmt: skip
+    keyed.write_text(json.dumps(doc))
+    base = [py, "-m", "glowplug.cli", "activator", "--host", "127.0.0.1", "--log-level", "WARNING"]
+    glowplug = [*base, "--static-config", str(config), "--auth", "off"]
     have_uvloop = _importable("uvloop")
     if have_uvloop:
         p = free_port()
         out.append(("activator", [*glowplug, "--port", str(p), "--event-loop", "uvloop"], p,
-                    "glowplug activator, uvloop"))  # fmt: skip
+                    "glowplug activator, uvloop, auth off"))  # fmt: skip
+        p = free_port()
+        authed = [*base, "--static-config", str(keyed), "--auth", "required"]
+        out.append(("activator-auth", [*authed, "--port", str(p), "--event-loop", "uvloop"], p,
+                    "glowplug activator, uvloop, API key required and checked"))  # fmt: skip
     p = free_port()
     out.append(("activator-asyncio", [*glowplug, "--port", str(p), "--event-loop", "asyncio"], p,
                 "glowplug activator, asyncio loop"))  # fmt: skip
@@ -274,9 +287,13 @@ def targets(
     backend = f"127.0.0.1:{backend_port}"
     if not _importable("httptools"):
         print("httptools not installed: only the aiohttp stack is compared (pip install httptools)")
-    for server in ("aiohttp", "httptools"):
+    if not _importable("uvicorn"):
+        print("uvicorn not installed: the uvicorn stack is skipped (pip install uvicorn)")
+    for server in ("aiohttp", "httptools", "uvicorn"):
         for client in ("aiohttp", "httptools"):
             if "httptools" in (server, client) and not _importable("httptools"):
+                continue
+            if server == "uvicorn" and (client != "httptools" or not _importable("uvicorn")):
                 continue
             for loop in (["uvloop"] if have_uvloop else []) + ["asyncio"]:
                 p = free_port()
@@ -306,8 +323,9 @@ def main() -> int:
     ap.add_argument("--rate-seconds", type=float, default=8.0)
     ap.add_argument(
         "--only",
-        default="activator,nginx",
-        help="comma-separated target names, or 'all' (default: activator,nginx; direct always)",
+        default="activator,activator-auth,nginx",
+        help="comma-separated target names, or 'all'"
+        " (default: activator,activator-auth,nginx; direct always)",
     )
     ap.add_argument(
         "--stacks", action="store_true", help="also the minimal proxies that chose the stack"
@@ -337,7 +355,7 @@ def main() -> int:
             "activator-asyncio",
             *(
                 f"stack-{a}-{b}-{c}"
-                for a in ("aiohttp", "httptools")
+                for a in ("aiohttp", "httptools", "uvicorn")
                 for b in ("aiohttp", "httptools")
                 for c in ("uvloop", "asyncio")
             ),
@@ -350,8 +368,13 @@ def main() -> int:
         "wrk_seconds": args.seconds,
         "rate": args.rate,
         "repeat": args.repeat,
+        "auth_check_us": auth_check_us(),
         "targets": {},
     }
+    print(
+        f"API key check (authenticate + admit + release, 1,000 keys, in-process):"
+        f" {results['auth_check_us']:.2f} us per request"
+    )
     with tempfile.TemporaryDirectory(prefix="glowplug-bench-") as tmpdir:
         tmp = Path(tmpdir)
         bport = free_port()
@@ -442,6 +465,33 @@ def add_deltas(results: dict[str, Any]) -> None:
             continue
         r["added_p50_us"] = r["p50_us"] - d["p50_us"]
         r["added_p99_us"] = r["p99_us"] - d["p99_us"]
+
+
+def auth_check_us(n: int = 20000, rounds: int = 5) -> float:
+    """What the API key check adds per request, in microseconds: best of ``rounds`` runs
+    of ``n`` checks against a store of 1,000 keys (a CPU cost, so the minimum is the
+    figure least disturbed by other load on a shared machine)."""
+    from glowplug.activator.apikeys import KeyStore
+    from glowplug.api import parse
+
+    store = KeyStore("required", "bench")
+    for i in range(1000):
+        key = f"gp-bench-key-{i:016d}"
+        store.apply({"metadata": {"name": f"k{i}", "namespace": "bench"},
+                     "stringData": {"key": key, "requestsPerSecond": "1e9"}})  # fmt: skip
+    svc = parse({"metadata": {"name": "bench", "namespace": "bench"},
+                 "spec": {"model": {"id": "bench", "source": {"huggingFace": {}}}}})  # fmt: skip
+    header = f"Bearer gp-bench-key-{500:016d}"
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            k = store.authenticate(header)
+            assert k is not None
+            store.admit(k, svc, wakes=False)
+            store.release(k)
+        best = min(best, (time.perf_counter() - t0) / n)
+    return best * 1e6
 
 
 def print_table(results: dict[str, Any]) -> None:

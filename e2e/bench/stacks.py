@@ -5,13 +5,14 @@ the JSON body, look ``model`` up in a dict, POST to the backend over a pooled ke
 connection, parse the JSON answer, rewrite ``model``, reply.
 
 - server ``aiohttp``: aiohttp's web server; ``httptools``: a raw asyncio protocol with the
-  httptools parser.
+  httptools parser; ``uvicorn``: uvicorn's httptools protocol (a maintained HTTP core)
+  behind a bare ASGI callable, the alternative issue 13 weighed against hardening ours.
 - client ``aiohttp``: a pooled ClientSession; ``httptools``: a hand-written pooled
   HTTP/1.1 client on raw asyncio connections with the httptools response parser.
 
 Server and client are chosen separately, to see which half costs what.
 Run: ``python -m e2e.bench.stacks SERVER CLIENT PORT BACKEND_HOST:PORT [uvloop]`` with
-SERVER and CLIENT each ``aiohttp`` or ``httptools``.
+SERVER ``aiohttp``, ``httptools`` or ``uvicorn``, CLIENT ``aiohttp`` or ``httptools``.
 """
 
 from __future__ import annotations
@@ -167,6 +168,51 @@ async def run_httptools(port: int, pool: Any) -> None:
         await server.serve_forever()
 
 
+async def run_uvicorn(port: int, client: Any) -> None:
+    import uvicorn
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        chunks = []
+        more = True
+        while more:
+            msg = await receive()
+            chunks.append(msg.get("body", b""))
+            more = msg.get("more_body", False)
+        body = b"".join(chunks)
+        req: Any = json.loads(body)
+        _ = ROUTES[req["model"]]
+        data = rewrite(await client.post(body), req["model"])
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(data)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": data})
+
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        http="httptools",
+        loop="none",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        backlog=1024,
+    )
+    await uvicorn.Server(config).serve()
+
+
+SERVERS = {"aiohttp": run_aiohttp, "httptools": run_httptools, "uvicorn": run_uvicorn}
+
+
 def main() -> None:
     server, client, port, backend = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     if len(sys.argv) > 5 and sys.argv[5] == "uvloop":
@@ -178,7 +224,7 @@ def main() -> None:
     async def start() -> None:
         host, bport = backend.rsplit(":", 1)
         up = AiohttpClient(backend) if client == "aiohttp" else Pool(host, int(bport))
-        await (run_aiohttp if server == "aiohttp" else run_httptools)(port, up)
+        await SERVERS[server](port, up)
 
     asyncio.run(start())
 

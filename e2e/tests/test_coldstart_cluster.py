@@ -128,6 +128,8 @@ def stack(
         "--standalone", "--namespace", namespace, "--metrics-port", str(metrics_port),
         "--activator-url", act.url,
     )  # fmt: skip
+    # The wake's timeline counts from the trigger: start it only once the operator runs.
+    wait_for(lambda: "Initial authentication has finished" in op.log(), 90, what="operator up")
     try:
         yield act, op, metrics_port
     finally:

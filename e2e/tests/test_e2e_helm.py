@@ -35,6 +35,7 @@ from e2e.helmkit import (
     Timeout,
     activator_addresses,
     activator_service,
+    api_key,
     e2e_engine,
     example_service,
     install_chart,
@@ -114,7 +115,8 @@ class Activators:
 
     def client(self, timeout: float = 60) -> OpenAI:
         # No SDK retries: every failure counts.
-        return OpenAI(base_url=self.base_url(), api_key="unused", max_retries=0, timeout=timeout)
+        key = api_key(self.kube, self.namespace, self.release)
+        return OpenAI(base_url=self.base_url(), api_key=key, max_retries=0, timeout=timeout)
 
     def _port_forward(self) -> str:
         """kind: pod IPs are not routable from the host; forward to the Service."""

@@ -23,6 +23,10 @@ EMBEDDINGS_TOTAL = "glowplug_embeddings_total"  # counter {namespace, service}: 
 ACTIVATOR_WAKES_TOTAL = "glowplug_activator_wakes_total"  # counter {namespace, service, outcome}
 ACTIVATOR_WAKE_DURATION = "glowplug_activator_wake_duration_seconds"  # histogram
 REJECTED_TOTAL = "glowplug_rejected_requests_total"  # counter {namespace, service, reason}
+# Per API key ("namespace/name" of its Secret, "none" without a valid key; never the key).
+KEY_REQUESTS_TOTAL = "glowplug_api_key_requests_total"  # counter {key, code}
+KEY_INPUTS_TOTAL = "glowplug_api_key_inputs_total"  # counter {key}: inputs embedded
+KEY_REJECTED_TOTAL = "glowplug_api_key_rejected_total"  # counter {key, reason}
 
 # --- operator --------------------------------------------------------------------------
 GPU_SECONDS_TOTAL = "glowplug_gpu_seconds_total"  # counter {namespace, service, gpu_type}
@@ -47,6 +51,9 @@ ALL_METRICS = (
     ACTIVATOR_WAKES_TOTAL,
     ACTIVATOR_WAKE_DURATION,
     REJECTED_TOTAL,
+    KEY_REQUESTS_TOTAL,
+    KEY_INPUTS_TOTAL,
+    KEY_REJECTED_TOTAL,
     GPU_SECONDS_TOTAL,
     BASELINE_GPU_SECONDS_TOTAL,
     GPU_HOURLY_PRICE,

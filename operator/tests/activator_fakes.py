@@ -15,8 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
+from glowplug.activator.apikeys import KeyStore
 from glowplug.activator.holdqueue import ServiceState
-from glowplug.activator.http import HttpServer
+from glowplug.activator.http import HttpServer, Limits
 from glowplug.activator.metrics import Metrics
 from glowplug.activator.server import Activator, Config
 from glowplug.activator.services import Services
@@ -194,13 +195,19 @@ def service_obj(
 class Harness:
     """An activator on 127.0.0.1 with a FakeScaler, fed directly (no API server)."""
 
-    def __init__(self, config: Config | None = None) -> None:
+    def __init__(
+        self,
+        config: Config | None = None,
+        limits: Limits | None = None,
+        keys: KeyStore | None = None,
+    ) -> None:
+        self.limits = limits
         self.metrics = Metrics()
         self.scaler = FakeScaler()
         self.waker = Waker(self.scaler, self.metrics)
         self.services = Services(self.metrics, self.waker)
         self.scaler.services = self.services
-        self.activator = Activator(self.services, metrics=self.metrics, config=config)
+        self.activator = Activator(self.services, metrics=self.metrics, config=config, keys=keys)
         self.activator.synced.set()
         self.server: HttpServer | None = None
         self.url = ""
@@ -210,7 +217,7 @@ class Harness:
 
     async def start(self) -> None:
         self.server = HttpServer(
-            self.activator.handle, max_body=self.activator.config.max_body_bytes
+            self.activator.handle, max_body=self.activator.config.max_body_bytes, limits=self.limits
         )
         port = await self.server.start("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{port}"
@@ -232,8 +239,10 @@ async def until(cond: Callable[[], bool], limit_s: float = 10.0) -> None:
 
 
 @asynccontextmanager
-async def harness(config: Config | None = None) -> AsyncIterator[Harness]:
-    h = Harness(config)
+async def harness(
+    config: Config | None = None, limits: Limits | None = None, keys: KeyStore | None = None
+) -> AsyncIterator[Harness]:
+    h = Harness(config, limits, keys)
     await h.start()
     try:
         yield h

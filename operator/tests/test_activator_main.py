@@ -84,3 +84,50 @@ async def test_static_config_wake_and_graceful_shutdown(tmp_path: Path) -> None:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_internal_port_and_keys_from_the_static_config(tmp_path: Path) -> None:
+    key = "gp-main-test-key-0123456789"
+    async with engines(1) as (e,):
+        svc = {**service_obj("warm", "demo"), "endpoints": [e.address]}
+        secret = {"metadata": {"name": "k", "namespace": "demo"}, "stringData": {"key": key}}
+        config = tmp_path / "static.yaml"
+        config.write_text(yaml.safe_dump({"services": [svc], "apiKeys": [secret]}))
+        port, internal = free_port(), free_port()
+        url, iurl = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{internal}"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "glowplug.cli", "activator",
+            "--host", "127.0.0.1", "--port", str(port), "--internal-port", str(internal),
+            "--static-config", str(config), "--auth", "required", "--drain-seconds", "0",
+        )  # fmt: skip
+        try:
+            async with aiohttp.ClientSession() as s:
+                await wait_ready(s, url, proc)
+                auth = {"Authorization": f"Bearer {key}"}
+                body = {"model": "warm", "input": "x"}
+                async with s.post(f"{url}/v1/embeddings", json=body) as r:
+                    assert r.status == 401
+                async with s.post(f"{url}/v1/embeddings", json=body, headers=auth) as r:
+                    assert r.status == 200, await r.text()
+                # /stats and /metrics: on the internal port only; probes on both.
+                for path in ("/stats", "/metrics"):
+                    async with s.get(f"{url}{path}") as r:
+                        assert r.status == 404, path
+                    async with s.get(f"{iurl}{path}") as r:
+                        assert r.status == 200, path
+                async with s.get(f"{iurl}/metrics") as r:
+                    text = await r.text()
+                assert 'glowplug_api_key_requests_total{code="200",key="demo/k"} 1.0' in text
+                assert key not in text
+                for base in (url, iurl):
+                    async with s.get(f"{base}/readyz") as r:
+                        assert r.status == 200
+                # The API is not on the internal port.
+                async with s.post(f"{iurl}/v1/embeddings", json=body, headers=auth) as r:
+                    assert r.status == 404
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 15) == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()

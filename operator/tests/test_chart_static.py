@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
+from glowplug import permissions as perms
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "glowplug"
 
@@ -33,41 +35,29 @@ ALL_OPT_INS = (
 )
 OPT_IN_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "NetworkPolicy", "ConfigMap"}
 
-# (apiGroup, resource) -> verbs: the whole of what each component may do.
-NAMESPACED_OPERATOR = {
-    ("glowplug.dev", "embeddingservices"): {"get", "list", "watch", "patch", "update"},
-    ("glowplug.dev", "embeddingservices/status"): {"get", "patch", "update"},
-    ("glowplug.dev", "embeddingservices/scale"): {"get", "patch", "update"},
-    ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("", "pods"): {"get", "list", "watch"},
-    ("", "secrets"): {"get"},  # the token-secret check reads one Secret by name
-    # list: a waiting pod's node-autoscaler Events (wakephases, issue 11)
-    ("", "events"): {"create", "patch", "list"},
-    ("events.k8s.io", "events"): {"create", "patch"},
-    ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
-}
-# kopf's resource observer watches CRDs; cluster-wide kopf never lists namespaces.
-CRDS = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
+# (apiGroup, resource) -> verbs: the whole of what each component may do, from the one
+# list of the calls the code makes (glowplug.permissions).
+Table = dict[tuple[str, str], set[str]]
+
+
+def table(needs: tuple[perms.Need, ...], scopes: tuple[str, ...]) -> Table:
+    out: Table = {}
+    for n in needs:
+        if n.scope in scopes:
+            out.setdefault((n.group, n.resource), set()).update(n.verbs)
+    return out
+
+
+NAMESPACED_OPERATOR = table(perms.OPERATOR, ("watched",))
 CLUSTER_OPERATOR = {
     **NAMESPACED_OPERATOR,
-    **CRDS,
-    ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
+    **table(perms.OPERATOR_CLUSTER_WIDE, ("cluster",)),
 }
-# Namespaced mode: kopf matches --namespace against the namespaces that exist.
-SCANNING = {**CRDS, ("", "namespaces"): {"list", "watch"}}
-ROLE_OPERATOR = {
-    **NAMESPACED_OPERATOR,
-    ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
-}
-ACTIVATOR = {
-    ("glowplug.dev", "embeddingservices"): {"get", "list", "watch"},
-    ("glowplug.dev", "embeddingservices/scale"): {"get", "patch", "update"},
-    # wakeStartedTime: stamped by whoever raises replicas 0 -> 1.
-    ("glowplug.dev", "embeddingservices/status"): {"get", "patch"},
-    ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
-    ("", "pods"): {"get", "list", "watch"},
-}
+SCANNING = table(perms.OPERATOR_SCANNING, ("cluster",))
+ROLE_OPERATOR = {**NAMESPACED_OPERATOR, **table(perms.OPERATOR_NAMESPACED, ("watched",))}
+RELEASE_OPERATOR = table(perms.OPERATOR, ("release",))
+ACTIVATOR = table(perms.ACTIVATOR, ("watched",))
+ACTIVATOR_KEYS = table((perms.ACTIVATOR_KEYS,), ("release",))
 
 
 def find_tool(name: str) -> str | None:
@@ -180,6 +170,9 @@ def test_opt_ins_are_off_by_default() -> None:
     assert kinds == {
         "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment",
         "StatefulSet", "PodDisruptionBudget", "ClusterKopfPeering",
+        # On by default (issue 13): the key Secret, its Role, the admission policy.
+        "Role", "RoleBinding", "Secret",
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
     }  # fmt: skip
 
 
@@ -234,7 +227,8 @@ def test_operator_runs_two_peered_replicas() -> None:
     assert {"name": "POD_INDEX", "valueFrom": {"fieldRef": index}} in c["env"]
     governing = by_name(docs, "Service", op["spec"]["serviceName"])
     assert governing["spec"]["clusterIP"] == "None"
-    assert "--activator-service=glowplug-system/gp-glowplug-activator" in c["args"]
+    # /stats is on the activator's internal port, named by its internal Service.
+    assert "--activator-service=glowplug-system/gp-glowplug-activator-internal" in c["args"]
     assert "--liveness=http://0.0.0.0:8080/healthz" in c["args"]
     assert "--metrics-port=9090" in c["args"]
     assert by_name(docs, "ClusterKopfPeering", "glowplug")
@@ -248,8 +242,14 @@ def test_activator_two_replicas_pdb_service_and_drain() -> None:
     spec = act["spec"]["template"]["spec"]
     [c] = spec["containers"]
     assert c["command"] == ["glowplug"] and c["args"][0] == "activator"
-    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "internal"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "internal"}
+    assert c["ports"] == [
+        {"name": "http", "containerPort": 8000, "protocol": "TCP"},
+        {"name": "internal", "containerPort": 8001, "protocol": "TCP"},
+    ]
+    assert "--internal-port=8001" in c["args"] and "--auth=required" in c["args"]
+    assert "--keys-namespace=glowplug-system" in c["args"]
     assert c["lifecycle"]["preStop"]
     assert spec["terminationGracePeriodSeconds"] > 30
     pdb = by_name(docs, "PodDisruptionBudget", "gp-glowplug-activator")
@@ -260,6 +260,13 @@ def test_activator_two_replicas_pdb_service_and_drain() -> None:
         {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
     ]
     assert svc["spec"]["selector"] == act["spec"]["selector"]["matchLabels"]
+    # The internal port has its own headless Service; the public one does not expose it.
+    internal = by_name(docs, "Service", "gp-glowplug-activator-internal")
+    assert internal["spec"]["clusterIP"] == "None"
+    assert internal["spec"]["ports"] == [
+        {"name": "internal", "port": 8001, "targetPort": "internal", "protocol": "TCP"}
+    ]
+    assert internal["spec"]["selector"] == svc["spec"]["selector"]
 
 
 def test_image_is_configurable() -> None:
@@ -273,7 +280,22 @@ def test_image_is_configurable() -> None:
 
 def test_cluster_wide_rbac_is_exactly_what_each_needs() -> None:
     docs = render()
-    assert not of_kind(docs, "Role")
+    roles = {r["metadata"]["name"]: r for r in of_kind(docs, "Role")}
+    assert set(roles) == {
+        "gp-glowplug-operator-activator-endpoints",
+        "gp-glowplug-activator-api-keys",
+    }
+    assert {r["metadata"]["namespace"] for r in roles.values()} == {"glowplug-system"}
+    assert rule_table(roles["gp-glowplug-operator-activator-endpoints"]["rules"]) == (
+        RELEASE_OPERATOR
+    )
+    assert rule_table(roles["gp-glowplug-activator-api-keys"]["rules"]) == ACTIVATOR_KEYS
+    # auth.enabled=false: the activator may not read Secrets at all.
+    off = render("auth.enabled=false")
+    assert "gp-glowplug-activator-api-keys" not in {
+        r["metadata"]["name"] for r in of_kind(off, "Role")
+    }
+    assert not [d for d in off if d["kind"] == "Secret"]
     op = by_name(docs, "ClusterRole", "gp-glowplug-operator")
     act = by_name(docs, "ClusterRole", "gp-glowplug-activator")
     assert rule_table(op["rules"]) == CLUSTER_OPERATOR
@@ -313,9 +335,10 @@ def test_namespaced_rbac_has_one_role_per_namespace_and_no_cluster_roles() -> No
         assert rule_table(roles[(ns, "gp-glowplug-activator")]["rules"]) == ACTIVATOR
     # The activator Service lives in the release namespace, outside the watched ones.
     endpoints = roles[("glowplug-system", "gp-glowplug-operator-activator-endpoints")]
-    assert rule_table(endpoints["rules"]) == {
-        ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"}
-    }
+    assert rule_table(endpoints["rules"]) == RELEASE_OPERATOR
+    # API key Secrets: the release namespace and each watched one, a Role each.
+    for ns in ("glowplug-system", "search", "team-b"):
+        assert rule_table(roles[(ns, "gp-glowplug-activator-api-keys")]["rules"]) == ACTIVATOR_KEYS
     assert len(of_kind(docs, "RoleBinding")) == len(roles)
     peerings = {
         (p["metadata"]["namespace"], p["metadata"]["name"]) for p in of_kind(docs, "KopfPeering")
@@ -372,7 +395,7 @@ def test_dashboard_configmap_is_the_json_file_with_a_configurable_label() -> Non
 
 def test_network_policy_admits_only_the_activator() -> None:
     docs = render("networkPolicy.enabled=true", "watchNamespaces={search}")
-    [np] = of_kind(docs, "NetworkPolicy")
+    np = by_name(docs, "NetworkPolicy", "gp-glowplug-engines")
     assert np["metadata"]["namespace"] == "search"
     assert np["spec"]["podSelector"] == {
         "matchExpressions": [{"key": "glowplug.dev/service", "operator": "Exists"}]
@@ -385,6 +408,48 @@ def test_network_policy_admits_only_the_activator() -> None:
     assert peer["namespaceSelector"]["matchLabels"] == {
         "kubernetes.io/metadata.name": "glowplug-system"
     }
+
+
+def test_activator_network_policy_keeps_the_internal_port_internal() -> None:
+    docs = render(
+        "networkPolicy.enabled=true",
+        "watchNamespaces={search}",
+        "networkPolicy.activator.publicFrom[0].namespaceSelector.matchLabels.team=search",
+    )
+    np = by_name(docs, "NetworkPolicy", "gp-glowplug-activator")
+    assert np["metadata"]["namespace"] == "glowplug-system"
+    act = by_name(docs, "Deployment", "gp-glowplug-activator")
+    op = by_name(docs, "StatefulSet", "gp-glowplug-operator")
+    assert np["spec"]["podSelector"]["matchLabels"] == act["spec"]["selector"]["matchLabels"]
+    public, internal = np["spec"]["ingress"]
+    assert public["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert public["from"] == [{"namespaceSelector": {"matchLabels": {"team": "search"}}}]
+    assert internal["ports"] == [{"port": "internal", "protocol": "TCP"}]
+    assert internal["from"] == [
+        {"podSelector": {"matchLabels": op["spec"]["selector"]["matchLabels"]}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+    ]
+
+
+def test_admission_policy_refuses_host_paths_unless_allowed() -> None:
+    docs = render("admissionPolicy.allowedImagePrefixes={lmsysorg/sglang:}")
+    vap = by_name(docs, "ValidatingAdmissionPolicy", "gp-glowplug-privileged-fields")
+    exprs = [v["expression"] for v in vap["spec"]["validations"]]
+    assert len(exprs) == 3 and "hostPath" in exprs[0] and "cacheVolume.hostPath" in exprs[1]
+    assert 'startsWith("lmsysorg/sglang:")' in exprs[2]
+    binding = by_name(docs, "ValidatingAdmissionPolicyBinding", "gp-glowplug-privileged-fields")
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert "matchResources" not in binding["spec"]  # cluster-wide: every namespace
+    # Nothing left to check: no policy (one without validations is invalid).
+    assert not of_kind(render("admissionPolicy.allowHostPath=true"), "ValidatingAdmissionPolicy")
+    docs = render("admissionPolicy.allowHostPath=true", "admissionPolicy.allowedImagePrefixes={a/}")
+    vap = by_name(docs, "ValidatingAdmissionPolicy", "gp-glowplug-privileged-fields")
+    [only] = vap["spec"]["validations"]
+    assert 'startsWith("a/")' in only["expression"]
+    docs = render("watchNamespaces={search}")
+    binding = by_name(docs, "ValidatingAdmissionPolicyBinding", "gp-glowplug-privileged-fields")
+    values = binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]
+    assert values["values"] == ["search"]
 
 
 # --- recording rules through promtool ---------------------------------------------------

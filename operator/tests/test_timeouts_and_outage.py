@@ -58,3 +58,16 @@ def test_outage_is_logged_once_and_its_end_once(caplog: pytest.LogCaptureFixture
     assert "answers again" in lines[1] and "50 failed calls" in lines[1]
     assert not outage.down
     assert not is_unreachable(ValueError("a 400 is an answer"))
+
+
+def test_outage_ends_when_every_failing_loop_is_back(caplog: pytest.LogCaptureFixture) -> None:
+    outage = Outage(logging.getLogger("test.outage2"))
+    with caplog.at_level(logging.WARNING, logger="test.outage2"):
+        outage.failed(TimeoutError(), "EndpointSlice/ns")
+        outage.failed(TimeoutError(), "EmbeddingService/ns")
+        outage.ok("EndpointSlice/ns")  # one path answers, the other still fails
+        assert outage.down
+        outage.failed(TimeoutError(), "EmbeddingService/ns")
+        outage.forget("EmbeddingService/ns")  # its loop ended (the service was deleted)
+        assert not outage.down
+    assert len(caplog.records) == 2

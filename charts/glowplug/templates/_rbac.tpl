@@ -4,29 +4,39 @@ same rule lists back the ClusterRoles (cluster-wide mode) and the per-namespace 
 (watchNamespaces mode).
 */}}
 
-{{/* Operator rules for the namespaces it serves. */}}
+{{/*
+Operator rules for the namespaces it serves: exactly the calls listed in
+operator/glowplug/permissions.py (checked by the chart tests and, with kubectl auth
+can-i, on a real API server). Owner references cascade deletes: no delete verbs.
+*/}}
 {{- define "glowplug.operator.namespacedRules" -}}
-# The resource it reconciles; patch/update for kopf's finalizer and annotations.
+# kopf watches the resource and patches its finalizer on (the autoscaler's per-object
+# daemon needs one) and off; one get by name.
 - apiGroups: [glowplug.dev]
   resources: [embeddingservices]
-  verbs: [get, list, watch, patch, update]
-# status: phase, conditions, ledger. scale: the autoscaler's compare-and-swap writes.
+  verbs: [get, list, watch, patch]
+# status: phase, conditions, ledger (merge patches).
 - apiGroups: [glowplug.dev]
-  resources: [embeddingservices/status, embeddingservices/scale]
-  verbs: [get, patch, update]
-# The rendered engine Deployment and Service (owner references cascade deletes).
+  resources: [embeddingservices/status]
+  verbs: [patch]
+# scale: the autoscaler's compare-and-swap reads and writes.
+- apiGroups: [glowplug.dev]
+  resources: [embeddingservices/scale]
+  verbs: [get, patch]
+# The rendered engine Deployment and Service: server-side apply (patch, and create when
+# the object does not exist yet), reads, and kopf's watch of the managed ones.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, watch, create, patch, update, delete]
-# Engine pods: wake failures (Unschedulable, ImagePullBackOff, ...) and the GPU-hour ledger.
+  verbs: [get, list, watch, create, patch]
+# Engine pods: the GPU-hour ledger lists them.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch]
+  verbs: [list]
 # Only to check that spec.model.source.huggingFace.tokenSecretRef exists (SecretNotFound):
-# one get by name, never a list or watch of every Secret.
+# one get by name, never a list or watch of Secrets.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
@@ -35,14 +45,7 @@ same rule lists back the ClusterRoles (cluster-wide mode) and the per-namespace 
 # Karpenter's Nominated), read only during such a wake.
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch, list]
-- apiGroups: [events.k8s.io]
-  resources: [events]
-  verbs: [create, patch]
-# Engine endpoints (readiness) and, in the release namespace, the activator pods.
-- apiGroups: [discovery.k8s.io]
-  resources: [endpointslices]
-  verbs: [get, list, watch]
+  verbs: [create, list]
 {{- end -}}
 
 {{/* kopf peering in namespaced mode: one KopfPeering per watched namespace. */}}
@@ -81,24 +84,32 @@ against the namespaces that exist). Cluster-wide mode does not need this.
   verbs: [list, watch]
 {{- end -}}
 
-{{/* The activator reads and wakes; it writes nothing but the scale subresource. */}}
+{{/* The activator reads and wakes; it writes nothing but the scale subresource and
+status.wakeStartedTime. */}}
 {{- define "glowplug.activator.rules" -}}
 - apiGroups: [glowplug.dev]
   resources: [embeddingservices]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
 # Wake: spec.replicas 0 -> 1 through the scale subresource (compare-and-swap).
 - apiGroups: [glowplug.dev]
   resources: [embeddingservices/scale]
-  verbs: [get, patch, update]
-# Wake failures are read from status.conditions; a wake stamps status.wakeStartedTime.
+  verbs: [get, patch]
+# A wake stamps status.wakeStartedTime (wake failures are read from the watched object).
 - apiGroups: [glowplug.dev]
   resources: [embeddingservices/status]
-  verbs: [get, patch]
-# Ready, non-terminating engine endpoints to route to.
+  verbs: [patch]
+# Ready, non-terminating engine endpoints to route to, and pods for wake failures.
 - apiGroups: [discovery.k8s.io]
   resources: [endpointslices]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
+{{- end -}}
+
+{{/* auth.enabled: API key Secrets (a Role per namespace, never a ClusterRole). */}}
+{{- define "glowplug.activator.keyRules" -}}
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [list, watch]
 {{- end -}}

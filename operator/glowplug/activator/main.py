@@ -17,6 +17,8 @@ import os
 import signal
 from typing import Any
 
+from glowplug.activator.apikeys import AUTH_MODES
+from glowplug.activator.http import Limits
 from glowplug.activator.server import (
     DEFAULT_DRAIN_SECONDS,
     DEFAULT_MAX_BODY_BYTES,
@@ -61,6 +63,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="on SIGTERM, longest wait for in-flight and queued requests after the drain",
     )
     parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=Limits.max_connections,
+        help="most client connections open at once (more: 503 and closed)",
+    )
+    parser.add_argument(
+        "--max-held-bytes",
+        type=int,
+        default=Limits.max_held_bytes,
+        help="request body bytes held by all connections together (more: 503, Retry-After)",
+    )
+    parser.add_argument(
+        "--auth",
+        choices=AUTH_MODES,
+        default="auto",
+        help="API keys (Secrets labelled glowplug.dev/api-key): required: every API request"
+        " needs a key; auto: once any key exists; off: none needed, Secrets not watched",
+    )
+    parser.add_argument(
+        "--keys-namespace",
+        default=os.environ.get("POD_NAMESPACE", ""),
+        help="namespace whose key Secrets may call every namespace (default: $POD_NAMESPACE);"
+        " with --namespace, each watched namespace's keys call that namespace only",
+    )
+    parser.add_argument(
+        "--internal-port",
+        type=int,
+        default=0,
+        help="serve /stats and /metrics on this port only, not on --port (0: on --port)",
+    )
+    parser.add_argument(
         "--static-config",
         metavar="FILE",
         help="read services and endpoints from this YAML file instead of the Kubernetes API",
@@ -93,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def serve(args: argparse.Namespace) -> int:
     from glowplug.activator import static
+    from glowplug.activator.apikeys import KeyStore
     from glowplug.activator.http import HttpServer
     from glowplug.activator.metrics import Metrics
     from glowplug.activator.readiness_probe import ReadinessProber
@@ -106,6 +140,7 @@ async def serve(args: argparse.Namespace) -> int:
     services = Services(metrics)
     prober = ReadinessProber(services.probed_ready)
     services.set_prober(prober)
+    keys = KeyStore(args.auth, args.keys_namespace or None)
     activator = Activator(
         services,
         metrics=metrics,
@@ -114,6 +149,8 @@ async def serve(args: argparse.Namespace) -> int:
             max_inputs=args.max_inputs,
             drain_seconds=args.drain_seconds,
         ),
+        keys=keys,
+        internal_split=bool(args.internal_port),
     )
     source: KubeSource | None = None
     api_client: Any = None
@@ -122,7 +159,7 @@ async def serve(args: argparse.Namespace) -> int:
         scaler = static.StaticScaler(services)
         waker = Waker(scaler, metrics)
         services.set_waker(waker)
-        static.load(args.static_config, services, scaler)
+        static.load(args.static_config, services, scaler, keys)
         activator.synced.set()
     else:
         from kubernetes_asyncio import client
@@ -130,7 +167,16 @@ async def serve(args: argparse.Namespace) -> int:
         api_client = await new_api_client("activator")
         waker = Waker(KubeScaler(client.CustomObjectsApi(api_client)), metrics)
         services.set_waker(waker)
-        source = KubeSource(api_client, services, args.namespaces)
+        key_namespaces: list[str] = []
+        if args.auth != "off":
+            key_namespaces = [*([args.keys_namespace] if args.keys_namespace else [])]
+            key_namespaces += list(args.namespaces or [])
+            if not key_namespaces:
+                log.warning(
+                    "--auth=%s without --keys-namespace or --namespace: no key Secrets are watched",
+                    args.auth,
+                )
+        source = KubeSource(api_client, services, args.namespaces, keys, key_namespaces)
         source.start()
 
         async def mark_synced() -> None:
@@ -141,9 +187,15 @@ async def serve(args: argparse.Namespace) -> int:
 
         synced_task = asyncio.create_task(mark_synced())
 
-    server = HttpServer(activator.handle, max_body=args.max_body_bytes)
+    limits = Limits(max_connections=args.max_connections, max_held_bytes=args.max_held_bytes)
+    server = HttpServer(activator.handle, max_body=args.max_body_bytes, limits=limits)
     port = await server.start(args.host, args.port)
-    log.info("listening on %s:%d", args.host, port)
+    log.info("listening on %s:%d (auth %s)", args.host, port, args.auth)
+    internal: HttpServer | None = None
+    if args.internal_port:
+        internal = HttpServer(activator.handle_internal, max_body=4096)
+        iport = await internal.start(args.host, args.internal_port)
+        log.info("internal port (/stats, /metrics, probes) on %s:%d", args.host, iport)
     # Startup objects (API client, modules) never die: keep them out of the collector's
     # scans so that full collections on the request path stay short.
     gc.freeze()
@@ -159,6 +211,8 @@ async def serve(args: argparse.Namespace) -> int:
     server.stop_listening()  # no new connections; open ones are served, then closed
     await activator.wait_idle(args.shutdown_timeout)
     await server.close()
+    if internal is not None:
+        await internal.close()
     await waker.close()
     await prober.close()
     if source is not None:

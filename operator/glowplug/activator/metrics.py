@@ -25,6 +25,7 @@ REJECT_REASONS = (
 )
 WAKE_OUTCOMES = ("ready", "failed", "error")
 _SVC = m.SERVICE_LABELS
+NO_KEY = "none"  # the key label of requests without a valid key
 
 
 class ServiceMetrics:
@@ -71,6 +72,29 @@ class ServiceMetrics:
             p.rejected.remove(ns, svc, r)
         for o in WAKE_OUTCOMES:
             p.wakes.remove(ns, svc, o)
+
+
+class KeyMetrics:
+    """The children of one API key, created on first use (keys are few)."""
+
+    def __init__(self, parent: Metrics, ref: str) -> None:
+        self._parent = parent
+        self.ref = ref
+        self.inputs = parent.key_inputs.labels(ref)
+        self._requests: dict[int, Counter] = {}
+        self._rejected: dict[str, Counter] = {}
+
+    def requests(self, code: int) -> Counter:
+        child = self._requests.get(code)
+        if child is None:
+            child = self._requests[code] = self._parent.key_requests.labels(self.ref, str(code))
+        return child
+
+    def rejected(self, reason: str) -> Counter:
+        child = self._rejected.get(reason)
+        if child is None:
+            child = self._rejected[reason] = self._parent.key_rejected.labels(self.ref, reason)
+        return child
 
 
 class Metrics:
@@ -132,6 +156,31 @@ class Metrics:
             (*_SVC, "reason"),
             registry=r,
         )
+
+        self.key_requests = Counter(
+            m.KEY_REQUESTS_TOTAL,
+            "Embeddings requests answered per API key (its Secret), by HTTP code",
+            ("key", "code"),
+            registry=r,
+        )
+        self.key_inputs = Counter(
+            m.KEY_INPUTS_TOTAL, "Inputs embedded per API key (its Secret)", ("key",), registry=r
+        )
+        self.key_rejected = Counter(
+            m.KEY_REJECTED_TOTAL,
+            "Requests refused per API key (its Secret; none: no valid key), by reason",
+            ("key", "reason"),
+            registry=r,
+        )
+        self._keys: dict[str, KeyMetrics] = {}
+
+    def key(self, ref: str | None) -> KeyMetrics:
+        """The children of one key (``None``: requests without a valid key)."""
+        name = ref or NO_KEY
+        km = self._keys.get(name)
+        if km is None:
+            km = self._keys[name] = KeyMetrics(self, name)
+        return km
 
     def service(self, namespace: str, service: str) -> ServiceMetrics:
         return ServiceMetrics(self, namespace, service)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glowplug.activator import openai as oai
+from glowplug.activator.apikeys import ApiKey, KeyStore
 from glowplug.activator.coldstart import cold_start_headers
 from glowplug.activator.forwarder import (
     BrokenResponse,
@@ -28,6 +29,7 @@ from glowplug.activator.forwarder import (
 )
 from glowplug.activator.holdqueue import HoldTimeout, QueueFull, ServiceFailed, ServiceGone
 from glowplug.activator.http import Request, Response
+from glowplug.activator.limits import BadShape, check_json_shape
 from glowplug.activator.metrics import Metrics
 from glowplug.activator.services import Route, Services
 from glowplug.activator.stats import stats
@@ -73,8 +75,13 @@ class Activator:
         metrics: Metrics,
         forwarder: Forwarder | None = None,
         config: Config | None = None,
+        keys: KeyStore | None = None,
+        internal_split: bool = False,
     ) -> None:
         self.services = services
+        self.keys = keys or KeyStore("off")
+        # With an internal port, /stats and /metrics answer there only (handle_internal).
+        self.internal_split = internal_split
         self.metrics = metrics
         self.forwarder = forwarder or Forwarder()
         self.config = config or Config()
@@ -95,11 +102,23 @@ class Activator:
         if path in ("/v1/embeddings", "/embeddings"):
             return await self.embeddings(request)
         get = self._routes.get(path)
+        if self.internal_split and path in _INTERNAL_PATHS:
+            get = None
+        return self._small(request, get)
+
+    async def handle_internal(self, request: Request) -> Response:
+        """The internal port's handler: /stats, /metrics and the probes, no API."""
+        path = request.path
+        get = self._routes.get(path) if path in (*_INTERNAL_PATHS, *_PROBE_PATHS) else None
+        return self._small(request, get)
+
+    def _small(self, request: Request, get: Callable[[], Response] | None) -> Response:
+        path = request.path
         if get is None:
             return _error(
                 oai.APIError(404, f"no such endpoint: {request.method} {path}", code="not_found")
             )
-        if request.method != "GET":
+        if request.method not in ("GET", "HEAD"):  # HEAD: the HTTP layer drops the body
             return _error(
                 oai.APIError(
                     405,
@@ -108,6 +127,13 @@ class Activator:
                     headers={"Allow": "GET"},
                 )
             )
+        if path in _MODELS_PATHS:
+            try:
+                key = self.keys.authenticate(request.headers.get("authorization"))
+            except oai.APIError as err:
+                self.metrics.key(None).rejected(err.code or str(err.status)).inc()
+                return _error(err)
+            return self.models(key)
         return get()
 
     # --- small endpoints ----------------------------------------------------------------
@@ -128,10 +154,13 @@ class Activator:
     def prometheus(self) -> Response:
         return Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
 
-    def models(self) -> Response:
+    def models(self, key: ApiKey | None = None) -> Response:
+        """Every model, or those ``key`` may call."""
         table = self.services.table
         data = []
         for svc in table:
+            if key is not None and not key.allows(svc):
+                continue
             short = svc.model.served_name
             try:
                 unique = table.resolve(short) is svc
@@ -162,11 +191,29 @@ class Activator:
 
     async def embeddings(self, request: Request) -> Response:
         t0 = time.monotonic()
+        key: ApiKey | None = None
         try:
+            key = self.keys.authenticate(request.headers.get("authorization"))
             req, route, payload = self._admit(request)
+            if key is not None:
+                self.keys.admit(key, route.spec, wakes=_would_wake(route))
         except oai.APIError as err:
+            if self.keys.active:
+                self.metrics.key(key.ref if key else None).rejected(
+                    err.code or str(err.status)
+                ).inc()
             return _error(err)
-        return await self._serve(req, route, payload, t0)
+        if key is None:
+            return await self._serve(req, route, payload, t0)
+        try:
+            resp = await self._serve(req, route, payload, t0)
+        finally:
+            self.keys.release(key)
+        km = self.metrics.key(key.ref)
+        km.requests(resp.status).inc()
+        if resp.status == 200:
+            km.inputs.inc(req.n_inputs)
+        return resp
 
     def _admit(self, request: Request) -> tuple[oai.EmbeddingRequest, Route, bytes]:
         if request.method != "POST":
@@ -189,6 +236,11 @@ class Activator:
             length = request.headers.get("content-length")
             raise self._too_large(int(length) if length and length.isdigit() else None)
         body = request.body
+        try:
+            # One array per input at most, plus the few a request has around them.
+            check_json_shape(body, max_containers=self.config.max_inputs + 16)
+        except BadShape as err:
+            raise oai.APIError(400, str(err), code="invalid_json") from None
         req = oai.parse_request(body, max_inputs=self.config.max_inputs)
         route = self.services.resolve(req.model)
         oai.check_dimensions(req, route.spec)
@@ -406,6 +458,18 @@ class Activator:
 
     async def close(self) -> None:
         await self.forwarder.close()
+
+
+_MODELS_PATHS = ("/v1/models", "/models")
+_INTERNAL_PATHS = ("/stats", "/metrics")
+_PROBE_PATHS = ("/healthz", "/readyz")
+
+
+def _would_wake(route: Route) -> bool:
+    """Whether holding this request would start a wake (nothing ready, at zero, no wake
+    in progress): what a key without ``wake`` may not do."""
+    state = route.state
+    return not state.has_ready and state.replicas == 0 and not state.waking
 
 
 def _engine_error(status: int, body: bytes) -> bytes:

@@ -9,6 +9,9 @@ Format (``--static-config FILE``)::
         spec: {model: {id: Qwen/Qwen3-Embedding-0.6B, source: {huggingFace: {}}}}
         endpoints: ["127.0.0.1:30000"]          # ready pod addresses (host:port)
         wakeEndpoints: ["127.0.0.1:30001"]      # optional: what a wake makes ready
+    apiKeys:                                    # optional: key Secrets, as kubectl shows them
+      - metadata: {name: team-a, namespace: glowplug-system}
+        stringData: {key: "...", models: "qwen3-small"}
 
 ``StaticScaler`` stands in for the scale subresource: a wake makes ``wakeEndpoints``
 ready after ``wakeDelaySeconds`` (default 0).
@@ -23,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from glowplug.activator.apikeys import KeyStore
 from glowplug.activator.services import Services
 
 
@@ -50,13 +54,20 @@ class StaticScaler:
         return True
 
 
-def load(path: str | Path, services: Services, scaler: StaticScaler) -> None:
+def load(
+    path: str | Path, services: Services, scaler: StaticScaler, keys: KeyStore | None = None
+) -> None:
     doc = yaml.safe_load(Path(path).read_text()) or {}
     items = doc.get("services") or []
     if not isinstance(items, list):
         raise ValueError(f"{path}: 'services' must be a list")
     for item in items:
         apply(item, services, scaler)
+    secrets = doc.get("apiKeys") or []
+    if not isinstance(secrets, list):
+        raise ValueError(f"{path}: 'apiKeys' must be a list")
+    if keys is not None:
+        keys.resync(secrets)
 
 
 def apply(item: Mapping[str, Any], services: Services, scaler: StaticScaler) -> None:

@@ -20,11 +20,12 @@ from typing import Any
 
 import aiohttp
 
+from glowplug.activator.apikeys import KEY_LABEL, KeyStore
 from glowplug.activator.endpoints import SERVICE_LABEL
 from glowplug.activator.services import Services
 from glowplug.api import GROUP, PLURAL, VERSION
 from glowplug.kubeclient import CONNECT_TIMEOUT, WATCH_TIMEOUT
-from glowplug.outage import Outage, is_unreachable
+from glowplug.outage import UNAVAILABLE_STATUSES, Outage, Unavailable, is_unreachable
 
 log = logging.getLogger("glowplug.activator.watch")
 
@@ -91,23 +92,45 @@ def kinds(services: Services) -> list[Kind]:
     ]
 
 
+def key_kind(keys: KeyStore) -> Kind:
+    """API key Secrets (labelled ``glowplug.dev/api-key``), always one namespace at a time:
+    the activator's Role grants list/watch on Secrets in its namespaces only."""
+
+    def secret_path(ns: str | None) -> str:
+        return f"/api/v1/namespaces/{ns}/secrets"
+
+    return Kind("Secret", secret_path, keys.apply, keys.delete, keys.resync, KEY_LABEL)
+
+
 class KubeSource:
     """Runs the list/watch loops for every kind and namespace scope."""
 
     def __init__(
-        self, api_client: Any, services: Services, namespaces: list[str] | None = None
+        self,
+        api_client: Any,
+        services: Services,
+        namespaces: list[str] | None = None,
+        keys: KeyStore | None = None,
+        key_namespaces: list[str] | None = None,
     ) -> None:
         self.api = api_client  # kubernetes_asyncio.client.ApiClient
         self.services = services
         self.namespaces: list[str | None] = list(namespaces) if namespaces else [None]
+        self.keys = keys
+        self.key_namespaces = list(dict.fromkeys(key_namespaces or []))
         self._tasks: list[asyncio.Task[None]] = []
         self._synced: dict[tuple[str, str | None], asyncio.Event] = {}
         # One outage for all the loops: logged when it starts and when it ends.
         self.outage = Outage(log)
 
     def start(self) -> None:
-        for kind in kinds(self.services):
-            for ns in self.namespaces:
+        scopes: list[tuple[Kind, list[str | None]]] = [
+            (kind, self.namespaces) for kind in kinds(self.services)
+        ]
+        if self.keys is not None and self.key_namespaces:
+            scopes.append((key_kind(self.keys), list(self.key_namespaces)))
+        for kind, namespaces in scopes:
+            for ns in namespaces:
                 ev = asyncio.Event()
                 self._synced[(kind.name, ns)] = ev
                 self._tasks.append(asyncio.create_task(self._run(kind, ns, ev)))
@@ -135,7 +158,7 @@ class KubeSource:
         while True:
             try:
                 rv = await self._list(kind, ns)
-                self.outage.ok()
+                self.outage.ok(f"{kind.name}/{ns}")
                 synced.set()
                 while True:
                     rv = await self._watch(kind, ns, rv)
@@ -145,7 +168,7 @@ class KubeSource:
                 log.info("%s watch expired, listing again", kind.name)
             except Exception as err:
                 if is_unreachable(err):
-                    self.outage.failed(err)  # routing goes on from what is known
+                    self.outage.failed(err, f"{kind.name}/{ns}")  # routing goes on meanwhile
                 else:
                     log.warning(
                         "%s watch failed (%s), listing again in %.0fs",
@@ -159,6 +182,8 @@ class KubeSource:
         query = [("labelSelector", kind.label_selector)] if kind.label_selector else []
         resp = await self._get(kind.path(ns), query, LIST_TIMEOUT)
         async with resp:
+            if resp.status in UNAVAILABLE_STATUSES:
+                raise Unavailable(f"list {kind.path(ns)}: HTTP {resp.status}")
             if resp.status != 200:
                 raise RuntimeError(f"list {kind.path(ns)}: HTTP {resp.status}: {await resp.text()}")
             doc = await resp.json()
@@ -182,6 +207,8 @@ class KubeSource:
         async with resp:
             if resp.status == 410:
                 raise _Gone()
+            if resp.status in UNAVAILABLE_STATUSES:
+                raise Unavailable(f"watch {kind.path(ns)}: HTTP {resp.status}")
             if resp.status != 200:
                 raise RuntimeError(f"watch {kind.path(ns)}: HTTP {resp.status}")
             buf = b""

@@ -177,6 +177,7 @@ class Daemons:
         loop = ServiceLoop(self.api, self.reader, self.options, outage=self.outage)
         meta = body.get("metadata") or {}
         key = (str(meta.get("namespace")), str(meta.get("name")))
+        ref = f"{key[0]}/{key[1]}"
         poke = self.pokes.event(*key)
         try:
             while not stopped:
@@ -184,14 +185,14 @@ class Daemons:
                 poke.clear()  # a poke during the tick makes the next one come at once
                 try:
                     await loop.tick(body)
-                    self.outage.ok()
+                    self.outage.ok(ref)
                 except asyncio.CancelledError:
                     raise
                 except Exception as err:  # one bad tick must not end the loop
                     if stopped or self.closing:
                         break  # shutting down: the API client may already be closed
                     if is_unreachable(err):
-                        self.outage.failed(err)  # logged once for all services
+                        self.outage.failed(err, ref)  # logged once for all services
                     else:
                         logger.warning("autoscaler tick failed: %s", err, exc_info=True)
                 elapsed = time.monotonic() - started
@@ -201,6 +202,7 @@ class Daemons:
                     await stopped.wait(max(0.05, self.options.interval - elapsed))
         finally:
             self.pokes.forget(*key)
+            self.outage.forget(ref)
             if loop.series is not None and _deleted(stopped):
                 loop.series.remove()
 

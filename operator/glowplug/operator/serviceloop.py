@@ -7,7 +7,8 @@ Each tick (``daemon.py`` runs it about once a second, or rests it while nothing 
    ``--ledger-checkpoint`` seconds while GPUs are held and at once whenever the set of
    pods holding GPUs changes (an idle service writes nothing);
 2. turns pods that cannot become ready into the ``Failed`` condition and a Warning
-   Event, and measures each wake (replicas raised from zero to the first ready pod);
+   Event, measures each wake (replicas raised from zero to the first ready pod) and
+   follows it through its phases (``waketracker``: status.wake, Events, node failures);
 3. reads every activator's ``/stats`` (one shared snapshot for all services) and
    applies ``autoscaler.decide``; each change of ``spec.replicas`` is a compare-and-swap
    write through the scale subresource.
@@ -27,22 +28,19 @@ from typing import Any
 from glowplug.api.spec import EmbeddingService, SpecError, parse
 from glowplug.kube.podstate import WakeFailure, is_ready, service_failure
 from glowplug.operator import conditions as cond
-from glowplug.operator import prewarm, wakephases
+from glowplug.operator import prewarm
 from glowplug.operator.activity import LoadSource
 from glowplug.operator.autoscaler import ScalerState, ServiceLoad, decide
 from glowplug.operator.ledger import Ledger, PodHold
 from glowplug.operator.serviceapi import ServiceAPI
 from glowplug.operator.timefmt import format_time, parse_time
-from glowplug.operator.wakephases import Timeline
+from glowplug.operator.waketracker import WakeTracker
 from glowplug.outage import Outage, is_unreachable
 
 log = logging.getLogger(__name__)
 
 GPU_RESOURCE = "nvidia.com/gpu"
 LAST_REQUEST_PERSIST_EVERY = 5.0  # while busy, persist lastRequestTime this often
-# After the first ready pod, how long to wait for the activators to report the first
-# response of the wake (the FirstResponse phase) before closing the timeline without it.
-FIRST_RESPONSE_WAIT = 120.0
 # At rest with no event, tick anyway after this long (a safety net; such a tick makes no
 # API request).
 REST_MAX = 300.0
@@ -144,10 +142,7 @@ class ServiceLoop:
         self.fingerprint: str | None = None
         self.last_tick: float | None = None
         self.spec_changed_at: float | None = None
-        self.timeline: Timeline | None = None  # the wake in progress (or awaiting its
-        self.timeline_ready: float | None = None  # first response after this ready time)
-        self.written_wake: tuple[str, str] | None = None  # (phase, message) in status
-        self.node_fail: WakeFailure | None = None  # NotTriggerScaleUp / NodeWaitTimeout
+        self.wake = WakeTracker()  # the wake's phases, timeline and node failures
         self.reported: str | None = None  # the wake-failure reason in status, if ours
         self.clear_pending = False  # the spec changed while a wake failure was reported
         # At rest: at zero, no pod, no wake, no load. The daemon then sleeps until an
@@ -229,7 +224,7 @@ class ServiceLoop:
                 await self.api.write_ledger(namespace, name, self.ledger.checkpoint())
             except Exception as err:  # kept in memory; the next checkpoint catches up
                 if is_unreachable(err):
-                    self.outage.failed(err)
+                    self.outage.failed(err, f"{namespace}/{name}")
                 else:
                     log.warning("%s/%s: ledger checkpoint failed: %s", namespace, name, err)
             else:
@@ -241,13 +236,24 @@ class ServiceLoop:
         # Pods created before the last spec change carry the old spec's failure.
         failure = service_failure(pods, since=self.spec_changed_at)
         self._wake(now, status, spec_replicas, ready, patch)
-        node_failure = await self._track(
-            now, body, svc, status, spec_replicas, ready, pods, failure, patch
+        node_failure = await self.wake.track(
+            self.api,
+            self.series,
+            self.wake_start,
+            now,
+            body,
+            svc,
+            status,
+            spec_replicas,
+            ready,
+            pods,
+            failure,
+            patch,
         )
         failure_patch = self._failure(failure or node_failure, body)
         if failure_patch:
             patch.update(failure_patch)
-            self._end_failed(now, failure or node_failure, patch)
+            self.wake.end_failed(self.series, self.wake_start, now, failure or node_failure, patch)
 
         # 3. the autoscaler
         if svc is not None and svc.scaling.autoscale and self.reader is not None:
@@ -264,7 +270,7 @@ class ServiceLoop:
         return (
             spec_replicas == 0
             and not pods
-            and self.timeline is None
+            and self.wake.timeline is None
             and self.wake_start is None
             and not self.clear_pending
             and (load is None or not (load.in_flight or load.queued or load.waking))
@@ -321,119 +327,6 @@ class ServiceLoop:
             log.info("wake took %.1f s", seconds)
             self.wake_start = None
 
-    async def _track(
-        self,
-        now: float,
-        body: Mapping[str, Any],
-        svc: EmbeddingService | None,
-        status: Mapping[str, Any],
-        spec_replicas: int,
-        ready: int,
-        pods: list[dict[str, Any]],
-        failure: WakeFailure | None,
-        patch: dict[str, Any],
-    ) -> WakeFailure | None:
-        """Follow the wake through its phases (wakephases): status.wake, the Waking
-        condition, an Event per phase; the node failure when the wait cannot end well."""
-        tl = self.timeline
-        if spec_replicas == 0:
-            if tl is not None and not tl.outcome:
-                patch["wake"] = None  # abandoned: scaled back to zero before ready
-            self.timeline, self.written_wake, self.node_fail = None, None, None
-            return None
-        if tl is None:
-            start = self.wake_start
-            restored = Timeline.restore(status.get("wake"))
-            if restored is not None and (start is None or abs(restored.started - start) < 2.0):
-                tl = restored  # the operator restarted during this wake
-                self.written_wake = (tl.phase, tl.message)
-            elif start is not None and ready == 0:
-                tl = Timeline(start)
-            else:
-                return None
-            self.timeline = tl
-        if tl.outcome:
-            # Over (Ready: awaiting the first response; or Failed). A node failure holds
-            # while the pod still has no node; once it gets one the failure clears.
-            if self.node_fail is not None and wakephases.unscheduled(pods) and ready == 0:
-                return self.node_fail
-            return None
-        if ready > 0:
-            obs: wakephases.Observation | None = wakephases.Observation(
-                wakephases.READY, f"{ready} pod(s) ready", ""
-            )
-        else:
-            waiting = wakephases.unscheduled(pods)
-            events = await self.api.list_pod_events(svc_ns(body), waiting) if waiting else {}
-            obs = wakephases.observe(pods, events)
-        if obs is None:
-            return None  # no pod yet: the Deployment is creating it
-        if tl.enter(obs.phase, now, obs.message):
-            log.info("%s: wake phase %s: %s", _key(body), obs.phase, obs.message)
-            self.api.info(body, obs.phase, obs.message)
-        if obs.phase == wakephases.READY:
-            tl.outcome = wakephases.READY
-            self.timeline_ready = now
-            self._observe_phases(tl)
-            patch["wake"] = None
-            patch["lastWake"] = tl.status()
-            self.written_wake = None
-            return None
-        if self.written_wake != (tl.phase, tl.message):
-            patch["wake"] = tl.status()
-            patch["__waking__"] = (tl.phase, tl.message)
-            self.written_wake = (tl.phase, tl.message)
-        if failure is not None or svc is None:
-            return None
-        return wakephases.node_failure(obs, tl, now, svc.scaling.node_wait_timeout)
-
-    def _end_failed(self, now: float, failure: WakeFailure | None, patch: dict[str, Any]) -> None:
-        """A wake failure was just reported: close the wake's timeline as Failed."""
-        if "__failed__" not in patch:
-            return
-        if self.series is not None and self.wake_start is not None:
-            self.series.wake("failed")
-        tl = self.timeline
-        if failure is not None and failure.reason in (
-            wakephases.NOT_TRIGGER_SCALE_UP,
-            wakephases.NODE_WAIT_TIMEOUT,
-        ):
-            self.node_fail = failure
-        if tl is None or tl.outcome or failure is None:
-            return
-        tl.enter(wakephases.FAILED, now, f"{failure.reason}: {failure.message}")
-        tl.outcome = wakephases.FAILED
-        patch["wake"] = None
-        patch["lastWake"] = tl.status()
-        patch.pop("__waking__", None)
-        self.written_wake = None
-
-    def _observe_phases(self, tl: Timeline) -> None:
-        if self.series is None:
-            return
-        for phase, seconds in tl.durations().items():
-            label = wakephases.HISTOGRAM_PHASE.get(phase)
-            if label is not None:
-                self.series.phase(label, seconds)
-
-    def _first_response(self, now: float, first: float | None, patch: dict[str, Any]) -> None:
-        """Close a ready wake's timeline at the activators' first response after it."""
-        tl, ready_at = self.timeline, self.timeline_ready
-        if tl is None or tl.outcome != wakephases.READY or ready_at is None:
-            return
-        if first is not None and first >= tl.started:
-            ready_entered = tl.entered(wakephases.READY) or ready_at
-            at = max(first, ready_entered)
-            tl.entries.append((wakephases.FIRST_RESPONSE, at))
-            tl.outcome = wakephases.FIRST_RESPONSE
-            tl.message = "the first held request was answered"
-            if self.series is not None:
-                self.series.phase("first_response", at - ready_entered)
-            patch["lastWake"] = tl.status()
-            self.timeline = None
-        elif now - ready_at > FIRST_RESPONSE_WAIT:
-            self.timeline = None  # no request waited for this wake (a pre-warm, a scale)
-
     async def _autoscale(
         self,
         now: float,
@@ -446,7 +339,7 @@ class ServiceLoop:
         snapshot = await self.reader.snapshot()
         load = snapshot.load(svc.namespace, svc.name)
         self.load = load
-        self._first_response(now, load.first_response, patch)
+        self.wake.first_response(self.series, now, load.first_response, patch)
         if self.scaler is None:
             self.persisted_activity = parse_time(status.get("lastRequestTime"))
             self.scaler = ScalerState(last_activity=self.persisted_activity)
@@ -466,7 +359,7 @@ class ServiceLoop:
             self.persisted_activity = activity
         if decision.replicas == spec_replicas:
             return
-        if decision.replicas == 0 and self.timeline is not None and not self.timeline.outcome:
+        if decision.replicas == 0 and self.wake.waiting:
             return  # a pending wake is never scaled away inside its wait (issue 11)
         if decision.replicas == 0:
             # Re-read every activator right before the last replica goes: a request that
@@ -536,16 +429,12 @@ class ServiceLoop:
             await self.api.update_status(namespace, name, mutate)
         except Exception as err:  # next tick writes again; the ledger stays in memory
             if is_unreachable(err):
-                self.outage.failed(err)
+                self.outage.failed(err, f"{namespace}/{name}")
             else:
                 log.warning("%s/%s: status write failed: %s", namespace, name, err)
             if failed is not None:
                 self.reported = None  # report it again next tick
-            self.written_wake = None  # and the wake's status
-
-
-def svc_ns(body: Mapping[str, Any]) -> str:
-    return str((body.get("metadata") or {}).get("namespace"))
+            self.wake.written_wake = None  # and the wake's status
 
 
 def _key(body: Mapping[str, Any]) -> str:
