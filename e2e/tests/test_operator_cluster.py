@@ -112,6 +112,30 @@ BAD = [
         "spec.engine.requestTimeout",
     ),
     ("long-request", {"engine": {"requestTimeout": "2h"}}, "spec.engine.requestTimeout"),
+    # Engines glowplug does not know, and image/version combinations known to be wrong.
+    ("unknown-engine", {"engine": {"name": "llamacpp"}}, "spec.engine.name"),
+    (
+        "sglang-cuda12-tag-after-0519",
+        {"engine": {"image": "lmsysorg/sglang:v0.5.23-cu129"}},
+        "spec.engine.image",
+    ),
+    (
+        "sglang-before-ready",
+        {"engine": {"image": "lmsysorg/sglang:v0.5.19-cu129"}},
+        "spec.engine.image",
+    ),
+    (
+        "tei-before-served-name",
+        {
+            "engine": {
+                "name": "tei",
+                "image": "ghcr.io/huggingface/text-embeddings-inference:cpu-1.8",
+            }
+        },
+        "spec.engine.image",
+    ),
+    ("cuda-on-tei", {"engine": {"name": "tei", "cuda": "12"}}, "spec.engine.cuda"),
+    ("cuda-11", {"engine": {"cuda": "11"}}, "spec.engine.cuda"),
 ]
 
 
@@ -126,6 +150,36 @@ def test_invalid_spec_is_refused_naming_the_field(
     assert field in out.stderr, out.stderr
     gone = cluster.kubectl("get", "embsvc", name, "-n", namespace, check=False)
     assert gone.returncode != 0
+
+
+GOOD_ENGINES = [
+    ("vllm-cpu", {"engine": {"name": "vllm"}, "resources": {"gpus": 0}}),
+    ("sglang-cuda12", {"engine": {"cuda": "12"}}),
+    (
+        "sglang-0519-with-cuda12",
+        {"engine": {"cuda": "12", "image": "lmsysorg/sglang:v0.5.19-cu129"}},
+    ),
+    (
+        "tei-19",
+        {
+            "engine": {
+                "name": "tei",
+                "image": "ghcr.io/huggingface/text-embeddings-inference:cpu-1.9",
+            }
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "spec"), GOOD_ENGINES, ids=[g[0] for g in GOOD_ENGINES])
+def test_good_engine_combinations_are_accepted(
+    cluster: Cluster, crd_installed: Path, namespace: str, name: str, spec: Any
+) -> None:
+    """The CEL rules refuse only what they must (the same rules as glowplug.api.images)."""
+    apply(cluster, namespace, embsvc(name, **spec))
+    assert get(cluster, "embsvc", name, namespace)["spec"]["engine"]["cuda"] == (
+        spec["engine"].get("cuda", "")
+    )
 
 
 def test_unknown_time_zone_is_a_failed_condition_naming_the_field(

@@ -2,7 +2,8 @@
 
 ``FakeEngine`` is a TEST DOUBLE of an embeddings engine (not SGLang): a real aiohttp
 server on 127.0.0.1 that can delay, drop connections before or after the response
-headers, and counts requests and peak concurrency.
+headers, answer errors in the engines' flat shape, enforce a TEI-like batch limit (413),
+and counts requests and peak concurrency.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ class FakeEngine:
         self.drop_before_headers = 0  # next N requests: close the connection, no response
         self.drop_after_headers = 0  # next N requests: send headers, then close mid-body
         self.status = 200
+        self.error_type = "BadRequestError"  # the flat error body's type (SGLang's)
+        self.max_batch: int | None = None  # more inputs: 413, as TEI's client batch limit
+        self.index_from_input = False  # input "item-N" embeds as vector(N)
+        self.batch_sizes: list[int] = []  # inputs per request received
         self.requests = 0  # requests received
         self.bodies: list[dict[str, Any]] = []
         self.concurrent = 0
@@ -49,6 +54,7 @@ class FakeEngine:
         # /ready does until the model is loaded; ready_probes counts the probes.
         self.ready_at: float | None = None
         self.ready_probes = 0
+        self.health_probes = 0  # GET /health
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -60,6 +66,7 @@ class FakeEngine:
         app = web.Application()
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_get("/ready", self.ready)
+        app.router.add_get("/health", self.health)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
@@ -72,8 +79,16 @@ class FakeEngine:
             await self._runner.cleanup()
             self._runner = None
 
+    async def health(self, request: web.Request) -> web.Response:
+        """The readiness endpoint of engines without /ready (TEI, vLLM, SGLang 0.5.19)."""
+        self.health_probes += 1
+        return await self._readiness()
+
     async def ready(self, request: web.Request) -> web.Response:
         self.ready_probes += 1
+        return await self._readiness()
+
+    async def _readiness(self) -> web.Response:
         if self.ready_at is not None and asyncio.get_running_loop().time() < self.ready_at:
             return web.json_response({"status": "loading"}, status=503)
         return web.json_response({"status": "ready"})
@@ -96,15 +111,34 @@ class FakeEngine:
                 return web.Response()
             if self.status != 200:
                 return web.json_response(
-                    {"object": "error", "message": "engine says no", "code": self.status},
+                    {
+                        "object": "error",
+                        "message": "engine says no",
+                        "type": self.error_type,
+                        "param": None,
+                        "code": self.status,
+                    },
                     status=self.status,
                 )
             inputs = body["input"]
             n = 1 if isinstance(inputs, str) or isinstance(inputs[0], int) else len(inputs)
+            self.batch_sizes.append(n)
+            if self.max_batch is not None and n > self.max_batch:
+                return web.json_response(
+                    {
+                        "message": f"batch size {n} > maximum allowed batch size {self.max_batch}",
+                        "type": "validation",
+                        "code": 413,
+                    },
+                    status=413,
+                )
             dims = body.get("dimensions") or DIMS
             data: list[dict[str, Any]] = []
             for i in range(n):
-                emb: Any = vector(i, dims)
+                seed = i
+                if self.index_from_input and isinstance(inputs, list):
+                    seed = int(str(inputs[i]).rsplit("-", 1)[1])
+                emb: Any = vector(seed, dims)
                 if self.native_base64 and body.get("encoding_format") == "base64":
                     from glowplug.activator.openai import floats_to_base64
 
@@ -175,6 +209,7 @@ def service_obj(
     scaling: dict[str, Any] | None = None,
     model: dict[str, Any] | None = None,
     conditions: list[dict[str, Any]] | None = None,
+    engine: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A raw EmbeddingService object as the API server would return it."""
     m: dict[str, Any] = {"id": "Qwen/Qwen3-Embedding-0.6B", "source": {"huggingFace": {}}}
@@ -187,6 +222,8 @@ def service_obj(
         "metadata": {"name": name, "namespace": namespace, "resourceVersion": "1"},
         "spec": {"model": m, "replicas": replicas, "scaling": scaling or {}},
     }
+    if engine is not None:
+        obj["spec"]["engine"] = engine
     if conditions is not None:
         obj["status"] = {"conditions": conditions}
     return obj

@@ -41,6 +41,8 @@ MALFORMED: list[tuple[str, str, str | None, bytes, int, tuple[str, ...]]] = [
     ("POST", "/v1/embeddings", J, b'{"model": "emb", "input": {"a": 1}}', 400, ("'input'",)),
     ("POST", "/v1/embeddings", J, b'{"model": "emb", "input": ["a", 3]}', 400, ("'input[1]'",)),
     ("POST", "/v1/embeddings", J, b'{"model": "emb", "input": ["a", ""]}', 400, ("'input[1]'",)),
+    ("POST", "/v1/embeddings", J, b'{"model": "emb", "input": " \\n\\t "}', 400, ("'input'", "whitespace")),
+    ("POST", "/v1/embeddings", J, b'{"model": "emb", "input": ["a", "b", "  "]}', 400, ("'input[2]'", "whitespace")),
     ("POST", "/v1/embeddings", J, b'{"model": "emb", "input": [1, -2]}', 400, ("'input[1]'",)),
     ("POST", "/v1/embeddings", J, b'{"model": "emb", "input": [[1], ["x"]]}', 400, ("input[1][0]",)),
     ("POST", "/v1/embeddings", J, b'{"model": "emb", "input": [[1], []]}', 400, ("'input[1]'",)),
@@ -169,3 +171,51 @@ def test_rewrite_fast_path_matches_full_parse() -> None:
     body = json.dumps({**engine, "data": [{"index": 0, "embedding": "AACAPg=="}]}).encode()
     out = json.loads(oai.rewrite_response(body, "m", "base64"))
     assert out["data"][0]["embedding"] == "AACAPg==" and out["model"] == "m"
+
+
+def _req(inputs: Any, **extra: Any) -> Any:
+    return oai.parse_request(
+        json.dumps({"model": "emb", "input": inputs, **extra}).encode(), max_inputs=2048
+    )
+
+
+def test_upstream_bodies_split_by_the_engine_batch_limit() -> None:
+    inputs = [f"item-{i}" for i in range(70)]
+    req = _req(inputs, encoding_format="base64", input_type="query")
+    svc = _svc(queryInstruction="find")
+    body = json.dumps(req.raw).encode()
+    parts = [json.loads(b) for b in oai.upstream_bodies(req, svc, body, 32)]
+    assert [len(p["input"]) for p in parts] == [32, 32, 6]
+    assert [x.split("Query:")[1] for p in parts for x in p["input"]] == inputs
+    for p in parts:
+        assert p["encoding_format"] == "base64" and "input_type" not in p
+    # At or under the limit, or without one: one body, the client's bytes when possible.
+    small = _req(inputs[:32])
+    raw = json.dumps(small.raw).encode()
+    assert oai.upstream_bodies(small, _svc(), raw, 32) == [raw]
+    assert oai.upstream_bodies(_req(inputs), _svc(), raw, None) == [raw]
+    # A single token-id array is one input however long it is.
+    tokens = _req(list(range(100)))
+    assert len(oai.upstream_bodies(tokens, _svc(), b"x", 32)) == 1
+
+
+def test_merge_responses_renumbers_in_order_and_sums_usage() -> None:
+    def answer(n: int, first: int) -> bytes:
+        # An engine may list items out of order: merge sorts by index.
+        data = [{"object": "embedding", "index": i, "embedding": [first + i]} for i in range(n)]
+        return json.dumps(
+            {
+                "object": "list",
+                "model": "/m",
+                "data": data[::-1],
+                "usage": {"prompt_tokens": 2 * n, "total_tokens": 2 * n},
+            }
+        ).encode()
+
+    merged = json.loads(oai.merge_responses([answer(3, 0), answer(3, 3), answer(1, 6)], 3))
+    assert [d["index"] for d in merged["data"]] == list(range(7))
+    assert [d["embedding"] for d in merged["data"]] == [[i] for i in range(7)]
+    assert merged["usage"] == {"prompt_tokens": 14, "total_tokens": 14}
+    assert merged["object"] == "list"
+    with pytest.raises(oai.UpstreamFormatError):
+        oai.merge_responses([answer(3, 0), b"<html>"], 3)

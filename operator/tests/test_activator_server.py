@@ -392,6 +392,120 @@ async def test_connect_errors_until_the_deadline_are_502() -> None:
         assert h.state().inflight == 0 and h.state().queued == 0
 
 
+# --- what the real engines taught (issue 9) -------------------------------------------------
+
+
+async def test_empty_and_whitespace_inputs_refused_before_any_engine_call() -> None:
+    async with harness() as h, engines(1) as (e,), aiohttp.ClientSession() as s:
+        h.services.apply_service(service_obj())
+        h.services.set_endpoints("ns1", "emb", [e.address])
+        for inp, param in (
+            (" \n\t", "input"),
+            (["ok", "", "x"], "input[1]"),
+            (["a", "  "], "input[1]"),
+        ):
+            status, body, _ = await post(s, h.url, emb(inp=inp))
+            assert status == 400, body
+            assert body["error"]["param"] == param
+            assert f"'{param}'" in body["error"]["message"]
+        assert e.requests == 0
+
+
+def tei_obj(args: list[str] | None = None) -> dict[str, Any]:
+    return service_obj(engine={"name": "tei", "args": args or []})
+
+
+async def test_requests_over_the_engine_batch_limit_are_split_and_merged_in_order() -> None:
+    async with harness() as h, engines(2) as (e1, e2), aiohttp.ClientSession() as s:
+        for e in (e1, e2):
+            e.max_batch = 32  # TEI's default --max-client-batch-size: more gets 413
+            e.index_from_input = True
+        h.services.apply_service(tei_obj())
+        h.services.set_endpoints("ns1", "emb", [e1.address, e2.address])
+        inputs = [f"item-{i}" for i in range(70)]
+        status, body, _ = await post(s, h.url, emb(inp=inputs))
+        assert status == 200, body
+        assert [d["index"] for d in body["data"]] == list(range(70))
+        assert [d["embedding"] for d in body["data"]] == [vector(i, DIMS) for i in range(70)]
+        assert body["usage"] == {"prompt_tokens": 70, "total_tokens": 70}
+        assert body["model"] == "emb"
+        assert sorted(e1.batch_sizes + e2.batch_sizes) == [6, 32, 32]
+        # base64 applies to the merged answer too.
+        status, body, _ = await post(s, h.url, emb(inp=inputs[:40], encoding_format="base64"))
+        assert status == 200
+        assert [base64_to_floats(d["embedding"]) for d in body["data"]] == [
+            vector(i, DIMS) for i in range(40)
+        ]
+        assert h.state().inflight == 0
+
+
+async def test_batch_limit_follows_the_engine_flag() -> None:
+    async with harness() as h, engines(1) as (e,), aiohttp.ClientSession() as s:
+        e.max_batch = 8
+        h.services.apply_service(tei_obj(["--max-client-batch-size", "8"]))
+        h.services.set_endpoints("ns1", "emb", [e.address])
+        status, body, _ = await post(s, h.url, emb(inp=[f"x-{i}" for i in range(20)]))
+        assert status == 200 and len(body["data"]) == 20
+        assert e.batch_sizes == [8, 8, 4]
+        # SGLang has no client batch limit: one request, whatever its size.
+        h.services.apply_service(service_obj())
+        e.max_batch = None
+        status, body, _ = await post(s, h.url, emb(inp=[f"x-{i}" for i in range(100)]))
+        assert status == 200 and e.batch_sizes[-1] == 100
+
+
+async def test_a_failed_chunk_is_the_answer() -> None:
+    async with harness() as h, engines(1) as (e,), aiohttp.ClientSession() as s:
+        h.services.apply_service(tei_obj())
+        h.services.set_endpoints("ns1", "emb", [e.address])
+        e.status, e.error_type = 422, "validation"
+        status, body, _ = await post(s, h.url, emb(inp=[f"x-{i}" for i in range(40)]))
+        assert status == 422
+        assert (
+            body["error"]["type"] == "validation" and "engine says no" in body["error"]["message"]
+        )
+        assert h.state().inflight == 0
+
+
+async def test_503_from_a_shutting_down_engine_is_retried_on_another_pod() -> None:
+    async with harness() as h, engines(2) as (going, staying), aiohttp.ClientSession() as s:
+        going.status, going.error_type = 503, "ServiceUnavailableError"
+        h.services.apply_service(service_obj(scaling={"targetConcurrency": 4}))
+        h.services.set_endpoints("ns1", "emb", [going.address, staying.address])
+        results = await asyncio.gather(*(post(s, h.url, emb()) for _ in range(20)))
+        assert [r[0] for r in results] == [200] * 20
+        assert going.requests >= 1  # it was tried, answered 503, and the request moved on
+        assert staying.requests == 20
+        assert h.state().inflight == 0
+
+
+async def test_503_until_the_deadline_is_answered_as_the_engine_said() -> None:
+    async with harness() as h, engines(1) as (e,), aiohttp.ClientSession() as s:
+        e.status, e.error_type = 503, "ServiceUnavailableError"
+        h.services.apply_service(service_obj(scaling={"activationTimeout": "1s"}))
+        h.services.set_endpoints("ns1", "emb", [e.address])
+        status, body, _ = await post(s, h.url, emb())
+        assert status == 503
+        assert body["error"]["type"] == "ServiceUnavailableError"
+        assert e.requests >= 2  # retried until the activation deadline
+        assert h.state().inflight == 0
+
+
+async def test_engine_error_type_is_kept_in_openai_shape() -> None:
+    async with harness() as h, engines(1) as (e,), aiohttp.ClientSession() as s:
+        h.services.apply_service(service_obj())
+        h.services.set_endpoints("ns1", "emb", [e.address])
+        e.status = 400  # SGLang's flat body: {"object": "error", "type": "BadRequestError", ...}
+        status, body, _ = await post(s, h.url, emb())
+        assert status == 400
+        assert body["error"] == {
+            "message": "engine: engine says no",
+            "type": "BadRequestError",
+            "param": None,
+            "code": "400",
+        }
+
+
 # --- issue 11 (3): what held clients learn --------------------------------------------
 
 
@@ -506,3 +620,23 @@ async def test_a_slow_metrics_render_does_not_stall_the_probes() -> None:
 
             scraped, probed = await asyncio.gather(scrape(), probe())
         assert probed < scraped  # the probe was answered while the render ran
+
+
+async def test_fast_release_probes_the_engines_own_readiness_path() -> None:
+    """SGLang with cuda "12" (0.5.19) has no /ready: starting pods are probed on /health."""
+    from glowplug.activator.readiness_probe import ReadinessProber
+
+    async with harness() as h, engines(1) as (e,), aiohttp.ClientSession() as s:
+        prober = ReadinessProber(h.services.probed_ready)
+        h.services.set_prober(prober)
+        try:
+            h.services.apply_service(service_obj(replicas=0, engine={"cuda": "12"}))
+            e.ready_at = asyncio.get_running_loop().time() + 0.3
+            task = asyncio.create_task(post(s, h.url, emb()))
+            await until(lambda: h.state().queued == 1)
+            h.services.apply_slice(starting_slice(e.address, ready=False))
+            status, _, _ = await asyncio.wait_for(task, 10)
+            assert status == 200
+            assert e.health_probes >= 2 and e.ready_probes == 0
+        finally:
+            await prober.close()

@@ -44,6 +44,7 @@ READ_BACK = {
     "model.queryInstruction": lambda s: s.model.query_instruction,
     "engine.name": lambda s: s.engine.name,
     "engine.image": lambda s: s.engine.image,
+    "engine.cuda": lambda s: s.engine.cuda,
     "engine.args": lambda s: list(s.engine.args),
     "engine.env": lambda s: list(s.engine.env),
     "engine.requestTimeout": lambda s: format_duration(s.engine.request_timeout),
@@ -202,7 +203,7 @@ BAD_SPECS: list[tuple[dict[str, Any], str]] = [
     ({"scaling": {"activationTimeout": "0ms"}}, "spec.scaling.activationTimeout"),
     ({"scaling": {"nodeWaitTimeout": "0s"}}, "spec.scaling.nodeWaitTimeout"),
     ({"scaling": {"nodeWaitTimeout": "10 minutes"}}, "spec.scaling.nodeWaitTimeout"),
-    ({"engine": {"name": "vllm"}}, "spec.engine.name"),
+    ({"engine": {"name": "llamacpp"}}, "spec.engine.name"),
     ({"engine": {"args": ["--x", 1]}}, "spec.engine.args"),
     (
         {"engine": {"cacheVolume": {"hostPath": {"path": "/a"}, "persistentVolumeClaim": {}}}},

@@ -141,6 +141,25 @@ def test_chart_app_version_is_the_package_version() -> None:
     assert chart["appVersion"] == project["version"]
 
 
+def test_chart_kube_version_allows_only_clusters_that_run_the_pods() -> None:
+    """The engine pods use lifecycle.preStop.sleep, beta and on by default from 1.30."""
+    from glowplug.api import parse
+    from glowplug.engines import REGISTRY
+
+    svc = parse(
+        {
+            "metadata": {"name": "m", "namespace": "ns"},
+            "spec": {"model": {"id": "m", "source": {"huggingFace": {}}}},
+        }
+    )
+    for engine in REGISTRY.values():
+        assert "sleep" in engine.container(svc)["lifecycle"]["preStop"]
+    too_old = run(helm(), "template", "gp", str(CHART), "--kube-version", "1.29.9")
+    assert too_old.returncode != 0 and "kubeVersion" in too_old.stderr, too_old.stderr
+    for ok in ("1.30.0", "v1.35.4"):
+        assert run(helm(), "template", "gp", str(CHART), "--kube-version", ok).returncode == 0
+
+
 # --- lint and render ----------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from glowplug import engines
 from glowplug.api import EmbeddingService, parse
-from glowplug.engines import base, sglang, tei
+from glowplug.engines import base, sglang, tei, vllm
 
 
 def svc(name: str = "qwen3-small", **spec: Any) -> EmbeddingService:
@@ -42,8 +42,8 @@ def test_registry_covers_every_engine_the_api_accepts() -> None:
 
 
 def test_unknown_engine_names_the_known_ones() -> None:
-    with pytest.raises(KeyError, match="sglang"):
-        engines.get("vllm")
+    with pytest.raises(KeyError, match="sglang, tei, vllm"):
+        engines.get("llamacpp")
 
 
 # --- args merging ------------------------------------------------------------------------
@@ -149,7 +149,7 @@ def test_sglang_probes() -> None:
     # /health runs a forward pass with a 20 s internal timeout: never kill a busy pod fast.
     assert live["timeoutSeconds"] > 20
     assert live["periodSeconds"] * live["failureThreshold"] >= 120
-    assert sglang.ENGINE.readiness_path == "/ready"
+    assert sglang.ENGINE.readiness_path(svc()) == "/ready"
 
 
 def test_sglang_env_hugging_face_with_token() -> None:
@@ -309,7 +309,7 @@ def tei_svc(**spec: Any) -> EmbeddingService:
 def test_tei_cpu_image_when_no_gpu() -> None:
     s = tei_svc(resources={"gpus": 0, "cpu": "2", "memory": "4Gi"})
     c = tei.ENGINE.container(s)
-    assert c["image"] == "ghcr.io/huggingface/text-embeddings-inference:cpu-1.8"
+    assert c["image"] == "ghcr.io/huggingface/text-embeddings-inference:cpu-1.9"
     assert "nvidia.com/gpu" not in c["resources"]["limits"]
     assert tei.ENGINE.tolerations(s) == []
 
@@ -317,13 +317,16 @@ def test_tei_cpu_image_when_no_gpu() -> None:
 @pytest.mark.parametrize(
     ("gpu_type", "tag"),
     [
-        ("", "1.8"),
-        ("A100-80GB", "1.8"),
-        ("nvidia-l4", "89-1.8"),
-        ("L40S", "89-1.8"),
-        ("A10G", "86-1.8"),
-        ("H100", "hopper-1.8"),
-        ("T4", "turing-1.8"),
+        ("", "1.9"),
+        ("A100-80GB", "1.9"),
+        ("nvidia-l4", "89-1.9"),
+        ("L40S", "89-1.9"),
+        ("A10G", "86-1.9"),
+        ("RTX 3090", "86-1.9"),
+        ("RTX4090", "89-1.9"),
+        ("H100", "hopper-1.9"),
+        ("NVIDIA-H200", "hopper-1.9"),
+        ("T4", "turing-1.9"),
     ],
 )
 def test_tei_gpu_image_by_architecture(gpu_type: str, tag: str) -> None:
@@ -381,3 +384,177 @@ def test_tei_probes_on_health() -> None:
     assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 1800
     assert c["readinessProbe"]["periodSeconds"] == 1
     assert c["livenessProbe"]["timeoutSeconds"] >= 10
+
+
+# --- vLLM ------------------------------------------------------------------------------
+
+
+def vllm_svc(**spec: Any) -> EmbeddingService:
+    spec.setdefault("engine", {"name": "vllm"})
+    return svc(**spec)
+
+
+MINILM = {"id": "all-minilm-l6-v2", "source": {"hostPath": {"path": "/var/lib/models"}}}
+
+
+def test_vllm_is_registered() -> None:
+    assert engines.get("vllm") is vllm.ENGINE
+    assert vllm.VERSION == "0.32.0"
+    assert vllm.IMAGE == "vllm/vllm-openai:v0.32.0"
+    assert vllm.CPU_IMAGE == "vllm/vllm-openai-cpu:v0.32.0"
+
+
+def test_vllm_gpu_command_line() -> None:
+    s = vllm_svc(model={"id": "BAAI/bge-base-en-v1.5", "source": {"huggingFace": {}}})
+    c = vllm.ENGINE.container(s)
+    assert c["image"] == vllm.IMAGE
+    assert c["command"] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+    args = c["args"]
+    assert flag_value(args, "--model") == "BAAI/bge-base-en-v1.5"
+    assert flag_value(args, "--runner") == "pooling"
+    assert flag_value(args, "--served-model-name") == "qwen3-small"
+    assert flag_value(args, "--host") == "0.0.0.0"
+    assert flag_value(args, "--port") == "8000"
+    # An encoder keeps the pooling its own config declares; one GPU needs no TP flag;
+    # GPUs keep the model's dtype.
+    for absent in ("--convert", "--pooler-config", "--tensor-parallel-size", "--dtype"):
+        assert absent not in args
+    assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "VLLM_CPU_KVCACHE_SPACE" not in env_of(c)
+
+
+def test_vllm_qwen3_pools_the_last_token() -> None:
+    c = vllm.ENGINE.container(vllm_svc())  # Qwen/Qwen3-Embedding-0.6B
+    args = c["args"]
+    assert flag_value(args, "--convert") == "embed"
+    assert json.loads(flag_value(args, "--pooler-config")) == {"seq_pooling_type": "LAST"}
+
+
+def test_vllm_decoder_detected_from_a_local_path() -> None:
+    s = vllm_svc(
+        model={
+            "id": ".",
+            "source": {
+                "persistentVolumeClaim": {"claimName": "m", "subPath": "Qwen3-Embedding-4B"}
+            },
+        }
+    )
+    assert vllm.is_decoder_embedder(s)
+    assert flag_value(vllm.ENGINE.args(s), "--model") == "/models"
+    assert not vllm.is_decoder_embedder(vllm_svc(model=MINILM))
+
+
+def test_vllm_matryoshka_revision_and_tensor_parallel() -> None:
+    s = vllm_svc(
+        model={
+            "id": "Qwen/Qwen3-Embedding-8B",
+            "matryoshka": True,
+            "revision": "abc123",
+            "source": {"huggingFace": {}},
+        },
+        resources={"gpus": 4},
+    )
+    args = vllm.ENGINE.args(s)
+    assert json.loads(flag_value(args, "--hf-overrides")) == {"is_matryoshka": True}
+    assert flag_value(args, "--revision") == "abc123"
+    assert flag_value(args, "--tensor-parallel-size") == "4"
+
+
+def test_vllm_cpu_pod() -> None:
+    s = vllm_svc(model=MINILM, resources={"gpus": 0, "cpu": "2", "memory": "4Gi"})
+    c = vllm.ENGINE.container(s)
+    assert c["image"] == vllm.CPU_IMAGE
+    assert flag_value(c["args"], "--dtype") == "float32"
+    assert flag_value(c["args"], "--model") == "/models/all-minilm-l6-v2"
+    assert "--revision" not in c["args"]
+    env = env_of(c)
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert env["HF_HUB_OFFLINE"] == "1"
+    assert "nvidia.com/gpu" not in c["resources"]["requests"]
+    assert "nvidia.com/gpu" not in c["resources"]["limits"]
+    assert vllm.ENGINE.tolerations(s) == []
+
+
+def test_vllm_token_and_cache_volume() -> None:
+    s = vllm_svc(
+        model={
+            "id": "Qwen/Qwen3-Embedding-0.6B",
+            "source": {"huggingFace": {"tokenSecretRef": {"name": "hf-token"}}},
+        },
+        engine={"name": "vllm", "cacheVolume": {"hostPath": {"path": "/var/cache/vllm"}}},
+    )
+    env = env_of(vllm.ENGINE.container(s))
+    assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf-token", "key": "token"}}
+    assert env["HF_HOME"] == "/cache/huggingface"
+    assert env["VLLM_CACHE_ROOT"] == "/cache/vllm"
+    assert "HF_HUB_OFFLINE" not in env
+
+
+def test_vllm_user_args_replace_defaults() -> None:
+    s = vllm_svc(
+        engine={
+            "name": "vllm",
+            "args": ["--pooler-config", '{"seq_pooling_type":"MEAN"}', "--port=9000"],
+        }
+    )
+    args = vllm.ENGINE.args(s)
+    assert args[-3:] == ["--pooler-config", '{"seq_pooling_type":"MEAN"}', "--port=9000"]
+    assert args.count("--pooler-config") == 1
+    assert "--port" not in args
+    assert flag_value(args, "--convert") == "embed"
+
+
+def test_vllm_probes_on_health() -> None:
+    c = vllm.ENGINE.container(vllm_svc())
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/health", "port": "http"}
+    assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 1800
+    assert c["readinessProbe"]["periodSeconds"] == 1
+    assert c["livenessProbe"]["periodSeconds"] * c["livenessProbe"]["failureThreshold"] >= 120
+    assert vllm.ENGINE.readiness_path(vllm_svc()) == "/health"
+
+
+# --- CUDA 12 nodes, batch limits -------------------------------------------------------
+
+
+def test_sglang_cuda12_runs_the_last_cuda12_image_probed_on_health() -> None:
+    assert sglang.CUDA12_IMAGE == "lmsysorg/sglang:v0.5.19-cu129"
+    c = sglang.ENGINE.container(svc(engine={"cuda": "12"}))
+    assert c["image"] == sglang.CUDA12_IMAGE
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["path"] == "/health"
+    # The activator's fast release probes starting pods on the same path.
+    assert sglang.ENGINE.readiness_path(svc(engine={"cuda": "12"})) == "/health"
+    # /health runs a forward pass (>= 1 s, engine timeout 20 s): readiness must wait longer.
+    assert c["readinessProbe"]["timeoutSeconds"] > 20
+    assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 1800
+    # The same flags: they parse with 0.5.19's own parser too (test_engine_parsers).
+    assert c["args"] == sglang.ENGINE.args(svc())
+    assert sglang.ENGINE.container(svc(engine={"cuda": "13"}))["image"] == sglang.IMAGE
+
+
+def test_sglang_cuda12_with_an_image_override_keeps_the_image() -> None:
+    s = svc(engine={"cuda": "12", "image": "lmsysorg/sglang:v0.5.18-cu129"})
+    c = sglang.ENGINE.container(s)
+    assert c["image"] == "lmsysorg/sglang:v0.5.18-cu129"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health"
+
+
+@pytest.mark.parametrize(
+    ("args", "limit"),
+    [
+        ([], 32),
+        (["--max-client-batch-size", "128"], 128),
+        (["--max-client-batch-size=8"], 8),
+        (["--max-client-batch-size", "0"], 32),
+    ],
+)
+def test_tei_batch_limit_from_its_flag(args: list[str], limit: int) -> None:
+    s = tei_svc(engine={"name": "tei", "args": args})
+    assert tei.ENGINE.max_batch(s) == limit
+
+
+def test_sglang_and_vllm_have_no_batch_limit() -> None:
+    assert sglang.ENGINE.max_batch(svc()) is None
+    assert vllm.ENGINE.max_batch(vllm_svc()) is None

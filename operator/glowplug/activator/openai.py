@@ -86,8 +86,12 @@ def _is_int(value: Any) -> bool:
 def _check_input(value: Any, max_inputs: int) -> tuple[int, bool]:
     """Return (number of inputs, inputs are text); raise naming the bad element."""
     if isinstance(value, str):
-        if not value:
-            raise bad_request("'input' must not be an empty string", "input", "empty_input")
+        if not value.strip():
+            # Engines refuse these too (SGLang: "Input at index 0 cannot be empty or
+            # whitespace only"); refusing here spares the engine, and a wake.
+            raise bad_request(
+                "'input' must not be empty or whitespace only", "input", "empty_input"
+            )
         return 1, True
     if not isinstance(value, list):
         raise bad_request(
@@ -125,9 +129,11 @@ def _check_input(value: Any, max_inputs: int) -> tuple[int, bool]:
                     f"input[{i}]",
                     "invalid_type",
                 )
-            if not item:
+            if not item.strip():
                 raise bad_request(
-                    f"'input[{i}]' must not be an empty string", f"input[{i}]", "empty_input"
+                    f"'input[{i}]' must not be empty or whitespace only",
+                    f"input[{i}]",
+                    "empty_input",
                 )
         return len(value), True
     if isinstance(first, list):
@@ -271,6 +277,62 @@ def upstream_body(req: EmbeddingRequest, svc: EmbeddingService, body: bytes) -> 
         else:
             out["input"] = [format_query(instruction, s) for s in inp]
     return json.dumps(out, ensure_ascii=False).encode()
+
+
+def upstream_bodies(
+    req: EmbeddingRequest, svc: EmbeddingService, body: bytes, max_batch: int | None
+) -> list[bytes]:
+    """The bodies to send: one, or one per ``max_batch`` inputs when the engine's batch
+    limit (TEI: --max-client-batch-size, 32 by default) is smaller than the request.
+
+    Splitting keeps OpenAI's limit (2048 inputs) for clients; ``merge_responses`` puts the
+    answers back together in input order.
+    """
+    if max_batch is None or req.n_inputs <= max_batch or not isinstance(req.raw["input"], list):
+        return [upstream_body(req, svc, body)]
+    inputs = req.raw["input"]
+    bodies = []
+    for start in range(0, len(inputs), max_batch):
+        part = dict(req.raw, input=inputs[start : start + max_batch])
+        chunk = EmbeddingRequest(
+            raw=part,
+            model=req.model,
+            n_inputs=len(part["input"]),
+            text_inputs=req.text_inputs,
+            encoding_format=req.encoding_format,
+            dimensions=req.dimensions,
+            input_type=req.input_type,
+        )
+        raw = json.dumps(part, ensure_ascii=False).encode()
+        bodies.append(upstream_body(chunk, svc, raw))
+    return bodies
+
+
+def merge_responses(bodies: list[bytes], batch: int) -> bytes:
+    """One embeddings response from the answers to consecutive ``batch``-sized chunks:
+    ``data`` in input order with indexes renumbered, ``usage`` summed."""
+    merged: dict[str, Any] = {}
+    data: list[Any] = []
+    usage: dict[str, int] = {}
+    for n, body in enumerate(bodies):
+        try:
+            doc = json.loads(body)
+            items = doc["data"]
+            items.sort(key=lambda item: item["index"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise UpstreamFormatError(f"engine response is not an embeddings list: {err}") from None
+        for item in items:
+            item["index"] += n * batch
+        data.extend(items)
+        for key, value in (doc.get("usage") or {}).items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                usage[key] = usage.get(key, 0) + value
+        if not merged:
+            merged = doc
+    merged["data"] = data
+    if usage:
+        merged["usage"] = usage
+    return json.dumps(merged, separators=(",", ":")).encode()
 
 
 def floats_to_base64(values: list[float]) -> str:

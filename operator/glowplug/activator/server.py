@@ -227,7 +227,7 @@ class Activator:
             km.inputs.inc(req.n_inputs)
         return resp
 
-    def _admit(self, request: Request) -> tuple[oai.EmbeddingRequest, Route, bytes]:
+    def _admit(self, request: Request) -> tuple[oai.EmbeddingRequest, Route, list[bytes]]:
         if request.method != "POST":
             raise oai.APIError(
                 405,
@@ -256,7 +256,7 @@ class Activator:
         req = oai.parse_request(body, max_inputs=self.config.max_inputs)
         route = self.services.resolve(req.model)
         oai.check_dimensions(req, route.spec)
-        return req, route, oai.upstream_body(req, route.spec, body)
+        return req, route, oai.upstream_bodies(req, route.spec, body, route.max_batch)
 
     def _too_large(self, length: int | None) -> oai.APIError:
         size = f" ({length} bytes)" if length is not None else ""
@@ -266,49 +266,98 @@ class Activator:
             code="request_too_large",
         )
 
+    async def _forward(
+        self, route: Route, payload: bytes, deadline: float
+    ) -> tuple[int, bytes, float, float]:
+        """POST one body to a ready pod: (status, body, seconds waiting, seconds upstream).
+
+        Retried on another pod (after a short cool-down of this one) until the deadline:
+        a refused connection, and a 503 (an engine that is starting or shutting down says
+        so: SGLang and vLLM answer 503 once SIGTERM arrives). A connection dropped before
+        any response byte is retried once.
+        """
+        state = route.state
+        request_timeout = route.spec.engine.request_timeout
+        waited = upstream = 0.0
+        retried_drop = False
+        refusal: ConnectFailed | None = None  # the last connect error, if any
+        unavailable: tuple[int, bytes] | None = None  # the last 503, if any
+        while True:
+            b = state.try_acquire()
+            if b is None:
+                tw = time.monotonic()
+                try:
+                    b = await state.acquire(max(0.0, deadline - tw))
+                except HoldTimeout:
+                    if refusal is not None:
+                        raise _RefusedUntilDeadline(refusal) from None
+                    if unavailable is not None:
+                        return (*unavailable, waited + time.monotonic() - tw, upstream)
+                    raise
+                waited += time.monotonic() - tw
+            tu = time.monotonic()
+            completed = retry = False
+            try:
+                status, body = await self.forwarder.post(b.address, payload, request_timeout)
+                completed = True
+                if status == 503 and time.monotonic() < deadline:
+                    state.cool_down(b)
+                    retry, unavailable = True, (status, body)
+            except ConnectFailed as err:
+                state.cool_down(b)
+                if time.monotonic() >= deadline:
+                    raise
+                retry, refusal = True, err
+            except DroppedBeforeResponse:
+                if retried_drop:
+                    raise
+                retried_drop = True
+                continue
+            except (BrokenResponse, UpstreamTimeout):
+                completed = True
+                raise
+            finally:
+                upstream += time.monotonic() - tu
+                state.release(b, completed=completed)
+            if retry:
+                # Not served: retry (another pod first) until the deadline.
+                await asyncio.sleep(CONNECT_RETRY_DELAY)
+                continue
+            return status, body, waited, upstream
+
+    async def _forward_all(
+        self, route: Route, payloads: list[bytes], deadline: float
+    ) -> tuple[int, bytes, float, float]:
+        """Every chunk of a split request at once (each takes its own slot); the first
+        non-200 answer is the answer, else the merged one."""
+        results = await asyncio.gather(
+            *(self._forward(route, p, deadline) for p in payloads), return_exceptions=True
+        )
+        done: list[tuple[int, bytes, float, float]] = []
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+            done.append(r)
+        waited = max(r[2] for r in done)
+        spent = max(r[2] + r[3] for r in done)
+        for status, body, _, _ in done:
+            if status != 200:
+                return status, body, waited, spent - waited
+        batch = route.max_batch or 1
+        merged = oai.merge_responses([r[1] for r in done], batch)
+        return 200, merged, waited, spent - waited
+
     async def _serve(
-        self, req: oai.EmbeddingRequest, route: Route, payload: bytes, t0: float
+        self, req: oai.EmbeddingRequest, route: Route, payloads: list[bytes], t0: float
     ) -> Response:
         state, sm, spec = route.state, route.metrics, route.spec
         path = "warm" if state.has_ready else "cold"
         deadline = t0 + spec.scaling.activation_timeout
-        request_timeout = spec.engine.request_timeout
-        waited = upstream = 0.0
-        retried_drop = False
-        refusal: ConnectFailed | None = None  # the last connect error, if any
         try:
-            while True:
-                b = state.try_acquire()
-                if b is None:
-                    tw = time.monotonic()
-                    b = await state.acquire(max(0.0, deadline - tw))
-                    waited += time.monotonic() - tw
-                tu = time.monotonic()
-                completed = refused = False
-                try:
-                    status, body = await self.forwarder.post(b.address, payload, request_timeout)
-                    completed = True
-                except ConnectFailed as err:
-                    state.cool_down(b)
-                    if time.monotonic() >= deadline:
-                        raise
-                    refused, refusal = True, err
-                except DroppedBeforeResponse:
-                    if retried_drop:
-                        raise
-                    retried_drop = True
-                    continue
-                except (BrokenResponse, UpstreamTimeout):
-                    completed = True
-                    raise
-                finally:
-                    upstream += time.monotonic() - tu
-                    state.release(b, completed=completed)
-                if refused:
-                    # Not connected: retry (another pod first) until the deadline.
-                    await asyncio.sleep(CONNECT_RETRY_DELAY)
-                    continue
-                break
+            if len(payloads) == 1:
+                status, body, waited, upstream = await self._forward(route, payloads[0], deadline)
+            else:
+                status, body, waited, upstream = await self._forward_all(route, payloads, deadline)
         except oai.APIError as err:
             return self._reject(route, path, err, None)
         except QueueFull:
@@ -328,21 +377,28 @@ class Activator:
                 ),
                 "queue_full",
             )
+        except _RefusedUntilDeadline as err:
+            # It waited because the pods refused connections: say that, not "timeout".
+            return self._reject(
+                route,
+                path,
+                oai.APIError(
+                    502,
+                    f"model {spec.model.served_name!r}: the engine refused connections"
+                    f" until the activation timeout: {err.refusal}",
+                    type="upstream_error",
+                    code="upstream_error",
+                ),
+                "upstream_error",
+            )
+        except oai.UpstreamFormatError as err:
+            return self._reject(
+                route,
+                path,
+                oai.APIError(502, str(err), type="upstream_error", code="upstream_error"),
+                "upstream_error",
+            )
         except HoldTimeout:
-            if refusal is not None:
-                # It waited because the pods refused connections: say that, not "timeout".
-                return self._reject(
-                    route,
-                    path,
-                    oai.APIError(
-                        502,
-                        f"model {spec.model.served_name!r}: the engine refused connections"
-                        f" until the activation timeout: {refusal}",
-                        type="upstream_error",
-                        code="upstream_error",
-                    ),
-                    "upstream_error",
-                )
             cold = not state.has_ready
             what = "was not ready" if cold else "had no free slot"
             return self._reject(
@@ -484,8 +540,21 @@ def _would_wake(route: Route) -> bool:
     return not state.has_ready and state.replicas == 0 and not state.waking
 
 
+class _RefusedUntilDeadline(Exception):
+    """Every connection attempt was refused until the activation deadline."""
+
+    def __init__(self, refusal: ConnectFailed) -> None:
+        super().__init__(str(refusal))
+        self.refusal = refusal
+
+
 def _engine_error(status: int, body: bytes) -> bytes:
-    """Pass an engine error through, in OpenAI's shape if it is not already."""
+    """Pass an engine error through, in OpenAI's shape if it is not already.
+
+    Flat engine errors (SGLang and vLLM: ``{"object": "error", "message", "type",
+    "param", "code"}``; TEI: ``{"message", "type", "code"}``) keep their ``type`` (for
+    example ``BadRequestError``) and ``param``; the HTTP status becomes ``code``.
+    """
     try:
         doc: Any = json.loads(body)
     except ValueError:
@@ -493,9 +562,15 @@ def _engine_error(status: int, body: bytes) -> bytes:
     if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
         return body
     message = ""
+    kind = "invalid_request_error" if 400 <= status < 500 else "upstream_error"
+    param = None
     if isinstance(doc, dict):
-        message = str(doc.get("message") or doc.get("detail") or "")
+        message = str(doc.get("message") or doc.get("detail") or doc.get("error") or "")
+        engine_type = doc.get("type") or doc.get("error_type")
+        if isinstance(engine_type, str) and engine_type:
+            kind = engine_type
+        if isinstance(doc.get("param"), str):
+            param = doc["param"]
     if not message:
         message = body[:500].decode("utf-8", "replace") or f"engine answered {status}"
-    kind = "invalid_request_error" if 400 <= status < 500 else "upstream_error"
-    return oai.error_body(f"engine: {message}", type=kind, code=str(status))
+    return oai.error_body(f"engine: {message}", type=kind, param=param, code=str(status))

@@ -32,6 +32,14 @@ class Route:
     metrics: ServiceMetrics
     condition: Failure | None = None  # the operator's Failed condition
     wake: WakeInfo = field(default_factory=WakeInfo)  # status.wake, lastWakeSeconds
+    # The most inputs the engine takes per request (TEI's --max-client-batch-size);
+    # None: no limit. Larger requests are split (openai.upstream_bodies).
+    max_batch: int | None = None
+
+
+def max_batch(svc: EmbeddingService) -> int | None:
+    """The engine's batch limit for this spec; the engine module knows its flags."""
+    return engines.get(svc.engine.name).max_batch(svc)
 
 
 class Services:
@@ -91,7 +99,7 @@ class Services:
             )
             sm = self.metrics.service(svc.namespace, svc.name)
             sm.bind_gauges(lambda: float(state.queued), lambda: float(state.inflight))
-            route = Route(svc, state, sm)
+            route = Route(svc, state, sm, max_batch=max_batch(svc))
             self.routes[ref] = route
             route.condition = condition_failure(obj)
             route.wake = wake_info(obj)
@@ -99,6 +107,7 @@ class Services:
             state.set_endpoints(self.tracker.addresses(ref))
             return
         route.spec = svc
+        route.max_batch = max_batch(svc)
         route.condition = condition_failure(obj)
         route.wake = wake_info(obj)
         route.state.configure(
@@ -164,7 +173,7 @@ class Services:
             if self.prober is not None:
                 # Probe starting pods only while the service has no ready one (a wake).
                 starting = [] if route.state.has_ready else self.tracker.starting(ref)
-                path = engines.get(route.spec.engine.name).readiness_path
+                path = engines.get(route.spec.engine.name).readiness_path(route.spec)
                 self.prober.want(ref, starting, path)
 
     # --- pods -----------------------------------------------------------------------------

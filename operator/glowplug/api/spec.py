@@ -21,6 +21,7 @@ from glowplug.api.durations import (
     format_duration,
     parse_duration,
 )
+from glowplug.api.images import image_errors
 
 GROUP = "glowplug.dev"
 VERSION = "v1alpha1"
@@ -29,7 +30,7 @@ KIND = "EmbeddingService"
 PLURAL = "embeddingservices"
 SHORT_NAME = "embsvc"
 
-ENGINES = ("sglang", "tei")
+ENGINES = ("sglang", "tei", "vllm")
 
 # Every default the CRD schema declares, by JSON path under .spec. A unit test walks the
 # CRD and proves each of its defaults appears here with the same value.
@@ -40,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "model.queryInstruction": "",
     "engine.name": "sglang",
     "engine.image": "",
+    "engine.cuda": "",
     "engine.args": [],
     "engine.env": [],
     "engine.requestTimeout": "2m",
@@ -131,6 +133,9 @@ class CacheVolume:
 class EngineSpec:
     name: str = "sglang"
     image: str = ""
+    # The CUDA major version of the nodes' driver, for engines that publish one image per
+    # CUDA line (SGLang); "" takes the engine's default image.
+    cuda: str = ""
     args: tuple[str, ...] = ()
     env: tuple[dict[str, Any], ...] = ()
     request_timeout: float = 120.0
@@ -406,9 +411,13 @@ def parse(obj: Mapping[str, Any]) -> EmbeddingService:
         cache = CacheVolume(
             claim_name=str(pvc.get("claimName", "")), host_path=str(host.get("path", ""))
         )
+    image = r.get(e, "image", "spec.engine", str, d["engine.image"])
+    cuda = r.get(e, "cuda", "spec.engine", str, d["engine.cuda"])
+    r.errors.extend(image_errors(engine_name, image, cuda))
     engine = EngineSpec(
         name=engine_name,
-        image=r.get(e, "image", "spec.engine", str, d["engine.image"]),
+        image=image,
+        cuda=cuda,
         args=tuple(args),
         env=tuple(dict(x) for x in env if isinstance(x, Mapping)),
         request_timeout=r.bounded_duration(

@@ -7,12 +7,13 @@ Adding an engine: write ``glowplug/engines/<name>.py`` with an ``Engine`` subcla
 
 from __future__ import annotations
 
-from glowplug.engines import sglang, tei
+from glowplug.engines import sglang, tei, vllm
 from glowplug.engines.base import Engine
 
 REGISTRY: dict[str, Engine] = {
     sglang.ENGINE.name: sglang.ENGINE,
     tei.ENGINE.name: tei.ENGINE,
+    vllm.ENGINE.name: vllm.ENGINE,
 }
 
 

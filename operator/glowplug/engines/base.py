@@ -100,8 +100,6 @@ class Engine(ABC):
 
     name: str
     port: int
-    #: The cheap endpoint that says "ready for traffic".
-    readiness_path: str
 
     # --- engine specific -------------------------------------------------------------
     @abstractmethod
@@ -124,7 +122,17 @@ class Engine(ABC):
         """Engine-specific variables (cache directories, for example)."""
         return []
 
+    def max_batch(self, svc: EmbeddingService) -> int | None:
+        """The most inputs one request may carry (the activator splits larger ones);
+        None when the engine has no such limit."""
+        return None
+
     # --- shared ------------------------------------------------------------------------
+    def readiness_path(self, svc: EmbeddingService) -> str:
+        """The cheap endpoint that says "ready for traffic": the readiness probe's path
+        (the activator probes starting pods on it too)."""
+        return self.probes(svc).readiness.path
+
     def image(self, svc: EmbeddingService) -> str:
         return svc.engine.image or self.default_image(svc)
 

@@ -1,8 +1,9 @@
 """SGLang (sgl-project/sglang) as an embedding server.
 
-Pinned to 0.5.23, the first release whose ``/ready`` endpoint exists and whose
-``/v1/embeddings`` honours ``encoding_format: base64``; flags changed a lot between
-0.5.5 and 0.5.23, so the flags below are the 0.5.23 ones.
+Pinned to 0.5.23 (CUDA 13). ``/ready`` exists from 0.5.20; ``/v1/embeddings`` honours
+``encoding_format: base64`` since 0.5.19 at least. ``engine.cuda: "12"`` runs the last
+CUDA 12 release, 0.5.19, probed on ``/health``. The flags below parse with both releases'
+own parsers (e2e/tests/test_engine_parsers.py).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from glowplug.engines.base import Engine, HttpProbe, Manifest, Probes
 # tag is the CUDA 13 image (driver R580+); CUDA 12 tags end at v0.5.19-cu129.
 VERSION = "0.5.23"
 IMAGE = f"lmsysorg/sglang:v{VERSION}"
-# The torch the sglang wheel pins; the parser environment installs it (engines.md).
-PARSER_TORCH = "2.14.1"
+# For nodes whose driver predates CUDA 13 (below R580): the last CUDA 12 image. Written
+# once too: scripts/engine-env.sh sglang-cuda12 installs its parser from it.
+CUDA12_VERSION = "0.5.19"
+CUDA12_IMAGE = f"lmsysorg/sglang:v{CUDA12_VERSION}-cu129"
 PORT = 30000
 # SGLang checks Matryoshka support in the model config; Qwen3-Embedding's does not say so.
 MATRYOSHKA_OVERRIDE = json.dumps({"is_matryoshka": True})
@@ -32,10 +35,9 @@ STARTUP_FAILURES = 1800
 class SGLang(Engine):
     name = "sglang"
     port = PORT
-    readiness_path = "/ready"
 
     def default_image(self, svc: EmbeddingService) -> str:
-        return IMAGE
+        return CUDA12_IMAGE if svc.engine.cuda == "12" else IMAGE
 
     def command(self, svc: EmbeddingService) -> list[str]:
         return ["python3", "-m", "sglang.launch_server"]
@@ -62,6 +64,8 @@ class SGLang(Engine):
         return args
 
     def probes(self, svc: EmbeddingService) -> Probes:
+        if svc.engine.cuda == "12":
+            return self._probes_before_ready()
         return Probes(
             startup=HttpProbe("/ready", period=STARTUP_PERIOD, failure_threshold=STARTUP_FAILURES),
             # /ready is cheap (no forward pass): probe it every second so a woken pod
@@ -70,6 +74,21 @@ class SGLang(Engine):
             # /health runs a one-token request with a 20 s internal timeout: a busy pod
             # may answer slowly, so allow 30 s per try and 5 misses (~2.5 min) before a
             # restart, which only a hung scheduler should ever cause.
+            liveness=HttpProbe("/health", period=30, failure_threshold=5, timeout=30),
+        )
+
+    def _probes_before_ready(self) -> Probes:
+        """0.5.19 has no /ready: /health says ready instead (read from the 0.5.19 wheel's
+        http_server.py: 503 while starting or shutting down, else a one-token forward
+        polled every second, so at least 1 s, that gives up after 20 s). It is slower than
+        /ready, so readiness allows 25 s per try (the engine's own check gives up at 20 s)
+        and probes every 2 s: a woken pod takes traffic up to 2 s later than with /ready.
+        """
+        return Probes(
+            startup=HttpProbe(
+                "/health", period=STARTUP_PERIOD, failure_threshold=STARTUP_FAILURES, timeout=5
+            ),
+            readiness=HttpProbe("/health", period=2, failure_threshold=3, timeout=25),
             liveness=HttpProbe("/health", period=30, failure_threshold=5, timeout=30),
         )
 

@@ -9,9 +9,11 @@ from ``resources.gpus`` (0 = CPU) and ``resources.gpuType`` (architecture), and
 from __future__ import annotations
 
 from glowplug.api.spec import EmbeddingService
-from glowplug.engines.base import Engine, HttpProbe, Manifest, Probes
+from glowplug.engines.base import Engine, HttpProbe, Manifest, Probes, flag_name, split_flags
 
-VERSION = "1.8"
+# The one place the TEI version is written; every tag below comes from it. 1.9 is the
+# first release with --served-model-name (1.8 exits 2 on it).
+VERSION = "1.9"
 REGISTRY = "ghcr.io/huggingface/text-embeddings-inference"
 CPU_IMAGE = f"{REGISTRY}:cpu-{VERSION}"
 # Ampere (A100, compute capability 8.0) is TEI's default CUDA build.
@@ -36,6 +38,9 @@ GPU_ARCH_IMAGES: tuple[tuple[str, str], ...] = (
     ("T4", f"{REGISTRY}:turing-{VERSION}"),
 )
 PORT = 8080
+# TEI's --max-client-batch-size default: a request with more inputs gets 413.
+MAX_CLIENT_BATCH_SIZE = 32
+BATCH_FLAG = "--max-client-batch-size"
 
 
 def image_for(gpus: int, gpu_type: str) -> str:
@@ -51,9 +56,6 @@ def image_for(gpus: int, gpu_type: str) -> str:
 class TEI(Engine):
     name = "tei"
     port = PORT
-    # TEI has no separate readiness endpoint: /health is 200 once the model is loaded,
-    # and its port stays closed until then.
-    readiness_path = "/health"
 
     def default_image(self, svc: EmbeddingService) -> str:
         return image_for(svc.resources.gpus, svc.resources.gpu_type)
@@ -80,6 +82,8 @@ class TEI(Engine):
         return args
 
     def probes(self, svc: EmbeddingService) -> Probes:
+        # TEI has no separate readiness endpoint: /health is 200 once the model is loaded,
+        # and its port stays closed until then.
         return Probes(
             startup=HttpProbe("/health", period=1, failure_threshold=1800),
             readiness=HttpProbe("/health", period=1, failure_threshold=3, timeout=2),
@@ -88,6 +92,16 @@ class TEI(Engine):
 
     def engine_env(self, svc: EmbeddingService) -> list[Manifest]:
         return []
+
+    def max_batch(self, svc: EmbeddingService) -> int | None:
+        """TEI's client batch limit: the user's --max-client-batch-size, else 32."""
+        for group in split_flags(self.args(svc)):
+            if flag_name(group) != BATCH_FLAG:
+                continue
+            value = group[0].split("=", 1)[1] if "=" in group[0] else "".join(group[1:2])
+            if value.isdigit() and int(value) > 0:
+                return int(value)
+        return MAX_CLIENT_BATCH_SIZE
 
 
 ENGINE = TEI()
