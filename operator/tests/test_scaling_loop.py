@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from glowplug.kube.timefmt import format_time, parse_time
 from glowplug.operator.activity import Snapshot
 from glowplug.operator.autoscaler import ActivatorLoad
 from glowplug.operator.serviceloop import Options, ServiceLoop, pod_gpus, pod_hold
-from glowplug.operator.timefmt import format_time, parse_time
 
 T0 = 1_780_000_000.0
 

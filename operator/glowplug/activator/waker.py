@@ -17,7 +17,7 @@ from glowplug.activator.holdqueue import ServiceState
 from glowplug.activator.metrics import Metrics
 from glowplug.api import GROUP, PLURAL, VERSION
 from glowplug.kube import scale
-from glowplug.operator.timefmt import now_rfc3339
+from glowplug.kube.timefmt import now_rfc3339
 
 log = logging.getLogger("glowplug.activator.waker")
 

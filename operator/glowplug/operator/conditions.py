@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from glowplug.kube import podstate
+from glowplug.kube.timefmt import now_rfc3339
 from glowplug.operator import wakephases
-from glowplug.operator.timefmt import now_rfc3339
 
 READY = "Ready"
 WAKING = "Waking"

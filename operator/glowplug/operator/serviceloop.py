@@ -27,13 +27,13 @@ from typing import Any
 
 from glowplug.api.spec import EmbeddingService, SpecError, parse
 from glowplug.kube.podstate import WakeFailure, is_ready, service_failure
+from glowplug.kube.timefmt import format_time, parse_time
 from glowplug.operator import conditions as cond
 from glowplug.operator import prewarm
 from glowplug.operator.activity import LoadSource
 from glowplug.operator.autoscaler import ScalerState, ServiceLoad, decide
 from glowplug.operator.ledger import Ledger, PodHold
 from glowplug.operator.serviceapi import ServiceAPI
-from glowplug.operator.timefmt import format_time, parse_time
 from glowplug.operator.waketracker import WakeTracker
 from glowplug.outage import Outage, is_unreachable
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glowplug.kube import podstate
-from glowplug.operator.timefmt import format_time, parse_time
+from glowplug.kube.timefmt import format_time, parse_time
 
 WAITING_FOR_NODE = "WaitingForNode"
 PULLING_IMAGE = "PullingImage"
