@@ -627,6 +627,35 @@ async def test_a_prewarm_service_rests_only_to_the_next_minute() -> None:
     assert loop.rest_seconds(clock.t) <= 60.2
 
 
+class FailingOnceAPI(ClusterAPIDouble):
+    """The double, failing the first status write (an API server timing out)."""
+
+    def __init__(self, obj: dict[str, Any], clock: Callable[[], float]) -> None:
+        super().__init__(obj, clock)
+        self.fail = True
+
+    async def update_status(
+        self,
+        namespace: str,
+        name: str,
+        mutate: Callable[[Mapping[str, Any]], dict[str, Any] | None],
+    ) -> dict[str, Any] | None:
+        if self.fail:
+            self.fail = False
+            raise RuntimeError("timed out (simulated)")
+        return await super().update_status(namespace, name, mutate)
+
+
+async def test_a_failed_last_request_write_is_written_again() -> None:
+    clock = Clock(T0)
+    api = FailingOnceAPI(embsvc(0), clock)
+    loop = ServiceLoop(api, LoadDouble(), Options(), clock=clock)
+    await run_until(loop, api, clock, T0 + 1)
+    assert "lastRequestTime" not in api.obj["status"]  # the first write failed
+    await run_until(loop, api, clock, T0 + 3)
+    assert "lastRequestTime" in api.obj["status"]
+
+
 async def test_checkpoints_only_while_gpus_are_held() -> None:
     clock = Clock(T0)
     api = CountingAPI(embsvc(1), clock)

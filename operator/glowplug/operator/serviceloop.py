@@ -434,6 +434,8 @@ class ServiceLoop:
                 log.warning("%s/%s: status write failed: %s", namespace, name, err)
             if failed is not None:
                 self.reported = None  # report it again next tick
+            if "lastRequestTime" in patch:
+                self.persisted_activity = None  # not persisted: write it again next tick
             self.wake.written_wake = None  # and the wake's status
 
 
