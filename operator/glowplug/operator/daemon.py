@@ -183,9 +183,12 @@ class Daemons:
             while not stopped:
                 started = time.monotonic()
                 poke.clear()  # a poke during the tick makes the next one come at once
+                answered = getattr(self.api, "answered", 0)
                 try:
                     await loop.tick(body)
-                    self.outage.ok(ref)
+                    # The outage ends at a real answer, not at a tick served from caches.
+                    if not loop.tick_failed and getattr(self.api, "answered", 0) > answered:
+                        self.outage.ok(ref)
                 except asyncio.CancelledError:
                     raise
                 except Exception as err:  # one bad tick must not end the loop

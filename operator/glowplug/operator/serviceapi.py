@@ -147,12 +147,50 @@ class RateGate:
 class GatedServiceAPI(KubeServiceAPI):
     """``KubeServiceAPI`` whose object reads (one per service at its first tick) pass a
     ``RateGate``: a restart or failover with N services costs N/rate seconds of reads,
-    not N requests at once."""
+    not N requests at once.
+
+    ``answered`` counts calls the API server answered: a tick served from the watch
+    caches alone is no evidence that an outage ended (the daemon reports the end of an
+    outage only after a real answer)."""
 
     def __init__(self, api_client: Any, pods: Informer | None, gate: RateGate) -> None:
         super().__init__(api_client, pods)
         self.gate = gate
+        self.answered = 0
 
     async def read_object(self, namespace: str, name: str) -> dict[str, Any] | None:
         await self.gate.wait()
-        return await super().read_object(namespace, name)
+        out = await super().read_object(namespace, name)
+        self.answered += 1
+        return out
+
+    async def write_ledger(self, namespace: str, name: str, fields: dict[str, Any]) -> None:
+        await super().write_ledger(namespace, name, fields)
+        self.answered += 1
+
+    async def read_scale(self, namespace: str, name: str) -> tuple[int, str] | None:
+        out = await super().read_scale(namespace, name)
+        self.answered += 1
+        return out
+
+    async def write_scale(self, namespace: str, name: str, replicas: int, rv: str) -> bool:
+        out = await super().write_scale(namespace, name, replicas, rv)
+        self.answered += 1
+        return out
+
+    async def update_status(
+        self,
+        namespace: str,
+        name: str,
+        mutate: Callable[[Mapping[str, Any]], dict[str, Any] | None],
+    ) -> dict[str, Any] | None:
+        out = await super().update_status(namespace, name, mutate)
+        self.answered += 1
+        return out
+
+    async def list_pod_events(
+        self, namespace: str, pods: Sequence[str]
+    ) -> dict[str, list[dict[str, Any]]]:
+        out = await super().list_pod_events(namespace, pods)
+        self.answered += 1
+        return out

@@ -148,10 +148,12 @@ class ServiceLoop:
         # At rest: at zero, no pod, no wake, no load. The daemon then sleeps until an
         # event (its pods, its object, its load) or the next pre-warm edge.
         self.at_rest = False
+        self.tick_failed = False
         self.load: ServiceLoad | None = None  # the last load read (None: not read)
         self.prewarm = False  # the spec has pre-warm windows
 
     async def tick(self, body: Mapping[str, Any]) -> None:
+        self.tick_failed = False  # an API call of this tick failed (logged as an outage)
         now = self.clock()
         meta = body.get("metadata") or {}
         status = dict(body.get("status") or {})
@@ -225,6 +227,7 @@ class ServiceLoop:
             except Exception as err:  # kept in memory; the next checkpoint catches up
                 if is_unreachable(err):
                     self.outage.failed(err, f"{namespace}/{name}")
+                    self.tick_failed = True
                 else:
                     log.warning("%s/%s: ledger checkpoint failed: %s", namespace, name, err)
             else:
@@ -430,6 +433,7 @@ class ServiceLoop:
         except Exception as err:  # next tick writes again; the ledger stays in memory
             if is_unreachable(err):
                 self.outage.failed(err, f"{namespace}/{name}")
+                self.tick_failed = True
             else:
                 log.warning("%s/%s: status write failed: %s", namespace, name, err)
             if failed is not None:
