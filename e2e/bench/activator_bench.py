@@ -12,7 +12,11 @@ Targets, all in front of the same canned backend (``e2e.bench.backend``, a test 
   (aiohttp, httptools or uvicorn server, aiohttp or httptools client), which chose the
   HTTP stack (uvicorn's httptools protocol: the maintained core weighed in issue 13).
 
-By default: direct, activator and nginx, three interleaved rounds, medians reported.
+By default: direct, activator and nginx, three interleaved rounds, medians reported, for
+each payload (``--payloads``): ``small`` (one short input, an 8-float answer: the proxy's
+fixed cost) and the realistic ``float-32x1024`` and ``base64-32x1024`` (32 inputs per
+request, 32 vectors of 1024 dimensions back: about 700 KB of JSON floats or 175 KB of
+base64), all in one run so the three stacks see the same machine.
 
 Load: ``wrk`` (Debian package) in closed loop at concurrency 1, 16 and 64 (one thread,
 one connection per concurrent request) gives the highest rate and the latency
@@ -51,7 +55,20 @@ RESULTS = ROOT / "e2e" / "bench" / "results"
 BODY = '{"model": "bench", "input": "the quick brown fox"}'
 # Every target gets the same bytes, an API key included: only activator-auth checks it.
 BENCH_KEY = "gp-bench-key-0123456789abcdef"
-WRK_SCRIPT = """
+
+
+def _batch_body(encoding: str) -> str:
+    inputs = [f"passage {i}: the quick brown fox jumps over the lazy dog" for i in range(32)]
+    return json.dumps({"model": "bench", "input": inputs, "encoding_format": encoding})
+
+
+# name -> (request body, backend answer size)
+PAYLOADS: dict[str, tuple[str, str]] = {
+    "small": (BODY, "small"),
+    "float-32x1024": (_batch_body("float"), "large"),
+    "base64-32x1024": (_batch_body("base64"), "large"),
+}
+WRK_TEMPLATE = """
 wrk.method = "POST"
 wrk.body = '@BODY@'
 wrk.headers["Content-Type"] = "application/json"
@@ -65,7 +82,11 @@ done = function(summary, latency, requests)
     latency:percentile(50), latency:percentile(90), latency:percentile(99),
     latency.max, latency.mean))
 end
-""".replace("@BODY@", BODY.replace("'", "\\'")).replace("@KEY@", BENCH_KEY)
+"""
+
+
+def wrk_script(body: str) -> str:
+    return WRK_TEMPLATE.replace("@BODY@", body.replace("'", "\\'")).replace("@KEY@", BENCH_KEY)
 
 
 def free_port() -> int:
@@ -169,11 +190,11 @@ def run_wrk(wrk: str, port: int, conns: int, seconds: float, script: Path) -> di
     return r
 
 
-def run_rate(port: int, rate: float, seconds: float) -> dict[str, Any]:
+def run_rate(port: int, rate: float, seconds: float, body_file: Path) -> dict[str, Any]:
     """Open-loop latency at a fixed rate, from a separate process."""
     out = subprocess.run(
         [sys.executable, "-m", "e2e.bench.activator_bench", "--rate-worker",
-         str(port), str(rate), str(seconds)],
+         str(port), str(rate), str(seconds), str(body_file)],
         capture_output=True, text=True, cwd=ROOT, timeout=seconds + 60, check=False,
     )  # fmt: skip
     if out.returncode != 0:
@@ -182,11 +203,11 @@ def run_rate(port: int, rate: float, seconds: float) -> dict[str, Any]:
     return result
 
 
-async def _rate_worker(port: int, rate: float, seconds: float) -> dict[str, Any]:
+async def _rate_worker(port: int, rate: float, seconds: float, body: bytes) -> dict[str, Any]:
     import aiohttp
 
     url = f"http://127.0.0.1:{port}/v1/embeddings"
-    data = BODY.encode()
+    data = body
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}"}
     lat: list[float] = []
     errors = 0
@@ -334,13 +355,30 @@ def main() -> int:
         "--repeat", type=int, default=3, help="rounds over all targets; medians are reported"
     )
     ap.add_argument(
-        "--rate-worker", nargs=3, metavar=("PORT", "RATE", "SECONDS"), help=argparse.SUPPRESS
+        "--payloads",
+        default=",".join(PAYLOADS),
+        help=f"comma-separated, of {', '.join(PAYLOADS)} (default: all)",
     )
+    ap.add_argument(
+        "--large-concurrency", default="1,16", help="wrk concurrencies for the 32x1024 payloads"
+    )
+    ap.add_argument(
+        "--large-rate", type=float, default=50.0, help="open-loop rate for the 32x1024 payloads"
+    )
+    ap.add_argument(
+        "--rate-worker", nargs=4, metavar=("PORT", "RATE", "SECONDS", "BODY"),
+        help=argparse.SUPPRESS,
+    )  # fmt: skip
     args = ap.parse_args()
     if args.rate_worker:
-        port, rate, secs = args.rate_worker
-        print(json.dumps(asyncio.run(_rate_worker(int(port), float(rate), float(secs)))))
+        port, rate, secs, body_file = args.rate_worker
+        body = Path(body_file).read_bytes()
+        print(json.dumps(asyncio.run(_rate_worker(int(port), float(rate), float(secs), body))))
         return 0
+    payloads = [p for p in args.payloads.split(",") if p]
+    unknown = [p for p in payloads if p not in PAYLOADS]
+    if unknown:
+        ap.error(f"--payloads: unknown {unknown[0]!r}; known: {', '.join(PAYLOADS)}")
 
     wrk = ensure_wrk()
     if not wrk:
@@ -375,52 +413,98 @@ def main() -> int:
         f"API key check (authenticate + admit + release, 1,000 keys, in-process):"
         f" {results['auth_check_us']:.2f} us per request"
     )
+    results["payloads"] = {}
     with tempfile.TemporaryDirectory(prefix="glowplug-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        bport = free_port()
-        with process([sys.executable, "-m", "e2e.bench.backend", str(bport)], bport, cwd=ROOT):
-            all_targets: list[tuple[str, list[str], int, str]] = [
-                ("direct", [], bport, "the backend itself")
-            ]
-            all_targets += targets(bport, tmp, nginx)
-            runs: dict[str, list[dict[str, Any]]] = {}
-            notes: dict[str, str] = {}
-            # Rounds interleave the targets, so a burst of load from elsewhere on the
-            # machine hits them alike; medians over rounds are what the table shows.
-            for rnd in range(args.repeat):
-                for name, cmd, port, note in all_targets:
-                    if only and name not in only and name != "direct":
-                        continue
-                    print(f"-- round {rnd + 1}/{args.repeat} {name}: {note}", flush=True)
-                    notes[name] = note
-                    runs.setdefault(name, []).append(
-                        measure(cmd, port, wrk, conc, args, tmp / "post.lua")
-                    )
-            for name, entries in runs.items():
-                results["targets"][name] = {"note": notes[name], **median_entry(entries)}
-                results["targets"][name]["runs"] = entries
-    add_deltas(results)
+        for payload in payloads:
+            req_body, size = PAYLOADS[payload]
+            large = size == "large"
+            pconc = [int(c) for c in args.large_concurrency.split(",")] if large else conc
+            rate = args.large_rate if large else args.rate
+            print(f"== payload {payload}: request {len(req_body)} bytes, backend answer {size}")
+            results["payloads"][payload] = {
+                "request_bytes": len(req_body),
+                "rate": rate,
+                "targets": run_payload(
+                    payload, req_body, size, pconc, rate, only, nginx, wrk, args, tmp
+                ),
+            }
+    results["targets"] = results["payloads"].get("small", {}).get("targets", {})
+    for entry in results["payloads"].values():
+        add_deltas(entry)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"activator-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
-    print_table(results)
+    for payload, entry in results["payloads"].items():
+        print(f"\n=== payload {payload} ({entry['request_bytes']} bytes per request)")
+        print_table(entry)
     print(f"\nwrote {path.relative_to(ROOT)}")
     return 0
 
 
+def run_payload(
+    payload: str,
+    body: str,
+    size: str,
+    conc: list[int],
+    rate: float,
+    only: set[str],
+    nginx: str | None,
+    wrk: str | None,
+    args: Any,
+    tmp: Path,
+) -> dict[str, Any]:
+    """Every target in front of one backend answering ``size``, ``args.repeat`` rounds."""
+    out: dict[str, Any] = {}
+    script = tmp / f"post-{payload}.lua"
+    script.write_text(wrk_script(body))
+    body_file = tmp / f"body-{payload}.json"
+    body_file.write_text(body)
+    bport = free_port()
+    backend = [sys.executable, "-m", "e2e.bench.backend", str(bport), size]
+    with process(backend, bport, cwd=ROOT):
+        all_targets: list[tuple[str, list[str], int, str]] = [
+            ("direct", [], bport, "the backend itself")
+        ]
+        all_targets += targets(bport, tmp, nginx)
+        runs: dict[str, list[dict[str, Any]]] = {}
+        notes: dict[str, str] = {}
+        # Rounds interleave the targets, so a burst of load from elsewhere on the
+        # machine hits them alike; medians over rounds are what the table shows.
+        for rnd in range(args.repeat):
+            for name, cmd, port, note in all_targets:
+                if only and name not in only and name != "direct":
+                    continue
+                print(f"-- {payload} round {rnd + 1}/{args.repeat} {name}: {note}", flush=True)
+                notes[name] = note
+                runs.setdefault(name, []).append(
+                    measure(cmd, port, wrk, conc, rate, args, script, body_file)
+                )
+        for name, entries in runs.items():
+            out[name] = {"note": notes[name], **median_entry(entries)}
+            out[name]["runs"] = entries
+    return out
+
+
 def measure(
-    cmd: list[str], port: int, wrk: str | None, conc: list[int], args: Any, script: Path
+    cmd: list[str],
+    port: int,
+    wrk: str | None,
+    conc: list[int],
+    rate: float,
+    args: Any,
+    script: Path,
+    body_file: Path,
 ) -> dict[str, Any]:
     ctx = process(cmd, port, cwd=ROOT) if cmd else contextlib.nullcontext()
     with ctx:
         entry: dict[str, Any] = {"wrk": {}}
         if wrk:
-            script.write_text(WRK_SCRIPT)
             run_wrk(wrk, port, 4, 1, script)  # warm-up
             for c in conc:
                 entry["wrk"][str(c)] = run_wrk(wrk, port, c, args.seconds, script)
         try:
-            entry["rate"] = run_rate(port, args.rate, args.rate_seconds)
+            entry["rate"] = run_rate(port, rate, args.rate_seconds, body_file)
         except (RuntimeError, subprocess.TimeoutExpired) as err:
             print(f"   open-loop run failed: {err}")
             entry["rate"] = {"error": str(err)[-500:]}

@@ -29,6 +29,11 @@ STANDIN_POD: dict[str, Any] = {
                 "image": "lmsysorg/sglang:bench",
                 "args": ["--model-path", "bench", "--host", "0.0.0.0", "--port", "30000"],
                 "readinessProbe": {"httpGet": {"path": "/ready", "port": 30000}},
+                # The agent's own speed: none of the stand-in's simulated loading.
+                "env": [
+                    {"name": "STANDIN_LOAD_DELAY", "value": "0"},
+                    {"name": "STANDIN_WARMUP", "value": "0"},
+                ],
             }
         ]
     },

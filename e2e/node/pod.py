@@ -362,11 +362,12 @@ class PodRunner:
         backoff_n = 0
         while not self.terminating:
             try:
-                argv = self.agent.images.argv(
+                launch = self.agent.images.resolve(
                     c.spec.get("image", ""),
                     list(c.spec.get("command", [])),
                     list(c.spec.get("args", [])),
                 )
+                argv = launch.argv
             except ImageNotMapped as e:
                 c.state = {"waiting": {"reason": "ErrImagePull", "message": str(e)}}
                 self.event("Warning", "Failed", f"Failed to pull image: {e}", c)
@@ -380,7 +381,7 @@ class PodRunner:
                 await asyncio.Event().wait()  # never resolves; ends when the pod goes
                 return False
             try:
-                env = await self._env(c)
+                env = await self._env(c, launch.env)
             except ConfigError as e:
                 c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
                 self.event("Warning", "Failed", f"Error: {e}", c)
@@ -662,7 +663,7 @@ class PodRunner:
 
     # -- env and volumes -----------------------------------------------------------------------
 
-    async def _env(self, c: Container) -> dict[str, str]:
+    async def _env(self, c: Container, image_env: dict[str, str] | None = None) -> dict[str, str]:
         agent = self.agent
         env: dict[str, str] = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
@@ -676,6 +677,7 @@ class PodRunner:
             "KUBERNETES_SERVICE_PORT_HTTPS": str(agent.api_port),
             "KUBERNETES_PORT": f"tcp://{agent.host_ip}:{agent.api_port}",
         }
+        env.update(image_env or {})  # like an image's ENV: the container's env wins
         for src in c.spec.get("envFrom", []):
             prefix = src.get("prefix", "")
             if "configMapRef" in src:

@@ -99,7 +99,7 @@ class ActivatorProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
-    def start(self) -> None:
+    def start(self, timeout: float = 60.0) -> None:
         env = dict(os.environ, KUBECONFIG=str(self.cluster.kubeconfig), PYTHONUNBUFFERED="1")
         env.pop("KUBERNETES_SERVICE_HOST", None)
         with open(self.log_path, "ab") as out:
@@ -109,7 +109,7 @@ class ActivatorProcess:
                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
             )  # fmt: skip
         self.starts += 1
-        wait_for(self.ready, 60, what=f"activator on {self.url}")
+        wait_for(self.ready, timeout, what=f"activator on {self.url}")
 
     def ready(self) -> bool:
         assert self.proc is not None and self.proc.poll() is None, self.log()

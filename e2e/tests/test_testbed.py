@@ -16,7 +16,8 @@ from e2e.tests.helpers import apply, container_pid, endpoint_ips, get, is_ready,
 
 pytestmark = pytest.mark.cluster
 
-STANDIN_IMAGE = "lmsysorg/sglang:v0.5.5-test-bed"
+# A 0.5.20+ tag: the stand-in, like SGLang, has no /ready before 0.5.20.
+STANDIN_IMAGE = "lmsysorg/sglang:v0.5.23-test-bed"
 PROBE_IMAGE = "glowplug-testbed/python"  # test double: python with the container's args
 
 
@@ -32,7 +33,8 @@ def standin_container(port: int = 30000, **extra: Any) -> dict[str, Any]:
         "args": ["--model-path", "test/stand-in-model", "--host", "0.0.0.0",
                  "--port", str(port), "--is-embedding"],
         "ports": [{"name": "http", "containerPort": port}],
-        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5},
+        # /ready, as glowplug's SGLang profile probes: /health takes a second (a forward).
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 5},
         **extra,
     }  # fmt: skip
 

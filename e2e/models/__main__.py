@@ -1,0 +1,5 @@
+import sys
+
+from e2e.models import main
+
+sys.exit(main())
