@@ -45,6 +45,7 @@ class FakeKube:
         store = self.deployments if manifest["kind"] == "Deployment" else self.services
         obj = copy.deepcopy(manifest)
         obj["status"] = (store.get(key) or {}).get("status", {})
+        self._bump(obj)
         store[key] = obj
         return copy.deepcopy(obj)
 
@@ -285,6 +286,7 @@ async def test_deployment_status_flows_to_embsvc_status(
     assert status(kube)["phase"] == "Waking"
     dep = kube.deployments[("ns", "small")]
     dep["status"] = {"replicas": 1, "readyReplicas": 1}
+    kube._bump(dep)  # as the API server does on every change
     await reconciler.on_deployment_event("MODIFIED", dep)
     st = status(kube)
     assert (st["phase"], st["replicas"], st["readyReplicas"]) == ("Ready", 1, 1)
@@ -299,7 +301,11 @@ async def test_a_replayed_deployment_costs_no_status_read(
     (same resourceVersion) must not read and rewrite the EmbeddingService's status."""
     body = kube.put(embsvc(replicas=0))
     await reconciler.on_embsvc_event("ADDED", body)
-    dep = copy.deepcopy(kube.deployments[("ns", "small")])
+    applied = copy.deepcopy(kube.deployments[("ns", "small")])  # as the apply returned it
+    seen = kube.status_updates
+    await reconciler.on_deployment_event("MODIFIED", applied)
+    assert kube.status_updates == seen  # the reconcile already wrote this one's status
+    dep = copy.deepcopy(applied)
     dep["metadata"]["resourceVersion"] = "41"
     await reconciler.on_deployment_event("MODIFIED", dep)
     seen = kube.status_updates

@@ -213,6 +213,8 @@ class Reconciler:
         st.applied_spec = spec_without_replicas
         st.last_warning = None
         await self.write_status(body, dep, clear_spec_failures=True)
+        # This Deployment's status is in ours now: its replay by a kopf re-list is a no-op.
+        st.dep_status_rv = str((dep.get("metadata") or {}).get("resourceVersion") or "") or None
 
     def _info(self, svc: EmbeddingService, st: _State) -> None:
         labels = (
