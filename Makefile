@@ -53,12 +53,13 @@ operator: install ## run the operator against the cluster in $$KUBECONFIG
 activator: install ## run the activator against the cluster in $$KUBECONFIG
 	$(VENV)/bin/glowplug activator
 
-bench: install real-engines ## benchmarks: activator overhead vs direct vs nginx (small and 32x1024 payloads); wake overhead; hostile clients and RSS; seed-day GPU-hours; real vLLM cold start and wake (JSON in e2e/bench/results/)
+bench: install real-engines ## benchmarks: activator overhead vs direct vs nginx (small and 32x1024 payloads); wake overhead; hostile clients and RSS; seed-day GPU-hours; real vLLM cold start and wake; idle timeout auto and the cache (JSON in e2e/bench/results/, charts in docs/images/)
 	$(PY) -m e2e.bench.activator_bench
 	$(PY) -m e2e.bench.wake_bench
 	$(PY) -m e2e.bench.hostile
 	$(PY) -m e2e.bench.seed_day
 	$(PY) -m e2e.bench.real_engine
+	$(PY) -m e2e.bench.savings
 
 # --- shipping: chart, image, demo, kind ------------------------------------------------
 .PHONY: chart-crds chart-lint promtool crd-docs image kind-up kind-load deploy e2e-kind kind-down

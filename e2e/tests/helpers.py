@@ -88,9 +88,18 @@ class ActivatorProcess:
     pod IPs directly); restartable on the same port, stopped by pid."""
 
     def __init__(
-        self, cluster: Cluster, namespace: str, log_path: Path, *, drain_seconds: float = 0.5
+        self,
+        cluster: Cluster,
+        namespace: str,
+        log_path: Path,
+        *,
+        drain_seconds: float = 0.5,
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.cluster = cluster
+        self.extra_args = extra_args
+        self.extra_env = env or {}
         self.namespace = namespace
         self.drain_seconds = drain_seconds
         self.port = free_port()
@@ -102,10 +111,12 @@ class ActivatorProcess:
     def start(self, timeout: float = 60.0) -> None:
         env = dict(os.environ, KUBECONFIG=str(self.cluster.kubeconfig), PYTHONUNBUFFERED="1")
         env.pop("KUBERNETES_SERVICE_HOST", None)
+        env.update(self.extra_env)
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
                 [str(GLOWPLUG), "activator", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--namespace", self.namespace, "--drain-seconds", str(self.drain_seconds)],
+                 "--namespace", self.namespace, "--drain-seconds", str(self.drain_seconds),
+                 *self.extra_args],
                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
             )  # fmt: skip
         self.starts += 1

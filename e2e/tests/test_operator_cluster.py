@@ -80,6 +80,20 @@ BAD = [
     ),
     ("max-zero", {"scaling": {"maxReplicas": 0}}, "spec.scaling.maxReplicas"),
     ("negative-gpus", {"resources": {"gpus": -1}}, "spec.resources.gpus"),
+    ("cache-size", {"cache": {"enabled": True, "maxBytes": "12MB"}}, "spec.cache.maxBytes"),
+    ("cache-ttl-zero", {"cache": {"enabled": True, "ttl": "0s"}}, "spec.cache.ttl"),
+    ("cache-ttl", {"cache": {"ttl": "one day"}}, "spec.cache.ttl"),
+    ("idle-automatic", {"scaling": {"idleTimeout": "automatic"}}, "spec.scaling.idleTimeout"),
+    (
+        "auto-bounds",
+        {"scaling": {"idleTimeout": "auto", "autoIdleTimeout": {"min": "20m", "max": "10m"}}},
+        "spec.scaling.autoIdleTimeout.min must be <= spec.scaling.autoIdleTimeout.max",
+    ),
+    (
+        "auto-penalty",
+        {"scaling": {"idleTimeout": "auto", "autoIdleTimeout": {"wakePenalty": "soon"}}},
+        "spec.scaling.autoIdleTimeout.wakePenalty",
+    ),
     # issue 11 (8): cron fields, zone names and duration bounds
     (
         "bad-cron",
@@ -215,6 +229,7 @@ def test_defaults_and_scale_subresource(
     generation = obj["metadata"]["generation"]
     assert obj["spec"]["engine"]["requestTimeout"] == "2m"
     assert obj["spec"]["scaling"]["idleTimeout"] == "5m"
+    assert obj["spec"]["cache"] == {"enabled": False, "ttl": "24h", "maxBytes": "256Mi"}
     cluster.kubectl("scale", "embsvc", "scaled", "-n", namespace, "--replicas", "2")
     scaled = get(cluster, "embsvc", "scaled", namespace)
     assert scaled["spec"]["replicas"] == 2

@@ -23,6 +23,15 @@ EMBEDDINGS_TOTAL = "glowplug_embeddings_total"  # counter {namespace, service}: 
 ACTIVATOR_WAKES_TOTAL = "glowplug_activator_wakes_total"  # counter {namespace, service, outcome}
 ACTIVATOR_WAKE_DURATION = "glowplug_activator_wake_duration_seconds"  # histogram
 REJECTED_TOTAL = "glowplug_rejected_requests_total"  # counter {namespace, service, reason}
+# The embedding cache (docs/activator.md). Hits and misses count inputs, not requests.
+CACHE_HITS_TOTAL = "glowplug_cache_hits_total"  # counter {namespace, service, tier=memory|shared}
+CACHE_MISSES_TOTAL = "glowplug_cache_misses_total"  # counter {namespace, service}
+CACHE_BYTES = "glowplug_cache_bytes"  # gauge {namespace, service}: this replica's memory tier
+# Requests answered wholly from the cache while no replica was ready.
+CACHE_SERVED_AT_ZERO_TOTAL = "glowplug_cache_served_at_zero_total"  # counter {namespace, service}
+# Wakes those requests would have caused under the service's idleTimeout.
+CACHE_WAKES_AVOIDED_TOTAL = "glowplug_cache_wakes_avoided_total"  # counter {namespace, service}
+CACHE_SHARED_ERRORS_TOTAL = "glowplug_cache_shared_errors_total"  # counter: Redis calls failed
 # Per API key ("namespace/name" of its Secret, "none" without a valid key; never the key).
 KEY_REQUESTS_TOTAL = "glowplug_api_key_requests_total"  # counter {key, code}
 KEY_INPUTS_TOTAL = "glowplug_api_key_inputs_total"  # counter {key}: inputs embedded
@@ -51,6 +60,12 @@ ALL_METRICS = (
     ACTIVATOR_WAKES_TOTAL,
     ACTIVATOR_WAKE_DURATION,
     REJECTED_TOTAL,
+    CACHE_HITS_TOTAL,
+    CACHE_MISSES_TOTAL,
+    CACHE_BYTES,
+    CACHE_SERVED_AT_ZERO_TOTAL,
+    CACHE_WAKES_AVOIDED_TOTAL,
+    CACHE_SHARED_ERRORS_TOTAL,
     KEY_REQUESTS_TOTAL,
     KEY_INPUTS_TOTAL,
     KEY_REJECTED_TOTAL,

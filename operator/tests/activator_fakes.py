@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from glowplug.activator.apikeys import KeyStore
+from glowplug.activator.embeddingcache import EmbeddingCache
 from glowplug.activator.holdqueue import ServiceState
 from glowplug.activator.http import HttpServer, Limits
 from glowplug.activator.metrics import Metrics
@@ -32,10 +33,20 @@ def vector(i: int, dims: int) -> list[float]:
     return [i + k / 4 for k in range(dims)]
 
 
+def text_vector(text: str, dims: int) -> list[float]:
+    """With ``FakeEngine(text_vectors=True)``: an embedding that depends on the text only
+    (float32-exact values), so an answer merged from a cache can be checked per input."""
+    seed = sum(ord(c) * (j + 1) for j, c in enumerate(text)) % 1000
+    return [seed + k / 8 for k in range(dims)]
+
+
 class FakeEngine:
     """TEST DOUBLE of an engine's /v1/embeddings endpoint."""
 
-    def __init__(self, *, delay: float = 0.0, native_base64: bool = False) -> None:
+    def __init__(
+        self, *, delay: float = 0.0, native_base64: bool = False, text_vectors: bool = False
+    ) -> None:
+        self.text_vectors = text_vectors
         self.delay = delay
         self.native_base64 = native_base64
         self.drop_before_headers = 0  # next N requests: close the connection, no response
@@ -138,7 +149,11 @@ class FakeEngine:
                 seed = i
                 if self.index_from_input and isinstance(inputs, list):
                     seed = int(str(inputs[i]).rsplit("-", 1)[1])
-                emb: Any = vector(seed, dims)
+                emb: Any = (
+                    text_vector(inputs if isinstance(inputs, str) else inputs[i], dims)
+                    if self.text_vectors
+                    else vector(seed, dims)
+                )
                 if self.native_base64 and body.get("encoding_format") == "base64":
                     from glowplug.activator.openai import floats_to_base64
 
@@ -209,7 +224,9 @@ def service_obj(
     scaling: dict[str, Any] | None = None,
     model: dict[str, Any] | None = None,
     conditions: list[dict[str, Any]] | None = None,
+    cache: dict[str, Any] | None = None,
     engine: dict[str, Any] | None = None,
+    uid: str = "",
 ) -> dict[str, Any]:
     """A raw EmbeddingService object as the API server would return it."""
     m: dict[str, Any] = {"id": "Qwen/Qwen3-Embedding-0.6B", "source": {"huggingFace": {}}}
@@ -222,8 +239,12 @@ def service_obj(
         "metadata": {"name": name, "namespace": namespace, "resourceVersion": "1"},
         "spec": {"model": m, "replicas": replicas, "scaling": scaling or {}},
     }
+    if cache is not None:
+        obj["spec"]["cache"] = cache
     if engine is not None:
         obj["spec"]["engine"] = engine
+    if uid:
+        obj["metadata"]["uid"] = uid
     if conditions is not None:
         obj["status"] = {"conditions": conditions}
     return obj
@@ -237,6 +258,7 @@ class Harness:
         config: Config | None = None,
         limits: Limits | None = None,
         keys: KeyStore | None = None,
+        cache: EmbeddingCache | None = None,
     ) -> None:
         self.limits = limits
         self.metrics = Metrics()
@@ -244,7 +266,9 @@ class Harness:
         self.waker = Waker(self.scaler, self.metrics)
         self.services = Services(self.metrics, self.waker)
         self.scaler.services = self.services
-        self.activator = Activator(self.services, metrics=self.metrics, config=config, keys=keys)
+        self.activator = Activator(
+            self.services, metrics=self.metrics, config=config, keys=keys, cache=cache
+        )
         self.activator.synced.set()
         self.server: HttpServer | None = None
         self.url = ""
@@ -277,9 +301,12 @@ async def until(cond: Callable[[], bool], limit_s: float = 10.0) -> None:
 
 @asynccontextmanager
 async def harness(
-    config: Config | None = None, limits: Limits | None = None, keys: KeyStore | None = None
+    config: Config | None = None,
+    limits: Limits | None = None,
+    keys: KeyStore | None = None,
+    cache: EmbeddingCache | None = None,
 ) -> AsyncIterator[Harness]:
-    h = Harness(config, limits, keys)
+    h = Harness(config, limits, keys, cache)
     await h.start()
     try:
         yield h

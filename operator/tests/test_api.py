@@ -36,6 +36,12 @@ def errors_of(obj: dict[str, Any]) -> list[str]:
     return info.value.errors
 
 
+def _auto(svc: Any) -> Any:
+    auto = parse(raw(scaling={"idleTimeout": "auto"})).scaling.auto_idle
+    assert auto is not None and svc.scaling.auto_idle is None
+    return auto
+
+
 # Each DEFAULTS key and how to read it back from a parsed EmbeddingService.
 READ_BACK = {
     "model.revision": lambda s: s.model.revision,
@@ -66,6 +72,13 @@ READ_BACK = {
     "replicas": lambda s: s.replicas,
     "cost.gpuHourlyPrice": lambda s: s.cost.gpu_hourly_price,
     "cost.baselineReplicas": lambda s: s.cost.baseline_replicas,
+    # Read from the same service with idleTimeout: auto (the bounds apply only then).
+    "scaling.autoIdleTimeout.min": lambda s: format_duration(_auto(s).min),
+    "scaling.autoIdleTimeout.max": lambda s: format_duration(_auto(s).max),
+    "scaling.autoIdleTimeout.wakePenalty": lambda s: format_duration(_auto(s).wake_penalty),
+    "cache.enabled": lambda s: s.cache.enabled,
+    "cache.ttl": lambda s: format_duration(s.cache.ttl),
+    "cache.maxBytes": lambda s: f"{s.cache.max_bytes >> 20}Mi",
 }
 
 

@@ -651,3 +651,31 @@ def test_promtool_evaluates_the_savings_panels(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(test))
     out = run(promtool(), "test", "rules", str(path))
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_activator_cache_values_render_flags_and_the_password_secret() -> None:
+    [c] = pod_specs(render())["gp-glowplug-activator"]["containers"]
+    assert "--cache-max-bytes=256Mi" in c["args"]
+    assert not any(a.startswith("--cache-redis-url") for a in c["args"])
+    assert "GLOWPLUG_CACHE_REDIS_PASSWORD" not in {e["name"] for e in c["env"]}
+    docs = render(
+        "activator.cache.maxBytes=1Gi",
+        "activator.cache.redis.url=redis://redis.cache.svc:6379/0",
+        "activator.cache.redis.passwordSecret.name=redis-auth",
+    )
+    [c] = pod_specs(docs)["gp-glowplug-activator"]["containers"]
+    assert "--cache-max-bytes=1Gi" in c["args"]
+    assert "--cache-redis-url=redis://redis.cache.svc:6379/0" in c["args"]
+    [env] = [e for e in c["env"] if e["name"] == "GLOWPLUG_CACHE_REDIS_PASSWORD"]
+    assert env["valueFrom"]["secretKeyRef"] == {"name": "redis-auth", "key": "password"}
+    # The flags parse with the real command.
+    import argparse
+
+    from glowplug.activator import main
+
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    main.add_arguments(parser)
+    args = parser.parse_args(c["args"][1:])
+    assert args.cache_redis_url == "redis://redis.cache.svc:6379/0"
+    out = run(helm(), "template", "gp", str(CHART), "--set", "activator.cache.maxBytes=12MB")
+    assert out.returncode != 0 and "maxBytes" in out.stderr

@@ -11,6 +11,7 @@ from crd_schema import apply_defaults, cel_regex, defaults_key, load_crd, root_s
 from glowplug.api import cron
 from glowplug.api import spec as api
 from glowplug.api.durations import BOUNDED_DURATION_REGEX, DURATION_REGEX, parse_duration
+from glowplug.api.sizes import SIZE_REGEX
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,15 @@ def test_every_crd_default_equals_python_default(schema: dict[str, Any]) -> None
     # Sections default to {} so that their children's defaults apply when the section is
     # omitted; they are not values of their own.
     sections = {k for k, v in found.items() if v == {}}
-    assert sections == {"engine", "resources", "scaling", "pod", "cost"}
+    assert sections == {
+        "engine",
+        "resources",
+        "scaling",
+        "pod",
+        "cost",
+        "cache",
+        "scaling.autoIdleTimeout",
+    }
     values = {k: v for k, v in found.items() if k not in sections}
     # key "token" of tokenSecretRef is defaulted by both; it is not in DEFAULTS (a
     # per-reference default, see SecretKeyRef).
@@ -157,11 +166,21 @@ def test_duration_rules_use_the_python_regex(schema: dict[str, Any]) -> None:
     durations = [
         (p, r)
         for p, r in all_rules(schema)
-        if "matches" in r["rule"] and "must be a duration" in r["message"]
+        if "matches" in r["rule"] and "a duration" in r["message"]
     ]
-    assert len(durations) == 6
+    assert len(durations) == 10  # idleTimeout's says "auto or a duration"
     for _, rule in durations:
         assert cel_regex(rule["rule"]) == DURATION_REGEX
+
+
+def test_size_rule_uses_the_python_regex(schema: dict[str, Any]) -> None:
+    nodes = dict(walk(schema))
+    (rule,) = nodes["spec.cache.maxBytes"]["x-kubernetes-validations"]
+    assert cel_regex(rule["rule"]) == SIZE_REGEX
+    ttl_rules = nodes["spec.cache.ttl"]["x-kubernetes-validations"]
+    (zero,) = [r for r in ttl_rules if r["rule"].startswith("!")]
+    regex = re.compile(cel_regex(zero["rule"][1:]))
+    assert regex.match("0s") and regex.match("0m0s") and not regex.match("10s")
 
 
 def test_served_name_rule_uses_the_python_pattern(schema: dict[str, Any]) -> None:
@@ -248,7 +267,12 @@ def test_cel_cost_is_bounded(schema: dict[str, Any]) -> None:
 
 def test_preserve_unknown_fields_only_where_needed(schema: dict[str, Any]) -> None:
     preserved = {p for p, n in walk(schema) if n.get("x-kubernetes-preserve-unknown-fields")}
-    assert preserved == {"spec.engine.env[]", "spec.pod.tolerations[]", "spec.pod.affinity"}
+    assert preserved == {
+        "spec.engine.env[]",
+        "spec.pod.tolerations[]",
+        "spec.pod.affinity",
+        "status.idlePolicy",  # the learned idle timeout's state (idlepolicy.py owns it)
+    }
 
 
 def test_subresources(crd: dict[str, Any]) -> None:
@@ -283,6 +307,7 @@ def test_printer_columns(crd: dict[str, Any], schema: dict[str, Any]) -> None:
 
 
 STATUS_FIELDS = {
+    "idlePolicy",
     "phase",
     "replicas",
     "readyReplicas",
@@ -319,5 +344,14 @@ def test_status_fields(schema: dict[str, Any]) -> None:
 
 def test_spec_sections_match_design(schema: dict[str, Any]) -> None:
     spec = schema["properties"]["spec"]["properties"]
-    assert set(spec) == {"model", "engine", "resources", "scaling", "replicas", "pod", "cost"}
+    assert set(spec) == {
+        "model",
+        "engine",
+        "resources",
+        "scaling",
+        "replicas",
+        "pod",
+        "cost",
+        "cache",
+    }
     assert spec["engine"]["properties"]["name"]["enum"] == list(api.ENGINES)

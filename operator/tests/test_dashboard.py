@@ -176,6 +176,7 @@ def test_dashboard_shows_what_the_issue_asks_for() -> None:
         "gpu-hours used", "always-on", "saved", "dollars saved", "per 1,000 embeddings",
         "replicas desired and ready", "wakes", "wake latency", "queue depth", "queue wait",
         "request rate by code", "errors", "activator added latency",
+        "served at zero by the cache", "cache hit ratio",
     ):  # fmt: skip
         assert words in titles, words
     exprs = "\n".join(all_exprs(dash))

@@ -334,6 +334,33 @@ async def test_a_spec_change_clears_the_failure_or_reports_the_new_one() -> None
     assert [w[0] for w in api.warnings] == ["ImagePullBackOff", "ImagePullBackOff"]
 
 
+async def test_auto_idle_timeout_is_persisted_and_resumed_after_a_restart() -> None:
+    api, load, clock = make(replicas=1, idleTimeout="auto", autoIdleTimeout={"min": "2s"})
+    api.obj["status"]["lastWakeSeconds"] = 12.5
+    loop = ServiceLoop(api, load, Options(), clock=clock)
+    # Requests 60 s apart, each finished at once: gaps of about 60 s.
+    for _ in range(6):
+        load.loads = [ActivatorLoad(in_flight=1)]
+        await run_until(loop, api, clock, clock.t + 1)
+        load.loads = [ActivatorLoad(last_request_finished=clock.t)]
+        await run_until(loop, api, clock, clock.t + 60)
+    stored = api.obj["status"]["idlePolicy"]
+    assert stored["gaps"] >= 5
+    assert loop.scaler is not None and loop.scaler.wake_seconds == 12.5
+    from glowplug.api import parse
+
+    bounds = parse(api.obj).scaling.auto_idle
+    assert bounds is not None
+    learned = loop.scaler.idle.timeout(bounds, 12.5, clock.t)
+    assert stored["idleTimeoutSeconds"] == round(learned, 1)
+    # A new operator process reads it back from status.
+    again = ServiceLoop(api, load, Options(), clock=clock)
+    await run_until(again, api, clock, clock.t + 1)
+    assert again.scaler is not None and again.scaler.idle.gaps == stored["gaps"]
+    assert again.scaler.idle.recent == pytest.approx(loop.scaler.idle.recent, abs=1e-4)
+    assert again.scaler.idle.timeout(bounds, 12.5, clock.t) == learned
+
+
 # --- issue 11: wake phases, node waits ---------------------------------------------------
 
 

@@ -173,3 +173,40 @@ def test_prewarm_option_parses(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     assert json.loads(capsys.readouterr().out)[0]["gpu_seconds"] == 101
     with pytest.raises(SystemExit):
         parser.parse_args([str(path), "--prewarm", "not a cron,1h"])
+
+
+def test_seed_day_auto_after_a_warm_up_day_beats_fixed_five_minutes() -> None:
+    """The issue's bar, through the operator's own decide(): fewer wakes at no more
+    GPU-hours than a fixed 5m (numbers in docs/cost-model.md)."""
+    from glowplug.api.spec import AutoIdle
+
+    day = seedday.generate(1)
+    warm = seedday.generate(2) + [(a + 86400.0, d) for a, d in day]
+    fixed = simulate.simulate(
+        day, SimConfig(scaling=ScalingSpec(max_replicas=4, idle_timeout=300.0), horizon=86400.0)
+    )
+    bounds = AutoIdle(min=30.0, max=390.0, wake_penalty=300.0)
+    auto = simulate.simulate(
+        warm,
+        SimConfig(
+            scaling=ScalingSpec(max_replicas=4, idle_timeout=bounds.max, auto_idle=bounds),
+            horizon=2 * 86400.0,
+            measure_from=86400.0,
+        ),
+    )
+    assert auto.requests == fixed.requests == len(day)
+    assert auto.auto and auto.label == "auto"
+    assert auto.wakes < fixed.wakes
+    assert auto.gpu_seconds <= fixed.gpu_seconds
+
+
+def test_measure_from_counts_only_the_measured_part() -> None:
+    trace = [(10.0, 1.0), (5000.0, 1.0)]
+    spec = ScalingSpec(idle_timeout=60.0)
+    whole = simulate.simulate(trace, SimConfig(scaling=spec, horizon=6000.0, wake_delay=5.0))
+    part = simulate.simulate(
+        trace, SimConfig(scaling=spec, horizon=6000.0, wake_delay=5.0, measure_from=1000.0)
+    )
+    assert (whole.wakes, part.wakes) == (2, 1)
+    assert part.requests == 1
+    assert part.gpu_seconds == pytest.approx(whole.gpu_seconds / 2, abs=2.0)

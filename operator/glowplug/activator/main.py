@@ -63,6 +63,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="on SIGTERM, longest wait for in-flight and queued requests after the drain",
     )
     parser.add_argument(
+        "--cache-max-bytes",
+        default=os.environ.get("GLOWPLUG_CACHE_MAX_BYTES", "256Mi"),
+        help="memory for the embedding cache of all services together (e.g. 256Mi); each"
+        " service is also bounded by its spec.cache.maxBytes",
+    )
+    parser.add_argument(
+        "--cache-redis-url",
+        default=os.environ.get("GLOWPLUG_CACHE_REDIS_URL", ""),
+        help="a Redis shared by every activator replica for the embedding cache, e.g."
+        " redis://redis:6379/0 (password from $GLOWPLUG_CACHE_REDIS_PASSWORD); default: none",
+    )
+    parser.add_argument(
         "--max-connections",
         type=int,
         default=Limits.max_connections,
@@ -138,12 +150,14 @@ async def serve(args: argparse.Namespace) -> int:
 
     metrics = Metrics()
     services = Services(metrics)
+    cache = await _embedding_cache(args)
     prober = ReadinessProber(services.probed_ready)
     services.set_prober(prober)
     keys = KeyStore(args.auth, args.keys_namespace or None)
     activator = Activator(
         services,
         metrics=metrics,
+        cache=cache,
         config=Config(
             max_body_bytes=args.max_body_bytes,
             max_inputs=args.max_inputs,
@@ -223,3 +237,35 @@ async def serve(args: argparse.Namespace) -> int:
     await activator.close()
     log.info("stopped")
     return 0
+
+
+async def _embedding_cache(args: argparse.Namespace) -> Any:
+    """The memory tier, plus Redis when a URL is given. A Redis that does not answer (or
+    a missing client library) is a warning: the activator serves without it."""
+    from glowplug.activator.cache import MemoryCache
+    from glowplug.activator.embeddingcache import EmbeddingCache
+    from glowplug.api.sizes import SizeError, parse_size
+
+    try:
+        max_bytes = parse_size(args.cache_max_bytes)
+    except SizeError as err:
+        raise SystemExit(f"--cache-max-bytes: {err}") from None
+    shared = None
+    if args.cache_redis_url:
+        try:
+            from glowplug.activator.sharedcache import SharedCache
+
+            shared = SharedCache(
+                args.cache_redis_url,
+                password=os.environ.get("GLOWPLUG_CACHE_REDIS_PASSWORD") or None,
+            )
+        except ImportError:
+            log.warning(
+                "--cache-redis-url is set but the redis client is not installed (pip install"
+                " 'glowplug[cache]'); serving without the shared cache"
+            )
+        except ValueError as err:
+            log.warning("--cache-redis-url: %s; serving without the shared cache", err)
+        if shared is not None and await shared.ping():
+            log.info("shared embedding cache: %s", args.cache_redis_url.split("@")[-1])
+    return EmbeddingCache(MemoryCache(max_bytes), shared)

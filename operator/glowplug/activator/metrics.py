@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from glowplug import metrics as m
 
-PATHS = ("cold", "warm")
+PATHS = ("cold", "warm", "cache")  # cache: answered wholly from the embedding cache
 REJECT_REASONS = (
     "queue_full",
     "activation_timeout",
@@ -24,6 +24,7 @@ REJECT_REASONS = (
     "service_deleted",
 )
 WAKE_OUTCOMES = ("ready", "failed", "error")
+CACHE_TIERS = ("memory", "shared")
 _SVC = m.SERVICE_LABELS
 NO_KEY = "none"  # the key label of requests without a valid key
 
@@ -46,6 +47,11 @@ class ServiceMetrics:
         self.wake_duration = parent.wake_duration.labels(namespace, service)
         self.queued = parent.queued.labels(namespace, service)
         self.inflight = parent.inflight.labels(namespace, service)
+        self.cache_hits = {t: parent.cache_hits.labels(namespace, service, t) for t in CACHE_TIERS}
+        self.cache_misses = parent.cache_misses.labels(namespace, service)
+        self.cache_bytes = parent.cache_bytes.labels(namespace, service)
+        self.cache_served_at_zero = parent.cache_served_at_zero.labels(namespace, service)
+        self.cache_wakes_avoided = parent.cache_wakes_avoided.labels(namespace, service)
 
     def requests(self, code: int, path: str) -> Counter:
         key = (code, path)
@@ -60,8 +66,15 @@ class ServiceMetrics:
         self.queued.set_function(queued)
         self.inflight.set_function(inflight)
 
+    def bind_cache_bytes(self, read: Callable[[], float]) -> None:
+        self.cache_bytes.set_function(read)
+
     def remove(self) -> None:
         p, (ns, svc) = self._parent, self._labels
+        for t in CACHE_TIERS:
+            p.cache_hits.remove(ns, svc, t)
+        for cc in (p.cache_misses, p.cache_bytes, p.cache_served_at_zero, p.cache_wakes_avoided):
+            cc.remove(ns, svc)
         for code, path in self._requests:
             p.requests.remove(ns, svc, str(code), path)
         for path in PATHS:
@@ -157,6 +170,41 @@ class Metrics:
             registry=r,
         )
 
+        self.cache_hits = Counter(
+            m.CACHE_HITS_TOTAL,
+            "Inputs answered from the embedding cache, by tier (memory, shared)",
+            (*_SVC, "tier"),
+            registry=r,
+        )
+        self.cache_misses = Counter(
+            m.CACHE_MISSES_TOTAL,
+            "Inputs looked up in the embedding cache and sent to the engine",
+            _SVC,
+            registry=r,
+        )
+        self.cache_bytes = Gauge(
+            m.CACHE_BYTES,
+            "Bytes held by this replica's in-memory embedding cache",
+            _SVC,
+            registry=r,
+        )
+        self.cache_served_at_zero = Counter(
+            m.CACHE_SERVED_AT_ZERO_TOTAL,
+            "Requests answered wholly from the cache while no replica was ready",
+            _SVC,
+            registry=r,
+        )
+        self.cache_wakes_avoided = Counter(
+            m.CACHE_WAKES_AVOIDED_TOTAL,
+            "Wakes the requests answered from the cache at zero would have caused",
+            _SVC,
+            registry=r,
+        )
+        self.cache_shared_errors = Counter(
+            m.CACHE_SHARED_ERRORS_TOTAL,
+            "Calls to the shared (Redis) cache that failed or timed out",
+            registry=r,
+        )
         self.key_requests = Counter(
             m.KEY_REQUESTS_TOTAL,
             "Embeddings requests answered per API key (its Secret), by HTTP code",

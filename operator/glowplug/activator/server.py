@@ -19,7 +19,9 @@ from typing import Any
 
 from glowplug.activator import openai as oai
 from glowplug.activator.apikeys import ApiKey, KeyStore
+from glowplug.activator.cache import MemoryCache
 from glowplug.activator.coldstart import cold_start_headers
+from glowplug.activator.embeddingcache import EmbeddingCache
 from glowplug.activator.forwarder import (
     BrokenResponse,
     ConnectFailed,
@@ -77,6 +79,7 @@ class Activator:
         config: Config | None = None,
         keys: KeyStore | None = None,
         internal_split: bool = False,
+        cache: EmbeddingCache | None = None,
     ) -> None:
         self.services = services
         self.keys = keys or KeyStore("off")
@@ -85,6 +88,13 @@ class Activator:
         self.metrics = metrics
         self.forwarder = forwarder or Forwarder()
         self.config = config or Config()
+        # Used only by services with spec.cache.enabled (docs/activator.md).
+        self.cache = cache or EmbeddingCache(MemoryCache())
+        services.on_delete(self.cache.forget)
+        services.cache_bytes = self.cache.memory.service_bytes
+        shared = self.cache.shared
+        if shared is not None and shared.on_error is None:
+            shared.on_error = metrics.cache_shared_errors.inc
         self.synced = asyncio.Event()  # the sources have listed everything once
         self.draining = False
         self._routes: dict[str, Callable[[], Response]] = {
@@ -216,9 +226,9 @@ class Activator:
                 ).inc()
             return _error(err)
         if key is None:
-            return await self._serve(req, route, payload, t0)
+            return await self._answer(req, route, payload, t0)
         try:
-            resp = await self._serve(req, route, payload, t0)
+            resp = await self._answer(req, route, payload, t0)
         finally:
             self.keys.release(key)
         km = self.metrics.key(key.ref)
@@ -226,6 +236,14 @@ class Activator:
         if resp.status == 200:
             km.inputs.inc(req.n_inputs)
         return resp
+
+    async def _answer(
+        self, req: oai.EmbeddingRequest, route: Route, payloads: list[bytes], t0: float
+    ) -> Response:
+        """From the embedding cache where the service enables it, else from the engine."""
+        if route.spec.cache.enabled and req.text_inputs:
+            return await self.cache.serve(req, route, t0, self._serve)
+        return await self._serve(req, route, payloads, t0)
 
     def _admit(self, request: Request) -> tuple[oai.EmbeddingRequest, Route, list[bytes]]:
         if request.method != "POST":
@@ -526,6 +544,7 @@ class Activator:
 
     async def close(self) -> None:
         await self.forwarder.close()
+        await self.cache.close()
 
 
 _MODELS_PATHS = ("/v1/models", "/models")

@@ -51,7 +51,14 @@ class Services:
         self.tracker = EndpointTracker()
         self.routes: dict[str, Route] = {}  # "namespace/name" -> Route
         self._on_wake = on_wake
+        self._on_delete: list[Callable[[str], None]] = []
+        # The embedding cache's bytes per service, for the gauge (set by the Activator).
+        self.cache_bytes: Callable[[str], int] | None = None
         self.prober: ReadinessProber | None = None  # fast release after a wake
+
+    def on_delete(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback("namespace/name")`` when a service is deleted."""
+        self._on_delete.append(callback)
 
     def set_prober(self, prober: ReadinessProber) -> None:
         self.prober = prober
@@ -99,6 +106,9 @@ class Services:
             )
             sm = self.metrics.service(svc.namespace, svc.name)
             sm.bind_gauges(lambda: float(state.queued), lambda: float(state.inflight))
+            if self.cache_bytes is not None:
+                read, key = self.cache_bytes, ref
+                sm.bind_cache_bytes(lambda: float(read(key)))
             route = Route(svc, state, sm, max_batch=max_batch(svc))
             self.routes[ref] = route
             route.condition = condition_failure(obj)
@@ -123,6 +133,8 @@ class Services:
         if route is not None:
             route.state.close()
             route.metrics.remove()
+            for callback in self._on_delete:
+                callback(f"{ns}/{name}")
 
     def resync_services(
         self, objs: Iterable[Mapping[str, Any]], namespace: str | None = None

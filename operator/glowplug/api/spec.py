@@ -22,6 +22,7 @@ from glowplug.api.durations import (
     parse_duration,
 )
 from glowplug.api.images import image_errors
+from glowplug.api.sizes import SizeError, parse_size
 
 GROUP = "glowplug.dev"
 VERSION = "v1alpha1"
@@ -60,9 +61,15 @@ DEFAULTS: dict[str, Any] = {
     "scaling.nodeWaitTimeout": "10m",
     "scaling.maxQueuedRequests": 1000,
     "scaling.prewarm": [],
+    "scaling.autoIdleTimeout.min": "30s",
+    "scaling.autoIdleTimeout.max": "10m",
+    "scaling.autoIdleTimeout.wakePenalty": "5m",
     "replicas": 0,
     "cost.gpuHourlyPrice": 0.80,
     "cost.baselineReplicas": 1,
+    "cache.enabled": False,
+    "cache.ttl": "24h",
+    "cache.maxBytes": "256Mi",
     "prewarm.replicas": 1,
     "prewarm.timeZone": "UTC",
 }
@@ -165,6 +172,15 @@ class PrewarmWindow:
 
 
 @dataclass(frozen=True)
+class AutoIdle:
+    """The bounds and price of ``idleTimeout: auto`` (spec.scaling.autoIdleTimeout)."""
+
+    min: float = 30.0
+    max: float = 600.0
+    wake_penalty: float = 300.0  # GPU-seconds one cold start is worth avoiding
+
+
+@dataclass(frozen=True)
 class ScalingSpec:
     autoscale: bool = True
     min_replicas: int = 0
@@ -178,6 +194,8 @@ class ScalingSpec:
     node_wait_timeout: float = 600.0
     max_queued_requests: int = 1000
     prewarm: tuple[PrewarmWindow, ...] = ()
+    # idleTimeout: auto -> learned within these bounds (idle_timeout is then auto.max).
+    auto_idle: AutoIdle | None = None
 
     def clamp(self, replicas: int) -> int:
         return max(self.min_replicas, min(self.max_replicas, replicas))
@@ -200,6 +218,15 @@ class CostSpec:
 
 
 @dataclass(frozen=True)
+class CacheSpec:
+    """The activator's embedding cache for this service (docs/activator.md)."""
+
+    enabled: bool = False
+    ttl: float = 86400.0  # seconds an entry may be served after it was computed
+    max_bytes: int = 256 << 20  # per activator replica
+
+
+@dataclass(frozen=True)
 class EmbeddingService:
     """One EmbeddingService: identity plus its defaulted, validated spec."""
 
@@ -215,6 +242,7 @@ class EmbeddingService:
     replicas: int
     pod: PodSpec
     cost: CostSpec
+    cache: CacheSpec = CacheSpec()
 
     @property
     def key(self) -> str:
@@ -438,11 +466,28 @@ def parse(obj: Mapping[str, Any]) -> EmbeddingService:
         r.errors.append("spec.resources.gpus: must be >= 0")
 
     s = r.section(spec, "scaling", "spec")
+    ai = r.section(s, "autoIdleTimeout", "spec.scaling")
+    ai_path = "spec.scaling.autoIdleTimeout"
+    auto_bounds = AutoIdle(
+        min=r.duration(ai, "min", ai_path, d["scaling.autoIdleTimeout.min"]),
+        max=r.duration(ai, "max", ai_path, d["scaling.autoIdleTimeout.max"]),
+        wake_penalty=r.duration(
+            ai, "wakePenalty", ai_path, d["scaling.autoIdleTimeout.wakePenalty"]
+        ),
+    )
+    if auto_bounds.min > auto_bounds.max:
+        r.errors.append(f"{ai_path}.min: must be <= {ai_path}.max")
+    auto = s.get("idleTimeout") == "auto"
     scaling = ScalingSpec(
         autoscale=r.get(s, "autoscale", "spec.scaling", bool, d["scaling.autoscale"]),
         min_replicas=r.get(s, "minReplicas", "spec.scaling", int, d["scaling.minReplicas"]),
         max_replicas=r.get(s, "maxReplicas", "spec.scaling", int, d["scaling.maxReplicas"]),
-        idle_timeout=r.duration(s, "idleTimeout", "spec.scaling", d["scaling.idleTimeout"]),
+        idle_timeout=(
+            auto_bounds.max
+            if auto
+            else r.duration(s, "idleTimeout", "spec.scaling", d["scaling.idleTimeout"])
+        ),
+        auto_idle=auto_bounds if auto else None,
         scale_down_delay=r.duration(
             s, "scaleDownDelay", "spec.scaling", d["scaling.scaleDownDelay"]
         ),
@@ -508,6 +553,21 @@ def parse(obj: Mapping[str, Any]) -> EmbeddingService:
     if cost.baseline_replicas < 0:
         r.errors.append("spec.cost.baselineReplicas: must be >= 0")
 
+    ch = r.section(spec, "cache", "spec")
+    max_bytes_text = r.get(ch, "maxBytes", "spec.cache", str, d["cache.maxBytes"])
+    try:
+        max_bytes = parse_size(max_bytes_text)
+    except SizeError as err:
+        r.errors.append(f"spec.cache.maxBytes: {err}")
+        max_bytes = parse_size(d["cache.maxBytes"])
+    cache_spec = CacheSpec(
+        enabled=r.get(ch, "enabled", "spec.cache", bool, d["cache.enabled"]),
+        ttl=r.duration(ch, "ttl", "spec.cache", d["cache.ttl"]),
+        max_bytes=max_bytes,
+    )
+    if cache_spec.ttl <= 0:
+        r.errors.append("spec.cache.ttl: must be longer than zero")
+
     if r.errors:
         raise SpecError(r.errors)
     return EmbeddingService(
@@ -523,6 +583,7 @@ def parse(obj: Mapping[str, Any]) -> EmbeddingService:
         replicas=replicas,
         pod=pod,
         cost=cost,
+        cache=cache_spec,
     )
 
 

@@ -8,6 +8,8 @@ lives here, so a new engine is a small module plus one line in the registry.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import posixpath
 from abc import ABC, abstractmethod
@@ -100,6 +102,10 @@ class Engine(ABC):
 
     name: str
     port: int
+    #: Flags that cannot change a vector (listening address, memory and batching limits,
+    #: logging). Every other flag, the image and the command count towards
+    #: ``vector_fingerprint``: an unknown flag is assumed to change vectors.
+    vector_neutral_flags: frozenset[str] = frozenset()
 
     # --- engine specific -------------------------------------------------------------
     @abstractmethod
@@ -138,6 +144,15 @@ class Engine(ABC):
 
     def args(self, svc: EmbeddingService) -> list[str]:
         return merge_args(self.default_args(svc), svc.engine.args)
+
+    def vector_fingerprint(self, svc: EmbeddingService) -> str:
+        """A hash of what decides the vectors this engine computes (the embedding cache's
+        key includes it, so a new image or a vector-changing flag invalidates entries)."""
+        groups = [
+            g for g in split_flags(self.args(svc)) if flag_name(g) not in self.vector_neutral_flags
+        ]
+        doc = [self.name, self.image(svc), self.command(svc), sorted(groups)]
+        return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
 
     def model_path(self, svc: EmbeddingService) -> str:
         """What the engine loads: the hub id, or the id as a path under the mount."""

@@ -35,6 +35,24 @@ STARTUP_FAILURES = 1800
 class SGLang(Engine):
     name = "sglang"
     port = PORT
+    vector_neutral_flags = frozenset(
+        {
+            "--host",
+            "--port",
+            "--served-model-name",
+            "--enable-metrics",
+            "--mem-fraction-static",
+            "--max-running-requests",
+            "--max-total-tokens",
+            "--max-prefill-tokens",
+            "--chunked-prefill-size",
+            "--cuda-graph-max-bs",
+            "--disable-cuda-graph",
+            "--log-level",
+            "--log-requests",
+            "--watchdog-timeout",
+        }
+    )
 
     def default_image(self, svc: EmbeddingService) -> str:
         return CUDA12_IMAGE if svc.engine.cuda == "12" else IMAGE

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from glowplug.api.spec import ScalingSpec
+from glowplug.operator.idlepolicy import IdlePolicy
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,12 @@ class ScalerState:
     # (time, recommendation) for the scale-down stabilisation window.
     history: deque[tuple[float, int]] = field(default_factory=deque)
     started: float | None = None  # first tick this state saw
+    # idleTimeout: auto (idlepolicy.py): the learned gaps, seeded from status.idlePolicy,
+    # and the measured wake duration (status.lastWakeSeconds) that prices a wake.
+    idle: IdlePolicy = field(default_factory=IdlePolicy)
+    wake_seconds: float = 0.0
+    busy: bool = False  # busy at the previous tick
+    learned: int = 0  # gaps recorded since the state was persisted
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,7 @@ class Decision:
     reason: str
     recommendation: int  # the instantaneous recommendation (need and floor, clamped)
     last_activity: float  # to persist as status.lastRequestTime when it advanced
+    idle_timeout: float  # the idle timeout in force (learned with idleTimeout: auto)
 
 
 def need(load: ServiceLoad, target_concurrency: int) -> int:
@@ -124,10 +132,20 @@ def decide(
         state.history.append((now, current))
     if state.last_activity is None:
         state.last_activity = now
+    before = state.last_activity
     if load.busy:
         state.last_activity = now
     elif load.last_request_finished is not None:
         state.last_activity = max(state.last_activity, load.last_request_finished)
+    idle_timeout = scaling.idle_timeout
+    auto = scaling.auto_idle
+    if auto is not None:
+        # A request after a quiet spell ends an idle gap: learn it (tick-accurate).
+        ended = not state.busy and state.last_activity > before
+        if ended and state.idle.observe(state.last_activity - before, now, auto):
+            state.learned += 1
+        idle_timeout = state.idle.timeout(auto, state.wake_seconds, now)
+    state.busy = load.busy
 
     floor = max(scaling.min_replicas, prewarm_floor)
     rec = min(scaling.max_replicas, max(need(load, scaling.target_concurrency), floor))
@@ -143,18 +161,20 @@ def decide(
     stable = max(r for _, r in history)
 
     idle_for = now - state.last_activity
-    idle = not load.busy and idle_for >= scaling.idle_timeout
+    idle = not load.busy and idle_for >= idle_timeout
 
     if rec > current:
         reason = "scale up: backlog" if rec > floor else "scale up: floor"
-        return Decision(rec, reason, rec, state.last_activity)
+        return Decision(rec, reason, rec, state.last_activity, idle_timeout)
     if current > scaling.max_replicas:
         # maxReplicas lowered: obey at once, keep at least what is needed.
-        return Decision(scaling.max_replicas, "above maxReplicas", rec, state.last_activity)
+        return Decision(
+            scaling.max_replicas, "above maxReplicas", rec, state.last_activity, idle_timeout
+        )
     target = min(current, max(stable, 1)) if current >= 1 else 0
     if target == 1 and rec == 0 and stable <= 1:
         target = 0 if idle else 1
     if target < current:
         reason = "scale to zero: idle" if target == 0 else "scale down: demand lower"
-        return Decision(target, reason, rec, state.last_activity)
-    return Decision(current, "steady", rec, state.last_activity)
+        return Decision(target, reason, rec, state.last_activity, idle_timeout)
+    return Decision(current, "steady", rec, state.last_activity, idle_timeout)

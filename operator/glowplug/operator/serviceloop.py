@@ -32,6 +32,7 @@ from glowplug.operator import conditions as cond
 from glowplug.operator import prewarm
 from glowplug.operator.activity import LoadSource
 from glowplug.operator.autoscaler import ScalerState, ServiceLoad, decide
+from glowplug.operator.idlepolicy import IdlePolicy
 from glowplug.operator.ledger import Ledger, PodHold
 from glowplug.operator.serviceapi import ServiceAPI
 from glowplug.operator.waketracker import WakeTracker
@@ -346,8 +347,12 @@ class ServiceLoop:
         if self.scaler is None:
             self.persisted_activity = parse_time(status.get("lastRequestTime"))
             self.scaler = ScalerState(last_activity=self.persisted_activity)
+            # idleTimeout: auto resumes from what it learned before a restart.
+            self.scaler.idle = IdlePolicy.from_status(status.get("idlePolicy"))
+        self.scaler.wake_seconds = _float(status.get("lastWakeSeconds"))
         floor = prewarm.floor(svc.scaling.prewarm, now)
         decision = decide(now, spec_replicas, svc.scaling, load, self.scaler, floor)
+        self._persist_idle_policy(svc, status, decision.idle_timeout, patch)
         activity = decision.last_activity
         persisted = self.persisted_activity
         # Busy only because an activator cannot be read is no use of the service: kept in
@@ -385,6 +390,23 @@ class ServiceLoop:
             if spec_replicas == 0:
                 self.wake_start = now
                 patch["wakeStartedTime"] = format_time(now)
+
+    def _persist_idle_policy(
+        self,
+        svc: EmbeddingService,
+        status: Mapping[str, Any],
+        timeout: float,
+        patch: dict[str, Any],
+    ) -> None:
+        """Write status.idlePolicy when auto learned a gap or its timeout changed."""
+        state = self.scaler
+        if state is None or svc.scaling.auto_idle is None:
+            return
+        stored = status.get("idlePolicy")
+        old = stored.get("idleTimeoutSeconds") if isinstance(stored, Mapping) else None
+        if state.learned or old != round(timeout, 1):
+            patch["idlePolicy"] = state.idle.to_status(timeout)
+            state.learned = 0
 
     async def _write_status(
         self,
@@ -441,6 +463,12 @@ class ServiceLoop:
             if "lastRequestTime" in patch:
                 self.persisted_activity = None  # not persisted: write it again next tick
             self.wake.written_wake = None  # and the wake's status
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return 0.0
 
 
 def _key(body: Mapping[str, Any]) -> str:

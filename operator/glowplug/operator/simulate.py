@@ -26,6 +26,12 @@ Examples:
   glowplug simulate --generate-seed-day seed-day.csv
   glowplug simulate seed-day.csv --idle-timeout 1m --idle-timeout 5m --wake-delay 45s
   glowplug simulate --seed-day --json
+  glowplug simulate --seed-day --warm-up-seed 2 --idle-timeout 5m --idle-timeout auto \
+      --auto-max 6m30s
+
+``--idle-timeout auto`` runs the learned idle timeout (``idlepolicy.py``) through the
+same ``decide``; ``--warm-up-seed`` replays another seed day first, unmeasured, so that
+it starts from what it learned "yesterday".
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from glowplug.api.durations import DurationError, parse_duration
-from glowplug.api.spec import PrewarmWindow, ScalingSpec
+from glowplug.api.spec import AutoIdle, PrewarmWindow, ScalingSpec
 from glowplug.kube import timefmt
 from glowplug.operator import prewarm, seedday
 from glowplug.operator.autoscaler import ScalerState, ServiceLoad, decide
@@ -65,6 +71,9 @@ class SimConfig:
     horizon: float | None = None  # end of the simulated time; default: see default_horizon
     # The unix time of trace second 0, for pre-warm windows (scaling.prewarm) in wall time.
     epoch: float = DEFAULT_EPOCH
+    # Count GPU time, wakes and waits only from here on: what comes before is a warm-up
+    # (for example yesterday, from which idleTimeout: auto learns).
+    measure_from: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -78,7 +87,7 @@ class Latency:
 
 @dataclass(frozen=True)
 class SimResult:
-    idle_timeout: float
+    idle_timeout: float  # with idleTimeout: auto, its upper bound
     requests: int
     horizon: float
     gpu_seconds: float
@@ -89,6 +98,12 @@ class SimResult:
     wakes: int
     max_replicas_used: int
     added_latency: Latency
+    auto: bool = False  # idleTimeout: auto (learned); idle_timeout is then the upper bound
+    mean_idle_timeout: float = 0.0  # the learned timeout, averaged over the ticks
+
+    @property
+    def label(self) -> str:
+        return "auto" if self.auto else _short(self.idle_timeout)
 
     @property
     def saved_percent(self) -> float:
@@ -171,7 +186,7 @@ def simulate(trace: Trace, config: SimConfig) -> SimResult:
     scaling = config.scaling
     horizon = config.horizon if config.horizon is not None else default_horizon(trace, config)
     arrivals = sorted(trace)
-    state = ScalerState()
+    state = ScalerState(wake_seconds=config.wake_delay)
     pods: list[float] = []  # each replica's ready time; len(pods) == spec.replicas
     queue: list[tuple[float, float]] = []  # held requests (arrival, duration)
     inflight: list[float] = []  # end times (heap)
@@ -185,6 +200,7 @@ def simulate(trace: Trace, config: SimConfig) -> SimResult:
     i = 0
 
     floors: dict[int, int] = {}
+    timeout_sum, ticks = 0.0, 0
 
     def prewarm_floor(now: float) -> int:
         # Windows open and close on whole minutes: one evaluation per minute.
@@ -198,7 +214,7 @@ def simulate(trace: Trace, config: SimConfig) -> SimResult:
     def set_replicas(n: int, now: float) -> None:
         nonlocal wakes, peak
         if n > len(pods):
-            if not pods:
+            if not pods and now >= config.measure_from:
                 wakes += 1
             pods.extend([now + config.wake_delay] * (n - len(pods)))
         elif n < len(pods):
@@ -206,7 +222,15 @@ def simulate(trace: Trace, config: SimConfig) -> SimResult:
             del pods[n:]
         peak = max(peak, len(pods))
 
+    # At zero with nothing to do, ticks change nothing: jump to the tick at or after the
+    # next arrival (only without floors, which could raise replicas on their own).
+    can_skip = not scaling.prewarm and scaling.min_replicas == 0
     while True:
+        if can_skip and not pods and not queue and not inflight and i < len(arrivals):
+            ahead = arrivals[i][0]
+            if ahead > next_tick:
+                steps = math.ceil((ahead - next_tick) / config.tick)
+                next_tick += steps * config.tick
         candidates = [horizon, next_tick]
         if i < len(arrivals):
             candidates.append(arrivals[i][0])
@@ -215,8 +239,9 @@ def simulate(trace: Trace, config: SimConfig) -> SimResult:
         candidates.extend(r for r in pods if r > t)
         nxt = max(t, min(candidates))
         held = len(pods)
-        gpu += held * config.gpus * (nxt - t)
-        base += max(held, config.baseline_replicas) * config.gpus * (nxt - t)
+        span = max(0.0, nxt - max(t, config.measure_from))
+        gpu += held * config.gpus * span
+        base += max(held, config.baseline_replicas) * config.gpus * span
         t = nxt
         if t >= horizon:
             break
@@ -225,7 +250,8 @@ def simulate(trace: Trace, config: SimConfig) -> SimResult:
         ready = sum(1 for r in pods if r <= t)
         if ready and queue:
             for arrival, duration in queue:
-                waits.append(t - arrival)
+                if arrival >= config.measure_from:
+                    waits.append(t - arrival)
                 heapq.heappush(inflight, t + duration)
             queue.clear()
         while i < len(arrivals) and arrivals[i][0] <= t:
@@ -245,6 +271,8 @@ def simulate(trace: Trace, config: SimConfig) -> SimResult:
                 last_request_finished=last_finished,
             )
             decision = decide(t, len(pods), scaling, load, state, prewarm_floor(t))
+            timeout_sum += decision.idle_timeout
+            ticks += 1
             set_replicas(decision.replicas, t)
             next_tick += config.tick
     waits.sort()
@@ -255,13 +283,15 @@ def simulate(trace: Trace, config: SimConfig) -> SimResult:
         p99=percentile(waits, 99),
         max=waits[-1] if waits else 0.0,
     )
+    measured = [(a, d) for a, d in arrivals if a >= config.measure_from]
+    first = max(config.start, config.measure_from)
     oracle_s, bound_s, quiet = oracle(
-        arrivals, config.start, horizon, scaling.target_concurrency, scaling.idle_timeout
+        measured, first, horizon, scaling.target_concurrency, scaling.idle_timeout
     )
     return SimResult(
         idle_timeout=scaling.idle_timeout,
-        requests=len(arrivals),
-        horizon=horizon - config.start,
+        requests=len(measured),
+        horizon=horizon - first,
         gpu_seconds=gpu,
         baseline_gpu_seconds=base,
         oracle_gpu_seconds=oracle_s * config.gpus,
@@ -270,10 +300,17 @@ def simulate(trace: Trace, config: SimConfig) -> SimResult:
         wakes=wakes,
         max_replicas_used=peak,
         added_latency=latency,
+        auto=scaling.auto_idle is not None,
+        mean_idle_timeout=timeout_sum / ticks if ticks else scaling.idle_timeout,
     )
 
 
 # --- command line -------------------------------------------------------------------------
+
+
+def _idle(text: str) -> float | None:
+    """A fixed idle timeout, or None for ``auto``."""
+    return None if text == "auto" else _duration(text)
 
 
 def _duration(text: str) -> float:
@@ -310,8 +347,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--idle-timeout",
         action="append",
-        type=_duration,
-        help=f"repeatable (default {', '.join(DEFAULT_IDLE_TIMEOUTS)})",
+        type=_idle,
+        help=f"a duration or auto; repeatable (default {', '.join(DEFAULT_IDLE_TIMEOUTS)})",
+    )
+    parser.add_argument("--auto-min", type=_duration, default=30.0, help="auto: default 30s")
+    parser.add_argument("--auto-max", type=_duration, default=600.0, help="auto: default 10m")
+    parser.add_argument("--wake-penalty", type=_duration, default=300.0, help="auto: default 5m")
+    parser.add_argument(
+        "--warm-up-seed",
+        type=int,
+        help="with --seed-day: replay the seed day of this seed first, unmeasured (what"
+        " auto learns from yesterday)",
     )
     parser.add_argument("--wake-delay", type=_duration, default=30.0, help="default 30s")
     parser.add_argument("--scale-down-delay", type=_duration, default=60.0, help="default 1m")
@@ -349,9 +395,14 @@ def run(args: argparse.Namespace) -> int:
         count = seedday.write_csv(args.generate_seed_day, rows)
         print(f"wrote {count} requests to {args.generate_seed_day}")
         return 0
+    measure_from = 0.0
     if args.seed_day:
         trace: list[tuple[float, float]] = seedday.generate(args.seed)
         horizon = args.horizon if args.horizon is not None else seedday.DAY
+        if args.warm_up_seed is not None:
+            day = seedday.DAY
+            trace = seedday.generate(args.warm_up_seed) + [(a + day, d) for a, d in trace]
+            measure_from, horizon = day, horizon + day
     elif args.trace:
         try:
             trace = seedday.read_csv(args.trace)
@@ -366,7 +417,9 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     idle_timeouts = args.idle_timeout or [parse_duration(x) for x in DEFAULT_IDLE_TIMEOUTS]
+    auto = AutoIdle(min=args.auto_min, max=args.auto_max, wake_penalty=args.wake_penalty)
     base = SimConfig(
+        measure_from=measure_from,
         scaling=ScalingSpec(
             min_replicas=args.min_replicas,
             max_replicas=args.max_replicas,
@@ -381,14 +434,23 @@ def run(args: argparse.Namespace) -> int:
         baseline_replicas=args.baseline_replicas,
         gpu_hourly_price=args.gpu_hourly_price,
     )
+    fixed = [t if t is not None else auto.max for t in idle_timeouts]
     if horizon is None:
         # One horizon for every idle timeout, so their baselines compare.
-        longest = replace(base, scaling=replace(base.scaling, idle_timeout=max(idle_timeouts)))
+        longest = replace(base, scaling=replace(base.scaling, idle_timeout=max(fixed)))
         horizon = default_horizon(trace, longest)
     results = [
         simulate(
             trace,
-            replace(base, horizon=horizon, scaling=replace(base.scaling, idle_timeout=idle)),
+            replace(
+                base,
+                horizon=horizon,
+                scaling=replace(
+                    base.scaling,
+                    idle_timeout=auto.max if idle is None else idle,
+                    auto_idle=auto if idle is None else None,
+                ),
+            ),
         )
         for idle in idle_timeouts
     ]
@@ -414,7 +476,7 @@ def format_table(results: Sequence[SimResult], price: float, wake_delay: float) 
     for r in results:
         lat = r.added_latency
         lines.append(
-            f"{_short(r.idle_timeout):>6} {r.gpu_seconds / 3600:7.3f} "
+            f"{r.label:>6} {r.gpu_seconds / 3600:7.3f} "
             f"{r.baseline_gpu_seconds / 3600:7.3f} {r.saved_percent:5.1f}% "
             f"{r.bound_gpu_seconds / 3600:7.3f} {r.vs_bound:6.3f} {r.quiet_gaps:4d} "
             f"{r.wakes:5d} {lat.count:5d} {lat.mean:7.2f} {lat.p50:6.2f} {lat.p99:6.2f} "
