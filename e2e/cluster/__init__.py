@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from e2e.cluster import audit
 from e2e.cluster.pki import Pki, ensure_pki
 from e2e.cluster.procs import Proc, launch
 from e2e.cluster.realnode import COMPONENTS as REAL_NODE_COMPONENTS
@@ -172,6 +173,11 @@ class Cluster:
             else:
                 self._bin_dir = ensure_binaries(self.log)
         return self._bin_dir
+
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log (e2e/cluster/audit.py says what it records)."""
+        return self.state_dir / "logs" / "audit.log"
 
     @property
     def pki(self) -> Pki:
@@ -554,6 +560,7 @@ class Cluster:
             )
             self.log(f"etcd started (pid {procs[-1].pid}) on {etcd_url}")
             issuer = "https://kubernetes.default.svc.cluster.local"
+            audit_policy = audit.write_policy(self.state_dir / "audit-policy.yaml")
             record(
                 launch(
                     "kube-apiserver",
@@ -582,6 +589,13 @@ class Cluster:
                         "--kubelet-preferred-address-types=InternalIP",
                         "--allow-privileged=true",
                         "--profiling=false",
+                        # Who asked for what (e2e/cluster/audit.py): the scale tests count
+                        # glowplug's own requests by user agent, verb and resource.
+                        f"--audit-policy-file={audit_policy}",
+                        f"--audit-log-path={self.audit_log}",
+                        "--audit-log-format=json",
+                        "--audit-log-maxsize=200",
+                        "--audit-log-maxbackup=1",
                         "--v=1",
                     ],
                     logs / "kube-apiserver.log",

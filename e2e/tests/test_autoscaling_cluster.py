@@ -26,7 +26,7 @@ import pytest
 from e2e.cluster import Cluster
 from e2e.tests.conftest import OperatorFactory, OperatorProcess
 from e2e.tests.helpers import GLOWPLUG, ActivatorProcess, apply, wait_for
-from glowplug.operator.timefmt import parse_time
+from glowplug.kube.timefmt import parse_time
 
 pytestmark = pytest.mark.cluster
 

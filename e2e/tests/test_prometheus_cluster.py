@@ -271,7 +271,7 @@ def test_every_panel_returns_data_and_gpu_hours_match_status(
 
 
 def parse_time(text: str) -> float:
-    from glowplug.operator.timefmt import parse_time as parse
+    from glowplug.kube.timefmt import parse_time as parse
 
     t = parse(text)
     assert t is not None

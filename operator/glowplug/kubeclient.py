@@ -30,6 +30,19 @@ WATCH_TIMEOUT = aiohttp.ClientTimeout(
 )
 
 
+# Every request names its component: the API server's audit log (and its
+# apiserver_request_* metrics per client, where a cluster records them) then tells
+# glowplug's load from everyone else's. kopf's own client sends "kopf/<version>".
+USER_AGENT_PREFIX = "glowplug"
+
+
+def user_agent(component: str) -> str:
+    from glowplug import __version__
+
+    suffix = f"-{component}" if component else ""
+    return f"{USER_AGENT_PREFIX}{suffix}/{__version__}"
+
+
 class TimeoutApiClient(client.ApiClient):  # type: ignore[misc]
     """An ApiClient whose calls without their own timeout get ``DEFAULT_TIMEOUT``."""
 
@@ -39,8 +52,8 @@ class TimeoutApiClient(client.ApiClient):  # type: ignore[misc]
         return super().request(*args, **kwargs)
 
 
-async def new_api_client() -> client.ApiClient:
-    """A kubernetes_asyncio ApiClient.
+async def new_api_client(component: str = "") -> client.ApiClient:
+    """A kubernetes_asyncio ApiClient whose user agent names ``component``.
 
     An explicit ``$KUBECONFIG`` wins (a developer pointing a component at a cluster);
     otherwise the pod's service account when running in a cluster, else ~/.kube/config.
@@ -48,8 +61,13 @@ async def new_api_client() -> client.ApiClient:
     if not os.environ.get("KUBECONFIG"):
         try:
             config.load_incluster_config()  # type: ignore[no-untyped-call]
-            return TimeoutApiClient()
+            return _named(TimeoutApiClient(), component)
         except config.ConfigException:
             pass
     await config.load_kube_config()
-    return TimeoutApiClient()
+    return _named(TimeoutApiClient(), component)
+
+
+def _named(api: client.ApiClient, component: str) -> client.ApiClient:
+    api.user_agent = user_agent(component)
+    return api

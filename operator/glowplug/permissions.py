@@ -35,7 +35,7 @@ OPERATOR: tuple[Need, ...] = (
         "embeddingservices",
         "get list watch patch",
         "watched",
-        "kopf watch (handlers.py); kopf's finalizer for the scaling.py daemon (patch);"
+        "kopf watch (handlers.py); kopf's finalizer for the daemon.py daemons (patch);"
         " Kube.get_embsvc",
     ),
     _need(
@@ -43,14 +43,14 @@ OPERATOR: tuple[Need, ...] = (
         "embeddingservices/status",
         "patch",
         "watched",
-        "Kube.update_status, scaling.py status patches",
+        "Kube.update_status, serviceloop.py status patches",
     ),
     _need(
         "glowplug.dev",
         "embeddingservices/scale",
         "get patch",
         "watched",
-        "scaling.py read_scale / write_scale (compare-and-swap)",
+        "kube/scale.py read_scale / write_scale (compare-and-swap)",
     ),
     # Server-side apply: patch, and create when the object does not exist yet.
     _need(
@@ -67,7 +67,13 @@ OPERATOR: tuple[Need, ...] = (
         "watched",
         "Kube.apply / get_service; kopf watch of managed Services",
     ),
-    _need("", "pods", "list", "watched", "scaling.py list_namespaced_pod (ledger)"),
+    _need(
+        "",
+        "pods",
+        "list watch",
+        "watched",
+        "kube/informer.py: one list+watch of the engine pods (ledger, wake failures, phases)",
+    ),
     _need(
         "",
         "secrets",
@@ -80,7 +86,7 @@ OPERATOR: tuple[Need, ...] = (
         "events",
         "create list",
         "watched",
-        "kopf event posting (kopf.event); scaling.py list_namespaced_event (a waiting"
+        "kopf event posting (kopf.event); serviceapi.py list_namespaced_event (a waiting"
         " pod's node-autoscaler Events, wake phases; a creating pod's FailedMount Events)",
     ),
     _need(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import aiohttp
@@ -590,6 +591,35 @@ async def test_held_request_goes_when_the_engine_answers_not_when_the_slice_says
             assert prober.probing("ns1/emb") == []
         finally:
             await prober.close()
+
+
+async def test_a_slow_metrics_render_does_not_stall_the_probes() -> None:
+    """/metrics renders off the event loop: a render that takes a second (thousands of
+    services) leaves /readyz answering meanwhile."""
+    async with harness() as h:
+        real = h.metrics.render
+
+        def slow() -> bytes:
+            time.sleep(1.0)  # a render of many services holds its thread this long
+            return real()
+
+        h.metrics.render = slow  # type: ignore[method-assign]
+        async with aiohttp.ClientSession() as s:
+
+            async def scrape() -> float:
+                async with s.get(f"{h.url}/metrics") as r:
+                    assert r.status == 200
+                    await r.read()
+                return time.monotonic()
+
+            async def probe() -> float:
+                await asyncio.sleep(0.2)  # the render is under way
+                async with s.get(f"{h.url}/readyz") as r:
+                    assert r.status == 200
+                return time.monotonic()
+
+            scraped, probed = await asyncio.gather(scrape(), probe())
+        assert probed < scraped  # the probe was answered while the render ran
 
 
 async def test_fast_release_probes_the_engines_own_readiness_path() -> None:

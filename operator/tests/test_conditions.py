@@ -113,9 +113,9 @@ def test_status_equal() -> None:
 
 
 def test_every_wake_failure_reason_is_cleared_by_the_watcher() -> None:
-    # The watcher clears only WAKE_REASONS: a reason wakefailures reports but this set
+    # The watcher clears only WAKE_REASONS: a reason kube.podstate reports but this set
     # lacks would stay Failed forever.
-    from glowplug.operator import wakefailures
+    from glowplug.kube import podstate
 
-    assert set(wakefailures.PRIORITY) <= c.WAKE_REASONS
+    assert set(podstate.PRIORITY) <= c.WAKE_REASONS
     assert not (c.WAKE_REASONS & c.SPEC_REASONS)

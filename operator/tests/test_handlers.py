@@ -29,6 +29,7 @@ class FakeKube:
         self.applied: list[dict[str, Any]] = []
         self.fail_next_apply = False
         self.rv = 0
+        self.status_updates = 0  # update_status calls (each a GET and maybe a PATCH)
 
     def _bump(self, obj: dict[str, Any]) -> None:
         self.rv += 1
@@ -44,6 +45,7 @@ class FakeKube:
         store = self.deployments if manifest["kind"] == "Deployment" else self.services
         obj = copy.deepcopy(manifest)
         obj["status"] = (store.get(key) or {}).get("status", {})
+        self._bump(obj)
         store[key] = obj
         return copy.deepcopy(obj)
 
@@ -68,6 +70,7 @@ class FakeKube:
         body: Mapping[str, Any] | None = None,
         attempts: int = 5,
     ) -> dict[str, Any] | None:
+        self.status_updates += 1
         current = self.embsvcs.get((namespace, name))
         if current is None:
             return None
@@ -283,11 +286,35 @@ async def test_deployment_status_flows_to_embsvc_status(
     assert status(kube)["phase"] == "Waking"
     dep = kube.deployments[("ns", "small")]
     dep["status"] = {"replicas": 1, "readyReplicas": 1}
+    kube._bump(dep)  # as the API server does on every change
     await reconciler.on_deployment_event("MODIFIED", dep)
     st = status(kube)
     assert (st["phase"], st["replicas"], st["readyReplicas"]) == ("Ready", 1, 1)
     assert cond.is_true(st["conditions"], cond.READY)
     assert handlers.REPLICAS.labels("ns", "small", "ready")._value.get() == 1
+
+
+async def test_a_replayed_deployment_costs_no_status_read(
+    kube: FakeKube, reconciler: handlers.Reconciler
+) -> None:
+    """kopf re-lists each watch cycle and replays every Deployment: an unchanged one
+    (same resourceVersion) must not read and rewrite the EmbeddingService's status."""
+    body = kube.put(embsvc(replicas=0))
+    await reconciler.on_embsvc_event("ADDED", body)
+    applied = copy.deepcopy(kube.deployments[("ns", "small")])  # as the apply returned it
+    seen = kube.status_updates
+    await reconciler.on_deployment_event("MODIFIED", applied)
+    assert kube.status_updates == seen  # the reconcile already wrote this one's status
+    dep = copy.deepcopy(applied)
+    dep["metadata"]["resourceVersion"] = "41"
+    await reconciler.on_deployment_event("MODIFIED", dep)
+    seen = kube.status_updates
+    await reconciler.on_deployment_event("MODIFIED", copy.deepcopy(dep))
+    assert kube.status_updates == seen
+    dep["metadata"]["resourceVersion"] = "42"
+    dep["status"] = {"replicas": 1}
+    await reconciler.on_deployment_event("MODIFIED", dep)
+    assert kube.status_updates == seen + 1
 
 
 async def test_api_error_is_retried(
@@ -351,3 +378,38 @@ async def test_nothing_is_applied_while_the_owner_is_being_deleted(
     await reconciler.on_deployment_event("DELETED", dep)
     await asyncio.sleep(0.05)
     assert kube.applied == []
+
+
+class SlowKube(FakeKube):
+    """The double, with applies that take a moment; it records how many overlap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = 0
+        self.most = 0
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        try:
+            await asyncio.sleep(0.01)
+            return await super().apply(manifest)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_a_start_up_reconciles_a_bounded_number_at_once() -> None:
+    """kopf hands over every object at start-up: reconciles wait for a slot instead of
+    queueing hundreds of calls on the connection pool."""
+    kube = SlowKube()
+    r = handlers.Reconciler(kube, emit=lambda *_: None)  # type: ignore[arg-type]
+    bodies = []
+    for i in range(60):
+        body = embsvc()
+        body["metadata"] = {**body["metadata"], "name": f"s{i}", "uid": f"u{i}"}
+        bodies.append(kube.put(body))
+    await asyncio.gather(*(r.on_embsvc_event("ADDED", b) for b in bodies))
+    assert len(kube.deployments) == 60
+    assert kube.most <= handlers.RECONCILE_CONCURRENCY
+    for key in list(r.states):
+        r.forget(key)

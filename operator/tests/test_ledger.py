@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from glowplug.kube.timefmt import format_time, parse_time
 from glowplug.operator.ledger import Ledger, PodHold, integrate, saved_percent
-from glowplug.operator.timefmt import format_time, parse_time
 
 T0 = 1_780_000_000.0  # an arbitrary real epoch, so checkpoints round-trip as RFC 3339
 

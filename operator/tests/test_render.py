@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from glowplug.api import EmbeddingService, parse
+from glowplug.kube import labels
 from glowplug.operator import render
 
 
@@ -164,7 +165,7 @@ def test_template_hash_tracks_the_template_only() -> None:
     a = render.render_deployment(svc(replicas=0))
     b = render.render_deployment(svc(replicas=1))
     c = render.render_deployment(svc(engine={"args": ["--dtype", "bfloat16"]}))
-    key = render.TEMPLATE_HASH_ANNOTATION
+    key = labels.TEMPLATE_HASH_ANNOTATION
     assert a["metadata"]["annotations"][key] == b["metadata"]["annotations"][key]
     assert a["metadata"]["annotations"][key] != c["metadata"]["annotations"][key]
 

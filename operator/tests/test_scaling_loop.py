@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from glowplug.kube.timefmt import format_time, parse_time
 from glowplug.operator.activity import Snapshot
 from glowplug.operator.autoscaler import ActivatorLoad
-from glowplug.operator.scaling import Options, ServiceLoop, pod_gpus, pod_hold
-from glowplug.operator.timefmt import format_time, parse_time
+from glowplug.operator.serviceloop import Options, ServiceLoop, pod_gpus, pod_hold
 
 T0 = 1_780_000_000.0
 
@@ -609,3 +609,116 @@ async def test_failed_mount_event_of_a_creating_pod_fails_the_wake() -> None:
     failed = condition(api, "Failed")
     assert (failed["status"], failed["reason"]) == ("True", "FailedMount")
     assert "is not a directory" in failed["message"]
+
+
+class CountingAPI(ClusterAPIDouble):
+    """The double, counting every write it receives."""
+
+    def __init__(self, obj: dict[str, Any], clock: Callable[[], float]) -> None:
+        super().__init__(obj, clock)
+        self.writes = 0
+
+    async def write_ledger(self, namespace: str, name: str, fields: dict[str, Any]) -> None:
+        self.writes += 1
+        await super().write_ledger(namespace, name, fields)
+
+    async def update_status(
+        self,
+        namespace: str,
+        name: str,
+        mutate: Callable[[Mapping[str, Any]], dict[str, Any] | None],
+    ) -> dict[str, Any] | None:
+        patch = await super().update_status(namespace, name, mutate)
+        self.writes += 1 if patch else 0
+        return patch
+
+
+async def test_an_idle_service_at_zero_writes_nothing_and_rests() -> None:
+    clock = Clock(T0)
+    api = CountingAPI(embsvc(0), clock)
+    load = LoadDouble()
+    loop = ServiceLoop(api, load, Options(checkpoint_every=5.0), clock=clock)
+    await run_until(loop, api, clock, T0 + 2)
+    settled = api.writes  # the first tick persists lastRequestTime once
+    assert settled <= 1 and loop.at_rest
+    await run_until(loop, api, clock, T0 + 120)
+    assert api.writes == settled, "an idle service at zero wrote status or the ledger"
+    assert loop.rest_seconds(clock.t) > 60  # no pre-warm: nothing to wake for but events
+
+
+async def test_a_held_request_ends_the_rest() -> None:
+    api, load, clock = make(0)
+    loop = ServiceLoop(api, load, Options(), clock=clock)
+    await run_until(loop, api, clock, T0 + 3)
+    assert loop.at_rest
+    load.loads = [ActivatorLoad(queued=1, waking=True)]
+    await run_until(loop, api, clock, T0 + 4)
+    assert api.obj["spec"]["replicas"] == 1 and not loop.at_rest
+
+
+async def test_an_unreadable_activator_makes_no_status_writes_at_zero() -> None:
+    clock = Clock(T0)
+    api = CountingAPI(embsvc(0), clock)
+    load = LoadDouble()
+    loop = ServiceLoop(api, load, Options(), clock=clock)
+    await run_until(loop, api, clock, T0 + 2)
+    settled = api.writes
+    load.unreadable = 1  # busy for the autoscaler (no scale-down), but nobody used it
+    await run_until(loop, api, clock, T0 + 60)
+    assert api.writes == settled
+    assert api.obj["spec"]["replicas"] == 0
+
+
+async def test_a_prewarm_service_rests_only_to_the_next_minute() -> None:
+    window = {"schedule": "0 9 * * *", "duration": "1h", "replicas": 1}
+    api, load, clock = make(0, prewarm=[window])
+    loop = ServiceLoop(api, load, Options(), clock=clock)
+    await run_until(loop, api, clock, T0 + 2)
+    assert loop.at_rest  # T0 is 20:26 UTC: the 09:00 window is closed
+    assert loop.rest_seconds(clock.t) <= 60.2
+
+
+class FailingOnceAPI(ClusterAPIDouble):
+    """The double, failing the first status write (an API server timing out)."""
+
+    def __init__(self, obj: dict[str, Any], clock: Callable[[], float]) -> None:
+        super().__init__(obj, clock)
+        self.fail = True
+
+    async def update_status(
+        self,
+        namespace: str,
+        name: str,
+        mutate: Callable[[Mapping[str, Any]], dict[str, Any] | None],
+    ) -> dict[str, Any] | None:
+        if self.fail:
+            self.fail = False
+            raise RuntimeError("timed out (simulated)")
+        return await super().update_status(namespace, name, mutate)
+
+
+async def test_a_failed_last_request_write_is_written_again() -> None:
+    clock = Clock(T0)
+    api = FailingOnceAPI(embsvc(0), clock)
+    loop = ServiceLoop(api, LoadDouble(), Options(), clock=clock)
+    await run_until(loop, api, clock, T0 + 1)
+    assert "lastRequestTime" not in api.obj["status"]  # the first write failed
+    await run_until(loop, api, clock, T0 + 3)
+    assert "lastRequestTime" in api.obj["status"]
+
+
+async def test_checkpoints_only_while_gpus_are_held() -> None:
+    clock = Clock(T0)
+    api = CountingAPI(embsvc(1), clock)
+    loop = ServiceLoop(api, None, Options(checkpoint_every=5.0), clock=clock)
+    api.pods = [a_pod("p1", T0, ready=True)]
+    await run_until(loop, api, clock, T0 + 21)
+    held = api.writes
+    assert held >= 4  # the pod appeared, then every 5 s
+    api.pods = []
+    api.obj["spec"]["replicas"] = 0
+    await run_until(loop, api, clock, T0 + 23)
+    gone = api.writes
+    assert gone > held  # the pod set changed: one checkpoint says so
+    await run_until(loop, api, clock, T0 + 90)
+    assert api.writes == gone

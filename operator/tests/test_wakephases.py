@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from glowplug.kube.timefmt import format_time
 from glowplug.operator import wakephases as wp
-from glowplug.operator.timefmt import format_time
 
 T0 = 1_780_000_000.0
 

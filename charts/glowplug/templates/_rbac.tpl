@@ -31,10 +31,10 @@ can-i, on a real API server). Owner references cascade deletes: no delete verbs.
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch]
-# Engine pods: the GPU-hour ledger lists them.
+# Engine pods: one list+watch (glowplug/kube/informer.py) feeds the ledger and the wake.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list]
+  verbs: [list, watch]
 # Only to check that spec.model.source.huggingFace.tokenSecretRef exists (SecretNotFound):
 # one get by name, never a list or watch of Secrets.
 - apiGroups: [""]

@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from glowplug.operator import wakefailures
+from glowplug.kube import podstate
+from glowplug.kube.labels import SERVICE_LABEL as SERVICE_LABEL  # watch.py reads it here
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-SERVICE_LABEL = "glowplug.dev/service"
 PORT_NAME = "http"
 
 
@@ -71,14 +71,14 @@ def starting_addresses(slice_obj: Mapping[str, Any]) -> list[str]:
 def pod_failure(pod: Mapping[str, Any]) -> Failure | None:
     """The reason a pod cannot start (ImagePullBackOff, CrashLoopBackOff, OOMKilled, ...).
 
-    The operator's classification (``wakefailures``), except Unschedulable: with a cluster
+    The operator's classification (``glowplug.kube.podstate``), except Unschedulable: with a cluster
     autoscaler a pending GPU pod is expected to wait minutes for a node, so that verdict
     is the operator's to make (it arrives as the service's ``Failed`` condition).
     """
-    if (pod.get("metadata") or {}).get("deletionTimestamp") or wakefailures.is_ready(pod):
+    if (pod.get("metadata") or {}).get("deletionTimestamp") or podstate.is_ready(pod):
         return None
-    found = wakefailures.pod_failure(pod)
-    if found is None or found.reason == wakefailures.UNSCHEDULABLE:
+    found = podstate.pod_failure(pod)
+    if found is None or found.reason == podstate.UNSCHEDULABLE:
         return None
     return Failure(found.reason, found.message)
 

@@ -178,7 +178,7 @@ async def serve(args: argparse.Namespace) -> int:
     else:
         from kubernetes_asyncio import client
 
-        api_client = await new_api_client()
+        api_client = await new_api_client("activator")
         waker = Waker(KubeScaler(client.CustomObjectsApi(api_client)), metrics)
         services.set_waker(waker)
         key_namespaces: list[str] = []

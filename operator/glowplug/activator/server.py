@@ -114,12 +114,16 @@ class Activator:
         get = self._routes.get(path)
         if self.internal_split and path in _INTERNAL_PATHS:
             get = None
+        if get is not None and path == "/metrics" and request.method in ("GET", "HEAD"):
+            return await self.prometheus_off_loop()
         return self._small(request, get)
 
     async def handle_internal(self, request: Request) -> Response:
         """The internal port's handler: /stats, /metrics and the probes, no API."""
         path = request.path
         get = self._routes.get(path) if path in (*_INTERNAL_PATHS, *_PROBE_PATHS) else None
+        if get is not None and path == "/metrics" and request.method in ("GET", "HEAD"):
+            return await self.prometheus_off_loop()
         return self._small(request, get)
 
     def _small(self, request: Request, get: Callable[[], Response] | None) -> Response:
@@ -163,6 +167,14 @@ class Activator:
 
     def prometheus(self) -> Response:
         return Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+
+    async def prometheus_off_loop(self) -> Response:
+        """/metrics rendered in a worker thread: with thousands of services a render takes
+        seconds, and on the event loop it would stall every request and probe meanwhile
+        (prometheus_client copies each family's children under its lock, so rendering
+        while the loop updates counters is safe)."""
+        body = await asyncio.to_thread(self.metrics.render)
+        return Response(200, body, "text/plain; version=0.0.4; charset=utf-8")
 
     def models(self, key: ApiKey | None = None) -> Response:
         """Every model, or those ``key`` may call."""

@@ -16,7 +16,8 @@ from typing import Any, Protocol
 from glowplug.activator.holdqueue import ServiceState
 from glowplug.activator.metrics import Metrics
 from glowplug.api import GROUP, PLURAL, VERSION
-from glowplug.operator.timefmt import now_rfc3339
+from glowplug.kube import scale
+from glowplug.kube.timefmt import now_rfc3339
 
 log = logging.getLogger("glowplug.activator.waker")
 
@@ -36,33 +37,10 @@ class KubeScaler:
         self.api = api  # kubernetes_asyncio.client.CustomObjectsApi
 
     async def raise_from_zero(self, namespace: str, name: str) -> bool:
-        from kubernetes_asyncio.client.exceptions import ApiException
-
-        for _ in range(MAX_CAS_ATTEMPTS):
-            scale = await self.api.get_namespaced_custom_object_scale(
-                GROUP, VERSION, namespace, PLURAL, name
-            )
-            if int((scale.get("spec") or {}).get("replicas") or 0) >= 1:
-                return False
-            rv = scale["metadata"]["resourceVersion"]
-            body = {"metadata": {"resourceVersion": rv}, "spec": {"replicas": 1}}
-            try:
-                await self.api.patch_namespaced_custom_object_scale(
-                    GROUP,
-                    VERSION,
-                    namespace,
-                    PLURAL,
-                    name,
-                    body,
-                    _content_type="application/merge-patch+json",
-                )
-            except ApiException as err:
-                if err.status == 409:
-                    continue  # someone else wrote: read again
-                raise
+        wrote = await scale.raise_from_zero(self.api, namespace, name, MAX_CAS_ATTEMPTS)
+        if wrote:
             await self._mark_wake_started(namespace, name)
-            return True
-        raise RuntimeError(f"scale of {namespace}/{name}: {MAX_CAS_ATTEMPTS} conflicting writes")
+        return wrote
 
     async def _mark_wake_started(self, namespace: str, name: str) -> None:
         """Best effort: the operator measures wake duration from this stamp."""

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from glowplug.kube import stats
 from glowplug.operator.autoscaler import ActivatorLoad, ServiceLoad
 from glowplug.outage import Outage, is_unreachable
 
@@ -111,25 +112,16 @@ class Snapshot:
 
 def parse_stats(payload: Any) -> dict[str, ActivatorLoad]:
     """One activator's /stats body -> loads by "namespace/name"; ValueError if malformed."""
-    if not isinstance(payload, Mapping) or not isinstance(payload.get("services"), Mapping):
-        raise ValueError("stats: no 'services' object")
-    out: dict[str, ActivatorLoad] = {}
-    for key, entry in payload["services"].items():
-        if not isinstance(entry, Mapping):
-            raise ValueError(f"stats: {key}: not an object")
-        finished = entry.get("lastRequestFinished")
-        first = entry.get("firstResponseAfterWake")
-        try:
-            out[str(key)] = ActivatorLoad(
-                in_flight=int(entry.get("inFlight") or 0),
-                queued=int(entry.get("queued") or 0),
-                waking=bool(entry.get("waking")),
-                last_request_finished=None if finished is None else float(finished),
-                first_response=None if first is None else float(first),
-            )
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"stats: {key}: {err}") from None
-    return out
+    return {
+        key: ActivatorLoad(
+            in_flight=s.in_flight,
+            queued=s.queued,
+            waking=s.waking,
+            last_request_finished=s.last_request_finished,
+            first_response=s.first_response_after_wake,
+        )
+        for key, s in stats.parse(payload).items()
+    }
 
 
 @dataclass

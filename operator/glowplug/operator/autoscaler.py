@@ -1,6 +1,6 @@
 """The autoscaler's decision: load and state in, desired replicas out. Pure, no I/O.
 
-The live loop (``scaling.py``) and the replay simulator (``simulate.py``) both call
+The live loop (``serviceloop.py``) and the replay simulator (``simulate.py``) both call
 ``decide`` so that what the simulator reports is what the operator does.
 
 Rules (DESIGN.md sections 3.4 and 5):

@@ -7,7 +7,7 @@ changes, so rewriting the same condition is a no-op and status patches stay idem
 Who sets which ``Failed`` reason:
 - the operator's reconcile: ``InvalidSpec``, ``SecretNotFound`` (``SPEC_REASONS``), and
   it clears only those when the spec is fixed;
-- the wake-failure watcher: the reasons ``wakefailures`` reports (``WAKE_REASONS``:
+- the wake-failure watcher: the reasons ``glowplug.kube.podstate`` reports (``WAKE_REASONS``:
   Unschedulable, ImagePullBackOff, CrashLoopBackOff, OOMKilled, ...), cleared by it.
 """
 
@@ -16,8 +16,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from glowplug.operator import wakefailures, wakephases
-from glowplug.operator.timefmt import now_rfc3339
+from glowplug.kube import podstate
+from glowplug.kube.timefmt import now_rfc3339
+from glowplug.operator import wakephases
 
 READY = "Ready"
 WAKING = "Waking"
@@ -32,7 +33,7 @@ FAILED_PHASE = "Failed"
 INVALID_SPEC = "InvalidSpec"
 SECRET_NOT_FOUND = "SecretNotFound"
 SPEC_REASONS = frozenset({INVALID_SPEC, SECRET_NOT_FOUND})
-WAKE_REASONS = frozenset(wakefailures.PRIORITY)
+WAKE_REASONS = frozenset(podstate.PRIORITY)
 
 Condition = dict[str, Any]
 
@@ -158,7 +159,7 @@ def replica_conditions(
         and current.get("status") == "True"
         and current.get("reason") in wakephases.WAITING_PHASES
     ):
-        # The wake tracker (scaling.py) says which phase the wake waits in: keep it.
+        # The wake tracker (serviceloop.py) says which phase the wake waits in: keep it.
         reason, message = str(current["reason"]), str(current.get("message") or "")
     out = set_condition(
         out,

@@ -31,6 +31,7 @@ from prometheus_client import Gauge
 
 from glowplug import metrics
 from glowplug.api.spec import GROUP, PLURAL, VERSION, EmbeddingService, SpecError, parse
+from glowplug.kube import labels
 from glowplug.kubeclient import BOOKMARK_INTERVAL, CONNECT_TIMEOUT, READ_TIMEOUT, new_api_client
 from glowplug.operator import conditions as cond
 from glowplug.operator import render
@@ -47,6 +48,8 @@ SECRET_RECHECK_SECONDS = 5.0
 # Back-off for API errors while reconciling: 1 s doubling to 30 s.
 RETRY_MIN_SECONDS = 1.0
 RETRY_MAX_SECONDS = 30.0
+# Reconciles in flight at once (each a few API calls): below the client's connection pool.
+RECONCILE_CONCURRENCY = 16
 
 Emit = Callable[[Mapping[str, Any], str, str, str], None]
 Key = tuple[str, str]
@@ -90,6 +93,10 @@ class _State:
     # What the Deployment holds (from our applies and its watch events), for Events.
     dep_replicas: int | None = None
     dep_hash: str | None = None
+    # The Deployment resourceVersion whose status is already in our status: kopf re-lists
+    # every watch cycle and replays each object as an event; an unchanged one needs no
+    # status read (an idle service costs nothing, DESIGN.md invariant 6).
+    dep_status_rv: str | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     retry: asyncio.Task[None] | None = None
     backoff: float = field(default_factory=lambda: RETRY_MIN_SECONDS)
@@ -104,6 +111,10 @@ class Reconciler:
         self.kube = kube
         self.emit = emit
         self.states: dict[Key, _State] = {}
+        # At start-up (or a failover) kopf hands over every object at once; unbounded,
+        # N reconciles would queue for the client's connection pool and time out there
+        # (aiohttp's connect timeout covers the wait for a pooled connection).
+        self.gate = asyncio.Semaphore(RECONCILE_CONCURRENCY)
 
     def state(self, key: Key) -> _State:
         return self.states.setdefault(key, _State())
@@ -136,7 +147,7 @@ class Reconciler:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         st = self.state(key)
-        async with st.lock:
+        async with self.gate, st.lock:
             try:
                 await self._reconcile(body, st)
             except Exception as err:  # API errors, timeouts: try again, never give up
@@ -176,7 +187,7 @@ class Reconciler:
         namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation")
         if meta.get("deletionTimestamp"):
             return  # being deleted: never re-create what the garbage collector removes
-        selector = f"{render.SERVICE_LABEL}={name}"
+        selector = f"{labels.SERVICE_LABEL}={name}"
         try:
             svc = parse(body)
         except SpecError as err:
@@ -202,6 +213,8 @@ class Reconciler:
         st.applied_spec = spec_without_replicas
         st.last_warning = None
         await self.write_status(body, dep, clear_spec_failures=True)
+        # This Deployment's status is in ours now: its replay by a kopf re-list is a no-op.
+        st.dep_status_rv = str((dep.get("metadata") or {}).get("resourceVersion") or "") or None
 
     def _info(self, svc: EmbeddingService, st: _State) -> None:
         labels = (
@@ -266,7 +279,7 @@ class Reconciler:
     def _remember_deployment(st: _State, dep: Mapping[str, Any]) -> None:
         st.dep_replicas = int((dep.get("spec") or {}).get("replicas") or 0)
         annotations = (dep.get("metadata") or {}).get("annotations") or {}
-        st.dep_hash = annotations.get(render.TEMPLATE_HASH_ANNOTATION)
+        st.dep_hash = annotations.get(labels.TEMPLATE_HASH_ANNOTATION)
 
     async def _fail(
         self, body: Mapping[str, Any], st: _State, reason: str, message: str, selector: str
@@ -299,7 +312,7 @@ class Reconciler:
     ) -> None:
         meta = dep["metadata"]
         namespace = meta["namespace"]
-        name = (meta.get("labels") or {}).get(render.SERVICE_LABEL, meta["name"])
+        name = (meta.get("labels") or {}).get(labels.SERVICE_LABEL, meta["name"])
         spec, status = dep.get("spec") or {}, dep.get("status") or {}
         desired = int(spec.get("replicas") or 0)
         replicas = int(status.get("replicas") or 0)
@@ -314,7 +327,7 @@ class Reconciler:
                 desired=desired,
                 replicas=replicas,
                 ready=ready,
-                selector=f"{render.SERVICE_LABEL}={name}",
+                selector=f"{labels.SERVICE_LABEL}={name}",
                 observed_generation=st.applied_generation,
                 clear_spec_failures=clear_spec_failures,
             )
@@ -323,7 +336,7 @@ class Reconciler:
 
     async def on_deployment_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
-        name = (meta.get("labels") or {}).get(render.SERVICE_LABEL)
+        name = (meta.get("labels") or {}).get(labels.SERVICE_LABEL)
         if not name:
             return
         key = (str(meta.get("namespace")), str(name))
@@ -339,15 +352,23 @@ class Reconciler:
             self._remember_deployment(self.states[key], body)
         if key in self.states and self.states[key].applied_generation is None:
             return  # not reconciled yet; the reconcile writes status itself
+        state = self.states.get(key)
+        rv = str(meta.get("resourceVersion") or "")
+        if state is not None and rv and state.dep_status_rv == rv:
+            return  # the same Deployment again (a re-list): its status is written
         try:
-            await self.write_status(None, body)
+            async with self.gate:
+                await self.write_status(None, body)
         except Exception as err:
             log.warning("status of %s/%s: %s", *key, err)
+        else:
+            if state is not None:
+                state.dep_status_rv = rv
 
     async def on_service_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A Service deleted by hand is put back (a full reconcile re-applies it)."""
         meta = body.get("metadata") or {}
-        name = (meta.get("labels") or {}).get(render.SERVICE_LABEL)
+        name = (meta.get("labels") or {}).get(labels.SERVICE_LABEL)
         key = (str(meta.get("namespace")), str(name))
         if event_type == "DELETED" and name and key in self.states:
             self.schedule(key, 0.0)
@@ -379,7 +400,7 @@ def register() -> None:
         settings.watching.connect_timeout = CONNECT_TIMEOUT
         settings.watching.server_timeout = int(2 * BOOKMARK_INTERVAL)  # timeoutSeconds: an int
         settings.watching.client_timeout = 2 * BOOKMARK_INTERVAL + 10
-        api = await new_api_client()
+        api = await new_api_client("operator")
         memo.api = api
         memo.reconciler = Reconciler(Kube(api))
 

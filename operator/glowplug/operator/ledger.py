@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from glowplug.operator import timefmt
+from glowplug.kube import timefmt
 
 
 @dataclass(frozen=True)

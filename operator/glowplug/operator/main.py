@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 
-from glowplug.operator import scaling
+from glowplug.operator import daemon
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
-    scaling.add_arguments(parser)
+    daemon.add_arguments(parser)
 
 
 class _QuietSuccess(logging.Filter):
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         logging.getLogger("kopf.objects").addFilter(_QuietSuccess())
     handlers.register()
-    scaling.configure(args)
+    daemon.configure(args)
     start_metrics(args.metrics_port)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_operate(args))

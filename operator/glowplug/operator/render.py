@@ -12,10 +12,13 @@ from typing import Any
 
 from glowplug import engines
 from glowplug.api.spec import API_VERSION, KIND, EmbeddingService
+from glowplug.kube.labels import (
+    ENGINE_PORT_ANNOTATION,
+    MANAGED_BY,
+    SERVICE_LABEL,
+    TEMPLATE_HASH_ANNOTATION,
+)
 
-SERVICE_LABEL = "glowplug.dev/service"
-MANAGED_BY = "glowplug"
-TEMPLATE_HASH_ANNOTATION = "glowplug.dev/template-hash"
 # The Service's port: clients of the ClusterIP (rare: the activator uses pod IPs from the
 # EndpointSlices) reach the engine on the usual HTTP port.
 SERVICE_PORT = 80
@@ -159,7 +162,7 @@ def render_service(svc: EmbeddingService) -> Manifest:
             "name": svc.name,
             "namespace": svc.namespace,
             "labels": labels(svc),
-            "annotations": {"glowplug.dev/engine-port": str(engine.port)},
+            "annotations": {ENGINE_PORT_ANNOTATION: str(engine.port)},
             "ownerReferences": [owner_reference(svc)],
         },
         "spec": {

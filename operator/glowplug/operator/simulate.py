@@ -48,7 +48,8 @@ from typing import Any
 
 from glowplug.api.durations import DurationError, parse_duration
 from glowplug.api.spec import AutoIdle, PrewarmWindow, ScalingSpec
-from glowplug.operator import prewarm, seedday, timefmt
+from glowplug.kube import timefmt
+from glowplug.operator import prewarm, seedday
 from glowplug.operator.autoscaler import ScalerState, ServiceLoad, decide
 
 DEFAULT_IDLE_TIMEOUTS = ("1m", "2m", "5m", "10m", "15m")

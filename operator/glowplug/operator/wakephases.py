@@ -32,8 +32,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from glowplug.operator import wakefailures
-from glowplug.operator.timefmt import format_time, parse_time
+from glowplug.kube import podstate
+from glowplug.kube.timefmt import format_time, parse_time
 
 WAITING_FOR_NODE = "WaitingForNode"
 PULLING_IMAGE = "PullingImage"
@@ -129,7 +129,7 @@ def _scheduler_message(pod: Pod) -> str:
 def pod_phase(pod: Pod, events: Sequence[Event] = ()) -> Observation:
     """The phase one pod of a wake is in, and what it waits for."""
     name = str((pod.get("metadata") or {}).get("name", ""))
-    if wakefailures.is_ready(pod):
+    if podstate.is_ready(pod):
         return Observation(READY, f"pod {name} is ready", name)
     if not (pod.get("spec") or {}).get("nodeName"):
         signal = node_signal(events)
@@ -263,13 +263,13 @@ class Timeline:
 
 def node_failure(
     obs: Observation | None, timeline: Timeline, now: float, node_wait_timeout: float
-) -> wakefailures.WakeFailure | None:
+) -> podstate.WakeFailure | None:
     """Why a wake waiting for a node cannot succeed, or None while it can."""
     if obs is None or obs.phase != WAITING_FOR_NODE:
         return None
     signal = obs.signal
     if signal is not None and signal.kind == NO_SCALE_UP:
-        return wakefailures.WakeFailure(
+        return podstate.WakeFailure(
             NOT_TRIGGER_SCALE_UP,
             f"{obs.message}. No node group can take the pod: check spec.pod.nodeSelector,"
             " tolerations and spec.resources against the GPU node pools and their limits",
@@ -281,7 +281,7 @@ def node_failure(
     since = min(since, timeline.started)
     waited = now - since
     if signal is None and waited >= node_wait_timeout:
-        return wakefailures.WakeFailure(
+        return podstate.WakeFailure(
             NODE_WAIT_TIMEOUT,
             f"{obs.message}; waited {waited:.0f}s (spec.scaling.nodeWaitTimeout"
             f" {node_wait_timeout:g}s) and nothing says a node is coming: no node"

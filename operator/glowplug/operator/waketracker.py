@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from glowplug.api.spec import EmbeddingService
+from glowplug.kube.podstate import WakeFailure
 from glowplug.operator import wakephases
-from glowplug.operator.wakefailures import WakeFailure
 from glowplug.operator.wakephases import Timeline
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from glowplug.operator.wakefailures import is_ready, pod_failure, service_failure
+from glowplug.kube.podstate import is_ready, pod_failure, service_failure
 
 
 def pod(

@@ -1,56 +1,50 @@
-"""Autoscaling, wake-failure detection and the GPU-hour ledger, registered with kopf.
+"""One EmbeddingService's loop: the GPU-hour ledger, wake failures and phases, autoscaling.
 
-One kopf daemon per EmbeddingService ticks about once a second (``--autoscale-interval``):
+Each tick (``daemon.py`` runs it about once a second, or rests it while nothing happens):
 
-1. lists the service's pods (label ``glowplug.dev/service``) and feeds the GPU-hour
-   ledger, checkpointing it into status every ``--ledger-checkpoint`` seconds and at
-   once whenever the set of pods holding GPUs changes;
+1. reads the service's pods (label ``glowplug.dev/service``, from the shared pod
+   informer) and feeds the GPU-hour ledger, checkpointing it into status every
+   ``--ledger-checkpoint`` seconds while GPUs are held and at once whenever the set of
+   pods holding GPUs changes (an idle service writes nothing);
 2. turns pods that cannot become ready into the ``Failed`` condition and a Warning
    Event, measures each wake (replicas raised from zero to the first ready pod) and
    follows it through its phases (``waketracker``: status.wake, Events, node failures);
-3. reads every activator's ``/stats`` (one shared snapshot per second for all
-   services) and applies ``autoscaler.decide``; each change of ``spec.replicas`` is a
-   compare-and-swap write through the scale subresource.
+3. reads every activator's ``/stats`` (one shared snapshot for all services) and
+   applies ``autoscaler.decide``; each change of ``spec.replicas`` is a compare-and-swap
+   write through the scale subresource.
 
-Why a kopf daemon: kopf stops daemons when peering tells this operator replica to
-stand by, and starts them again when it becomes active, so only one replica scales and
-accounts at a time; a daemon also stops when its object is deleted.
+After the tick, ``at_rest`` says whether the loop may sleep until an event.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
-from glowplug.api.spec import GROUP, PLURAL, VERSION, EmbeddingService, SpecError, parse
+from glowplug.api.spec import EmbeddingService, SpecError, parse
+from glowplug.kube.podstate import WakeFailure, creating, is_ready, service_failure
+from glowplug.kube.timefmt import format_time, parse_time
 from glowplug.operator import conditions as cond
 from glowplug.operator import prewarm
-from glowplug.operator.activity import (
-    EndpointSliceDiscovery,
-    LoadReader,
-    LoadSource,
-    StaticDiscovery,
-)
-from glowplug.operator.autoscaler import ScalerState, decide
+from glowplug.operator.activity import LoadSource
+from glowplug.operator.autoscaler import ScalerState, ServiceLoad, decide
 from glowplug.operator.idlepolicy import IdlePolicy
 from glowplug.operator.ledger import Ledger, PodHold
-from glowplug.operator.timefmt import format_time, parse_time
-from glowplug.operator.wakefailures import WakeFailure, creating, is_ready, service_failure
+from glowplug.operator.serviceapi import ServiceAPI
 from glowplug.operator.waketracker import WakeTracker
 from glowplug.outage import Outage, is_unreachable
 
 log = logging.getLogger(__name__)
 
-SERVICE_LABEL = "glowplug.dev/service"
 GPU_RESOURCE = "nvidia.com/gpu"
-MERGE = "application/merge-patch+json"
 LAST_REQUEST_PERSIST_EVERY = 5.0  # while busy, persist lastRequestTime this often
+# At rest with no event, tick anyway after this long (a safety net; such a tick makes no
+# API request).
+REST_MAX = 300.0
 
 
 @dataclass
@@ -60,189 +54,7 @@ class Options:
     interval: float = 1.0
     checkpoint_every: float = 10.0
     stats_timeout: float = 1.0
-
-
-OPTIONS = Options()
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the autoscaler's command-line options to ``glowplug operator``."""
-    group = parser.add_argument_group("autoscaler and ledger")
-    group.add_argument(
-        "--activator-service",
-        default="",
-        metavar="NAMESPACE/NAME",
-        help="read load from every endpoint of this activator Service (in a cluster)",
-    )
-    group.add_argument(
-        "--activator-url",
-        action="append",
-        default=[],
-        metavar="URL",
-        help="read load from this activator base URL (repeatable; local runs)",
-    )
-    group.add_argument(
-        "--autoscale-interval", type=float, default=1.0, help="seconds between ticks"
-    )
-    group.add_argument(
-        "--ledger-checkpoint",
-        type=float,
-        default=10.0,
-        help="seconds between GPU-ledger checkpoints into status",
-    )
-    group.add_argument(
-        "--stats-timeout", type=float, default=1.0, help="timeout of one /stats read"
-    )
-
-
-def configure(args: argparse.Namespace) -> None:
-    """Apply the parsed options and register the autoscaler's kopf handlers."""
-    global OPTIONS
-    OPTIONS = Options(
-        activator_urls=tuple(getattr(args, "activator_url", None) or ()),
-        activator_service=getattr(args, "activator_service", "") or "",
-        interval=float(getattr(args, "autoscale_interval", 1.0)),
-        checkpoint_every=float(getattr(args, "ledger_checkpoint", 10.0)),
-        stats_timeout=float(getattr(args, "stats_timeout", 1.0)),
-    )
-    import kopf
-
-    kopf.on.startup(id="glowplug-scaling-startup")(_startup)
-    kopf.on.cleanup(id="glowplug-scaling-cleanup")(_cleanup)
-    kopf.daemon(
-        GROUP,
-        VERSION,
-        PLURAL,
-        id="glowplug-scaling",
-        cancellation_timeout=10.0,
-    )(_daemon)
-
-
-# --- the cluster, behind a small interface (a test double implements it too) -----------
-
-
-class ServiceAPI(Protocol):
-    async def read_object(self, namespace: str, name: str) -> dict[str, Any] | None: ...
-
-    async def write_ledger(self, namespace: str, name: str, fields: dict[str, Any]) -> None: ...
-
-    async def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]: ...
-
-    async def read_scale(self, namespace: str, name: str) -> tuple[int, str] | None: ...
-
-    async def write_scale(self, namespace: str, name: str, replicas: int, rv: str) -> bool: ...
-
-    async def update_status(
-        self,
-        namespace: str,
-        name: str,
-        mutate: Callable[[Mapping[str, Any]], dict[str, Any] | None],
-    ) -> dict[str, Any] | None: ...
-
-    def warn(self, body: Mapping[str, Any], reason: str, message: str) -> None: ...
-
-    def info(self, body: Mapping[str, Any], reason: str, message: str) -> None: ...
-
-    async def list_pod_events(
-        self, namespace: str, pods: Sequence[str]
-    ) -> dict[str, list[dict[str, Any]]]: ...
-
-
-class KubeServiceAPI:
-    """``ServiceAPI`` on kubernetes_asyncio, reusing the operator's Kube for status."""
-
-    def __init__(self, api_client: Any) -> None:
-        from kubernetes_asyncio import client
-
-        from glowplug.operator.kube import FIELD_MANAGER, Kube
-
-        self.field_manager = FIELD_MANAGER
-        self.api_client = api_client
-        self.kube = Kube(api_client)
-        self.core = client.CoreV1Api(api_client)
-        self.custom = client.CustomObjectsApi(api_client)
-
-    async def read_object(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self.kube.get_embsvc(namespace, name)
-
-    async def write_ledger(self, namespace: str, name: str, fields: dict[str, Any]) -> None:
-        """The ledger checkpoint: one merge patch of the fields only the ledger writes.
-
-        No precondition: the fields are written together and nobody else writes them.
-        """
-        kwargs: dict[str, Any] = {"_content_type": MERGE, "field_manager": self.field_manager}
-        await self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": fields}, **kwargs
-        )
-
-    async def list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
-        pods = await self.core.list_namespaced_pod(
-            namespace, label_selector=f"{SERVICE_LABEL}={name}"
-        )
-        plain: dict[str, Any] = self.api_client.sanitize_for_serialization(pods)
-        return list(plain.get("items") or [])
-
-    async def read_scale(self, namespace: str, name: str) -> tuple[int, str] | None:
-        from kubernetes_asyncio.client.exceptions import ApiException
-
-        try:
-            scale = await self.custom.get_namespaced_custom_object_scale(
-                GROUP, VERSION, namespace, PLURAL, name
-            )
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
-        replicas = int((scale.get("spec") or {}).get("replicas") or 0)
-        return replicas, str(scale["metadata"]["resourceVersion"])
-
-    async def write_scale(self, namespace: str, name: str, replicas: int, rv: str) -> bool:
-        from kubernetes_asyncio.client.exceptions import ApiException
-
-        body = {"metadata": {"resourceVersion": rv}, "spec": {"replicas": replicas}}
-        kwargs: dict[str, Any] = {"_content_type": MERGE}
-        try:
-            await self.custom.patch_namespaced_custom_object_scale(
-                GROUP, VERSION, namespace, PLURAL, name, body, **kwargs
-            )
-        except ApiException as err:
-            if err.status in (409, 404):
-                return False  # someone else wrote (or it is gone): decide again next tick
-            raise
-        return True
-
-    async def update_status(
-        self,
-        namespace: str,
-        name: str,
-        mutate: Callable[[Mapping[str, Any]], dict[str, Any] | None],
-    ) -> dict[str, Any] | None:
-        return await self.kube.update_status(namespace, name, mutate)
-
-    def warn(self, body: Mapping[str, Any], reason: str, message: str) -> None:
-        import kopf
-
-        target: Any = dict(body)
-        kopf.warn(target, reason=reason, message=message)
-
-    def info(self, body: Mapping[str, Any], reason: str, message: str) -> None:
-        import kopf
-
-        target: Any = dict(body)
-        kopf.info(target, reason=reason, message=message)
-
-    async def list_pod_events(
-        self, namespace: str, pods: Sequence[str]
-    ) -> dict[str, list[dict[str, Any]]]:
-        """The Events of each named pod (only pods still waiting for a node: one or two)."""
-        out: dict[str, list[dict[str, Any]]] = {}
-        for pod in pods:
-            events = await self.core.list_namespaced_event(
-                namespace, field_selector=f"involvedObject.kind=Pod,involvedObject.name={pod}"
-            )
-            plain: dict[str, Any] = self.api_client.sanitize_for_serialization(events)
-            out[pod] = list(plain.get("items") or [])
-        return out
+    namespaces: Sequence[str] = ()  # --namespace (globs allowed); empty: all namespaces
 
 
 # --- one service's loop --------------------------------------------------------------------
@@ -334,8 +146,15 @@ class ServiceLoop:
         self.wake = WakeTracker()  # the wake's phases, timeline and node failures
         self.reported: str | None = None  # the wake-failure reason in status, if ours
         self.clear_pending = False  # the spec changed while a wake failure was reported
+        # At rest: at zero, no pod, no wake, no load. The daemon then sleeps until an
+        # event (its pods, its object, its load) or the next pre-warm edge.
+        self.at_rest = False
+        self.tick_failed = False
+        self.load: ServiceLoad | None = None  # the last load read (None: not read)
+        self.prewarm = False  # the spec has pre-warm windows
 
     async def tick(self, body: Mapping[str, Any]) -> None:
+        self.tick_failed = False  # an API call of this tick failed (logged as an outage)
         now = self.clock()
         meta = body.get("metadata") or {}
         status = dict(body.get("status") or {})
@@ -369,7 +188,7 @@ class ServiceLoop:
             self.fingerprint = fingerprint
             # The change happened after the last tick that saw the old spec; pods carry
             # whole-second creationTimestamps, so compare with that second. (A change of
-            # replicas alone is no new spec: wakefailures, "why Unschedulable never
+            # replicas alone is no new spec: podstate, "why Unschedulable never
             # reached status".)
             seen = self.last_tick if self.last_tick is not None else now
             self.spec_changed_at = float(math.floor(seen))
@@ -398,7 +217,10 @@ class ServiceLoop:
             self.series.gpu.inc(delta.gpu_seconds)
             self.series.baseline.inc(delta.baseline_gpu_seconds)
         pod_set = frozenset(h.uid for h in holds)
-        due = now - self.last_checkpoint >= self.options.checkpoint_every
+        # While GPUs are held the totals move: checkpoint every checkpoint_every. With no
+        # pod, only the baseline moves, and a restart recomputes it from ledgerTime: an
+        # idle service writes nothing (DESIGN.md invariant 6).
+        due = bool(holds) and now - self.last_checkpoint >= self.options.checkpoint_every
         # Never twice at one instant; right after a restore, status holds a checkpoint.
         if (pod_set != self.last_pods or due) and now > self.last_checkpoint:
             try:
@@ -406,6 +228,7 @@ class ServiceLoop:
             except Exception as err:  # kept in memory; the next checkpoint catches up
                 if is_unreachable(err):
                     self.outage.failed(err, f"{namespace}/{name}")
+                    self.tick_failed = True
                 else:
                     log.warning("%s/%s: ledger checkpoint failed: %s", namespace, name, err)
             else:
@@ -451,6 +274,26 @@ class ServiceLoop:
 
         if patch:
             await self._write_status(namespace, name, patch, spec_replicas, ready)
+        self.prewarm = bool(svc is not None and svc.scaling.prewarm)
+        self.at_rest = self._resting(spec_replicas, pods)
+
+    def _resting(self, spec_replicas: int, pods: Sequence[Mapping[str, Any]]) -> bool:
+        load = self.load
+        return (
+            spec_replicas == 0
+            and not pods
+            and self.wake.timeline is None
+            and self.wake_start is None
+            and not self.clear_pending
+            and (load is None or not (load.in_flight or load.queued or load.waking))
+        )
+
+    def rest_seconds(self, now: float) -> float:
+        """How long the daemon may sleep at rest when no event comes: to the next minute
+        (pre-warm schedules are cron, minute-granular), else ``REST_MAX``."""
+        if self.prewarm:
+            return max(0.05, 60.0 - now % 60.0 + 0.2)
+        return REST_MAX
 
     def _failure(self, failure: WakeFailure | None, body: Mapping[str, Any]) -> dict[str, Any]:
         if failure is not None and failure.reason != self.reported:
@@ -507,6 +350,7 @@ class ServiceLoop:
         assert self.reader is not None
         snapshot = await self.reader.snapshot()
         load = snapshot.load(svc.namespace, svc.name)
+        self.load = load
         self.wake.first_response(self.series, now, load.first_response, patch)
         if self.scaler is None:
             self.persisted_activity = parse_time(status.get("lastRequestTime"))
@@ -519,9 +363,13 @@ class ServiceLoop:
         self._persist_idle_policy(svc, status, decision.idle_timeout, patch)
         activity = decision.last_activity
         persisted = self.persisted_activity
+        # Busy only because an activator cannot be read is no use of the service: kept in
+        # memory (no scale-down on a guess) but not persisted, or one unreadable activator
+        # would make every service write every few seconds.
+        used = load.in_flight > 0 or load.queued > 0 or load.waking
         if persisted is None or (
             activity > persisted
-            and (not load.busy or activity - persisted >= LAST_REQUEST_PERSIST_EVERY)
+            and (not load.busy or (used and activity - persisted >= LAST_REQUEST_PERSIST_EVERY))
         ):
             patch["lastRequestTime"] = format_time(activity)
             self.persisted_activity = activity
@@ -535,10 +383,10 @@ class ServiceLoop:
             fresh = await self.reader.refresh()
             if fresh.load(svc.namespace, svc.name).busy:
                 return
-        scale = await self.api.read_scale(svc.namespace, svc.name)
-        if scale is None or scale[0] != spec_replicas:
+        current = await self.api.read_scale(svc.namespace, svc.name)
+        if current is None or current[0] != spec_replicas:
             return  # someone else changed it since we looked: decide again next tick
-        if await self.api.write_scale(svc.namespace, svc.name, decision.replicas, scale[1]):
+        if await self.api.write_scale(svc.namespace, svc.name, decision.replicas, current[1]):
             log.info(
                 "%s/%s: replicas %d -> %d (%s)",
                 svc.namespace,
@@ -615,10 +463,13 @@ class ServiceLoop:
         except Exception as err:  # next tick writes again; the ledger stays in memory
             if is_unreachable(err):
                 self.outage.failed(err, f"{namespace}/{name}")
+                self.tick_failed = True
             else:
                 log.warning("%s/%s: status write failed: %s", namespace, name, err)
             if failed is not None:
                 self.reported = None  # report it again next tick
+            if "lastRequestTime" in patch:
+                self.persisted_activity = None  # not persisted: write it again next tick
             self.wake.written_wake = None  # and the wake's status
 
 
@@ -639,105 +490,10 @@ def _series(svc: EmbeddingService) -> Any:
     return ServiceSeries(svc)
 
 
-# --- kopf wiring ---------------------------------------------------------------------------
-
-
-@dataclass
-class _Shared:
-    api: ServiceAPI | None = None
-    reader: LoadReader | None = None
-    api_client: Any = None
-    closing: bool = False  # cleanup began: the clients are being closed under the loops
-    outage: Outage = field(default_factory=lambda: Outage(log))  # shared by every loop
-
-
-SHARED = _Shared()
-
-
-async def _startup(**kwargs: Any) -> None:
-    logger: logging.Logger = kwargs.get("logger") or log
-    from kubernetes_asyncio import client
-
-    from glowplug.kubeclient import new_api_client
-
-    SHARED.api_client = await new_api_client()
-    SHARED.api = KubeServiceAPI(SHARED.api_client)
-    discovery: Any = None
-    if OPTIONS.activator_urls:
-        discovery = StaticDiscovery(OPTIONS.activator_urls)
-    elif OPTIONS.activator_service:
-        ns, _sep, svc_name = OPTIONS.activator_service.partition("/")
-        discovery = EndpointSliceDiscovery(client.DiscoveryV1Api(SHARED.api_client), ns, svc_name)
-    if discovery is None:
-        logger.warning(
-            "no --activator-url or --activator-service: the autoscaler is off (replicas are"
-            " left as they are); the ledger and wake-failure detection still run"
-        )
-        return
-    from glowplug.operator.servicemetrics import STATS_ERRORS
-
-    SHARED.reader = LoadReader(
-        discovery,
-        timeout=OPTIONS.stats_timeout,
-        max_age=min(0.5, OPTIONS.interval / 2),
-        on_error=lambda url: STATS_ERRORS.labels(url).inc(),
-    )
-
-
-async def _cleanup(**_: Any) -> None:
-    SHARED.closing = True
-    if SHARED.reader is not None:
-        await SHARED.reader.close()
-    if SHARED.api_client is not None:
-        await SHARED.api_client.close()
-
-
-async def _daemon(**kwargs: Any) -> None:
-    body, stopped, logger = kwargs["body"], kwargs["stopped"], kwargs.get("logger") or log
-    if SHARED.api is None:
-        await _startup(logger=logger)
-    assert SHARED.api is not None
-    loop = ServiceLoop(SHARED.api, SHARED.reader, OPTIONS, outage=SHARED.outage)
-    key = _key(body)
-    try:
-        while not stopped:
-            started = time.monotonic()
-            try:
-                await loop.tick(body)
-                SHARED.outage.ok(key)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # one bad tick must not end the loop
-                if stopped or SHARED.closing:
-                    break  # shutting down: the API client may already be closed
-                if is_unreachable(err):
-                    SHARED.outage.failed(err, key)  # logged once for all services
-                else:
-                    logger.warning("autoscaler tick failed: %s", err, exc_info=True)
-            elapsed = time.monotonic() - started
-            await stopped.wait(max(0.05, OPTIONS.interval - elapsed))
-    finally:
-        SHARED.outage.forget(key)
-        if loop.series is not None and _deleted(stopped):
-            loop.series.remove()
-
-
-def _deleted(stopped: Any) -> bool:
-    try:
-        import kopf
-
-        reason = stopped.reason
-        return bool(reason and reason & kopf.DaemonStoppingReason.RESOURCE_DELETED)
-    except Exception:
-        return False
-
-
 __all__ = [
     "Options",
-    "ServiceAPI",
     "ServiceLoop",
-    "add_arguments",
-    "configure",
     "pod_gpus",
     "pod_hold",
+    "spec_fingerprint",
 ]

@@ -1,0 +1,82 @@
+"""The ``GET /stats`` contract between the activator (producer) and the autoscaler
+(consumer), in one place::
+
+    {"activator": "<hostname>", "time": <unix float>,
+     "services": {"<namespace>/<name>": {"namespace", "name", "inFlight", "queued",
+                                         "waking", "lastRequestFinished": <unix float|null>,
+                                         "firstResponseAfterWake": <unix float|null>}}}
+
+Keyed by metadata.name, not servedName. Every routed service appears, idle or not.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ServiceStats:
+    """One service's figures on one activator."""
+
+    namespace: str
+    name: str
+    in_flight: int = 0
+    queued: int = 0
+    waking: bool = False
+    last_request_finished: float | None = None
+    first_response_after_wake: float | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "name": self.name,
+            "inFlight": self.in_flight,
+            "queued": self.queued,
+            "waking": self.waking,
+            "lastRequestFinished": self.last_request_finished,
+            "firstResponseAfterWake": self.first_response_after_wake,
+        }
+
+    @classmethod
+    def from_json(cls, key: str, entry: Any) -> ServiceStats:
+        """One entry; ValueError naming the key when it is malformed."""
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"stats: {key}: not an object")
+        namespace, _sep, name = key.partition("/")
+        finished = entry.get("lastRequestFinished")
+        first = entry.get("firstResponseAfterWake")
+        try:
+            return cls(
+                namespace=str(entry.get("namespace") or namespace),
+                name=str(entry.get("name") or name),
+                in_flight=int(entry.get("inFlight") or 0),
+                queued=int(entry.get("queued") or 0),
+                waking=bool(entry.get("waking")),
+                last_request_finished=None if finished is None else float(finished),
+                first_response_after_wake=None if first is None else float(first),
+            )
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"stats: {key}: {err}") from None
+
+
+def document(activator: str, services: Iterable[ServiceStats]) -> dict[str, Any]:
+    """The body an activator serves."""
+    return {
+        "activator": activator,
+        "time": time.time(),
+        "services": {s.key: s.to_json() for s in services},
+    }
+
+
+def parse(payload: Any) -> dict[str, ServiceStats]:
+    """One activator's body -> figures by "namespace/name"; ValueError if malformed."""
+    if not isinstance(payload, Mapping) or not isinstance(payload.get("services"), Mapping):
+        raise ValueError("stats: no 'services' object")
+    return {str(k): ServiceStats.from_json(str(k), v) for k, v in payload["services"].items()}
