@@ -271,6 +271,15 @@ def control_plane(cluster: Cluster) -> dict[str, PidStat]:
     return out
 
 
+def node_gpus(api: Api) -> int:
+    """The test bed's GPUs (each trickling service's engine pod takes one)."""
+    _, nodes = api.request("GET", "/api/v1/nodes")
+    return sum(
+        int(((n.get("status") or {}).get("allocatable") or {}).get("nvidia.com/gpu") or 0)
+        for n in (nodes or {}).get("items") or []
+    )
+
+
 def fetch(url: str, timeout: float = 300) -> tuple[int, float]:
     t0 = time.monotonic()
     with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -472,6 +481,25 @@ def wait_reconciled(api: Api, n: int, t_start: float, timeout: float) -> float |
     return None
 
 
+def settle(
+    tail: audit.AuditTail, reqs: list[audit.Request], timeout: float, quiet_s: float
+) -> float | None:
+    """Wait until glowplug makes no more than 5 requests in any second for ``quiet_s``;
+    appends what it reads to ``reqs``; returns when (monotonic) the last busy second
+    ended, or None at the limit."""
+    t0 = time.monotonic()
+    offset = time.time() - t0  # wall clock minus monotonic
+    while time.monotonic() - t0 < timeout:
+        time.sleep(2)
+        reqs.extend(r for r in tail.read() if ours(r))
+        per_second = Counter(int(r.at) for r in reqs if r.at >= t0 + offset - quiet_s)
+        busy = [sec for sec, c in per_second.items() if c > 5]
+        last_busy = max(busy) + 1 if busy else t0 + offset
+        if time.time() - last_busy >= quiet_s:
+            return last_busy - offset
+    return None
+
+
 def follow_startup(
     tail: audit.AuditTail, names: set[str], t_wall: float, timeout: float, quiet_s: float
 ) -> dict[str, Any]:
@@ -632,8 +660,14 @@ def main() -> None:
     api: Api | None = None
     trickle: Trickle | None = None
     try:
+        # The process node's fake GPU capacity (8 by default) would cap the trickle at 8
+        # engine pods: a test bed this run starts gets room for all of them (its pod
+        # limit, 110, stays).
+        os.environ.setdefault("GLOWPLUG_NODE_GPUS", str(args.trickle_max + 8))
         started = cluster.up(started_by="bench-scale")
         api = Api(cluster)
+        gpus = node_gpus(api)
+        results["node_gpus"] = gpus
         for f in sorted((ROOT / "crds").glob("*.yaml")):
             cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(f))
         cluster.kubectl(
@@ -677,19 +711,25 @@ def main() -> None:
         say(f"operator started: cold start (limit {reconcile_timeout:.0f} s)")
         reconcile_s = wait_reconciled(api, args.n, t_op, reconcile_timeout)
         startup_reqs = [r for r in tail.read() if ours(r)]
+        # All reconciled is not yet at rest: each service's first autoscaler tick reads
+        # its object once (through a rate gate); the idle window starts when that is over.
+        settle_limit = min(600.0, max(60.0, 0.1 * args.n))
+        say(f"waiting for glowplug's start-up requests to settle (at most {settle_limit:.0f} s)")
+        settled_s = settle(tail, startup_reqs, settle_limit, quiet_s=15)
         results["cold_start"] = {
             "reconcile_all_s": None if reconcile_s is None else round(reconcile_s, 1),
             "per_s": None if not reconcile_s else round(args.n / reconcile_s, 1),
             "operator_cpu_s": round(procs["operator"].stat.cpu_seconds() - cpu_op0, 1),
             "operator_rss_mib": round(procs["operator"].stat.rss_mib(), 1),
+            "settled_after_s": None if settled_s is None else round(settled_s - t_op, 1),
             "requests": len(startup_reqs),
             "requests_per_service": round(len(startup_reqs) / args.n, 2),
             "by_verb_resource": dict(audit.by_verb_resource(startup_reqs).most_common(10)),
             "loadavg": loadavg(),
         }
         save()
-        say(f"reconcile-all: {reconcile_s} s; settling 20 s")
-        time.sleep(20)
+        say(f"reconcile-all: {reconcile_s} s; settled: {results['cold_start']['settled_after_s']}")
+        time.sleep(5)
 
         probe_name = names[0]
         say(f"idle window {args.window:.0f} s (all {args.n} at zero; load {loadavg()[0]})")
@@ -708,7 +748,7 @@ def main() -> None:
             save,
         )  # fmt: skip
 
-        failover_timeout = max(120.0, 0.2 * args.n)
+        failover_timeout = min(600.0, max(120.0, 0.2 * args.n))
         say(f"failover: a new operator process takes over (at most {failover_timeout:.0f} s)")
         procs["operator"].stop()
         tail.read()
@@ -721,16 +761,21 @@ def main() -> None:
         )  # fmt: skip
 
         rng = random.Random(12)
-        k = min(max(1, args.n // 100), args.trickle_max)
+        k = min(max(1, args.n // 100), args.trickle_max, max(1, gpus - 2))
+        if k < min(max(1, args.n // 100), args.trickle_max):
+            say(f"trickle: {k} services only (the node has {gpus} GPUs; a reused test bed?)")
         trickle_names = rng.sample(names, k)
         before = {k2: (s.rss_mib(), s.processes()) for k2, s in testbed.items() if s.tree}
         trickle = Trickle(act_url, trickle_names)
         wake_limit = max(120.0, 3.0 * k)
         say(f"trickle: {k} services, a request each every 5 s; waking (limit {wake_limit:.0f} s)")
         t_w = time.monotonic()
+        shown = -1
         while trickle.up() < k and time.monotonic() - t_w < wake_limit:
             time.sleep(5)
-            say(f"trickle: {trickle.up()}/{k} answered ({time.monotonic() - t_w:.0f} s)")
+            if trickle.up() != shown:
+                shown = trickle.up()
+                say(f"trickle: {shown}/{k} answered ({time.monotonic() - t_w:.0f} s)")
         woke_s = time.monotonic() - t_w if trickle.up() == k else None
         time.sleep(10)
         say(f"trickle window {args.window:.0f} s")
