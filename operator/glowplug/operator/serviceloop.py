@@ -31,7 +31,7 @@ from glowplug.kube.timefmt import format_time, parse_time
 from glowplug.operator import conditions as cond
 from glowplug.operator import prewarm
 from glowplug.operator.activity import LoadSource
-from glowplug.operator.autoscaler import ScalerState, ServiceLoad, decide
+from glowplug.operator.autoscaler import Decision, ScalerState, ServiceLoad, decide
 from glowplug.operator.idlepolicy import IdlePolicy
 from glowplug.operator.ledger import Ledger, PodHold
 from glowplug.operator.serviceapi import ServiceAPI
@@ -152,6 +152,7 @@ class ServiceLoop:
         self.tick_failed = False
         self.load: ServiceLoad | None = None  # the last load read (None: not read)
         self.prewarm = False  # the spec has pre-warm windows
+        self.prewarm_at: float | None = None  # idleTimeout: auto's next predicted pre-warm
 
     async def tick(self, body: Mapping[str, Any]) -> None:
         self.tick_failed = False  # an API call of this tick failed (logged as an outage)
@@ -290,10 +291,14 @@ class ServiceLoop:
 
     def rest_seconds(self, now: float) -> float:
         """How long the daemon may sleep at rest when no event comes: to the next minute
-        (pre-warm schedules are cron, minute-granular), else ``REST_MAX``."""
+        (pre-warm schedules are cron, minute-granular), else ``REST_MAX``; never past
+        idleTimeout: auto's predicted pre-warm."""
+        rest = REST_MAX
         if self.prewarm:
-            return max(0.05, 60.0 - now % 60.0 + 0.2)
-        return REST_MAX
+            rest = max(0.05, 60.0 - now % 60.0 + 0.2)
+        if self.prewarm_at is not None:  # idleTimeout: auto predicted the next arrival
+            rest = min(rest, max(0.05, self.prewarm_at - now))
+        return rest
 
     def _failure(self, failure: WakeFailure | None, body: Mapping[str, Any]) -> dict[str, Any]:
         if failure is not None and failure.reason != self.reported:
@@ -360,7 +365,8 @@ class ServiceLoop:
         self.scaler.wake_seconds = _float(status.get("lastWakeSeconds"))
         floor = prewarm.floor(svc.scaling.prewarm, now)
         decision = decide(now, spec_replicas, svc.scaling, load, self.scaler, floor)
-        self._persist_idle_policy(svc, status, decision.idle_timeout, patch)
+        self._persist_idle_policy(svc, status, decision, patch)
+        self.prewarm_at = decision.prewarm_at
         activity = decision.last_activity
         persisted = self.persisted_activity
         # Busy only because an activator cannot be read is no use of the service: kept in
@@ -403,17 +409,22 @@ class ServiceLoop:
         self,
         svc: EmbeddingService,
         status: Mapping[str, Any],
-        timeout: float,
+        decision: Decision,
         patch: dict[str, Any],
     ) -> None:
-        """Write status.idlePolicy when auto learned a gap or its timeout changed."""
+        """Write status.idlePolicy when auto learned a gap or its plan changed."""
         state = self.scaler
         if state is None or svc.scaling.auto_idle is None:
             return
         stored = status.get("idlePolicy")
-        old = stored.get("idleTimeoutSeconds") if isinstance(stored, Mapping) else None
-        if state.learned or old != round(timeout, 1):
-            patch["idlePolicy"] = state.idle.to_status(timeout)
+        doc = state.idle.to_status(decision.idle_timeout, decision.plan)
+        old = (
+            (stored.get("idleTimeoutSeconds"), stored.get("prewarm"))
+            if isinstance(stored, Mapping)
+            else None
+        )
+        if state.learned or old != (doc["idleTimeoutSeconds"], doc["prewarm"]):
+            patch["idlePolicy"] = doc
             state.learned = 0
 
     async def _write_status(
