@@ -168,6 +168,25 @@ async def test_a_key_without_wake_gets_cached_answers_at_zero() -> None:
             'glowplug_api_key_rejected_total{key="glowplug-system/no-wake",'
             'reason="wake_not_allowed"} 1.0'
         ) in metrics
+        # What the engine computed per key, for the operator's attribution: the waker's
+        # one miss; the cached answer and the refused request computed nothing.
+        async with s.get(f"{h.url}/stats") as r:
+            entry = (await r.json())["services"]["ns1/emb"]
+        assert entry["computedInputs"] == {"glowplug-system/waker": 1}
+        # Warm now: a request with one hit and two misses computes two for no-wake.
+        h.services.set_endpoints("ns1", "emb", [e.address])
+        async with s.post(
+            f"{h.url}/v1/embeddings",
+            json={"model": "emb", "input": ["hi", "x", "y"]},
+            headers={"Authorization": f"Bearer {KEY_A}"},
+        ) as r:
+            assert r.status == 200
+        async with s.get(f"{h.url}/stats") as r:
+            entry = (await r.json())["services"]["ns1/emb"]
+        assert entry["computedInputs"] == {
+            "glowplug-system/waker": 1,
+            "glowplug-system/no-wake": 2,
+        }
 
 
 async def test_rate_and_concurrency_limits_answer_429_with_retry_after() -> None:

@@ -270,7 +270,10 @@ class Activator:
         if not key.wake and _would_wake(route):
             self.metrics.key(key.ref).rejected("wake_not_allowed").inc()
             return _error(wake_not_allowed(route.spec))
-        return await self._serve(req, route, payloads, t0)
+        resp = await self._serve(req, route, payloads, t0)
+        if resp.status == 200:
+            route.computed[key.ref] = route.computed.get(key.ref, 0) + req.n_inputs
+        return resp
 
     def _admit(self, request: Request) -> tuple[oai.EmbeddingRequest, Route, list[bytes]]:
         if request.method != "POST":

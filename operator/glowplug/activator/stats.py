@@ -16,14 +16,15 @@ def stats(services: Services, activator: str) -> dict[str, Any]:
         activator,
         (
             ServiceStats(
-                namespace=st.namespace,
-                name=st.name,
-                in_flight=st.inflight,
-                queued=st.queued,
-                waking=st.waking,
-                last_request_finished=st.last_finished,
-                first_response_after_wake=st.first_response_after_wake,
+                namespace=route.state.namespace,
+                name=route.state.name,
+                in_flight=route.state.inflight,
+                queued=route.state.queued,
+                waking=route.state.waking,
+                last_request_finished=route.state.last_finished,
+                first_response_after_wake=route.state.first_response_after_wake,
+                computed_inputs=dict(route.computed),
             )
-            for st in (route.state for route in services.routes.values())
+            for route in services.routes.values()
         ),
     )

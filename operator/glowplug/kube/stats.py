@@ -4,7 +4,12 @@
     {"activator": "<hostname>", "time": <unix float>,
      "services": {"<namespace>/<name>": {"namespace", "name", "inFlight", "queued",
                                          "waking", "lastRequestFinished": <unix float|null>,
-                                         "firstResponseAfterWake": <unix float|null>}}}
+                                         "firstResponseAfterWake": <unix float|null>,
+                                         "computedInputs": {"<key>": <int>}}}}
+
+``computedInputs`` (only when not empty): per API key ("namespace/name" of its Secret),
+the inputs the engine computed for it (cache misses), cumulative since this activator
+began routing the service; the operator splits GPU-seconds by their increase.
 
 Keyed by metadata.name, not servedName. Every routed service appears, idle or not.
 """
@@ -13,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -28,13 +33,14 @@ class ServiceStats:
     waking: bool = False
     last_request_finished: float | None = None
     first_response_after_wake: float | None = None
+    computed_inputs: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "namespace": self.namespace,
             "name": self.name,
             "inFlight": self.in_flight,
@@ -43,6 +49,9 @@ class ServiceStats:
             "lastRequestFinished": self.last_request_finished,
             "firstResponseAfterWake": self.first_response_after_wake,
         }
+        if self.computed_inputs:
+            out["computedInputs"] = dict(self.computed_inputs)
+        return out
 
     @classmethod
     def from_json(cls, key: str, entry: Any) -> ServiceStats:
@@ -52,6 +61,9 @@ class ServiceStats:
         namespace, _sep, name = key.partition("/")
         finished = entry.get("lastRequestFinished")
         first = entry.get("firstResponseAfterWake")
+        computed = entry.get("computedInputs") or {}
+        if not isinstance(computed, Mapping):
+            raise ValueError(f"stats: {key}: computedInputs: not an object")
         try:
             return cls(
                 namespace=str(entry.get("namespace") or namespace),
@@ -61,6 +73,7 @@ class ServiceStats:
                 waking=bool(entry.get("waking")),
                 last_request_finished=None if finished is None else float(finished),
                 first_response_after_wake=None if first is None else float(first),
+                computed_inputs={str(k): _count(v) for k, v in computed.items()},
             )
         except (TypeError, ValueError) as err:
             raise ValueError(f"stats: {key}: {err}") from None
@@ -80,3 +93,9 @@ def parse(payload: Any) -> dict[str, ServiceStats]:
     if not isinstance(payload, Mapping) or not isinstance(payload.get("services"), Mapping):
         raise ValueError("stats: no 'services' object")
     return {str(k): ServiceStats.from_json(str(k), v) for k, v in payload["services"].items()}
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"computedInputs: {value!r} is not a count")
+    return value

@@ -103,6 +103,9 @@ class Snapshot:
     per_service: Mapping[str, list[ActivatorLoad]]
     unreadable: int
     activators: int
+    # Per service, each readable activator's (URL, inputs computed per API key): what
+    # attribution.py splits GPU-seconds by. Empty where no API key was used.
+    computed: Mapping[str, list[tuple[str, Mapping[str, int]]]] = field(default_factory=dict)
 
     def load(self, namespace: str, name: str) -> ServiceLoad:
         return ServiceLoad.combine(
@@ -112,16 +115,17 @@ class Snapshot:
 
 def parse_stats(payload: Any) -> dict[str, ActivatorLoad]:
     """One activator's /stats body -> loads by "namespace/name"; ValueError if malformed."""
-    return {
-        key: ActivatorLoad(
-            in_flight=s.in_flight,
-            queued=s.queued,
-            waking=s.waking,
-            last_request_finished=s.last_request_finished,
-            first_response=s.first_response_after_wake,
-        )
-        for key, s in stats.parse(payload).items()
-    }
+    return {key: _load(s) for key, s in stats.parse(payload).items()}
+
+
+def _load(s: stats.ServiceStats) -> ActivatorLoad:
+    return ActivatorLoad(
+        in_flight=s.in_flight,
+        queued=s.queued,
+        waking=s.waking,
+        last_request_finished=s.last_request_finished,
+        first_response=s.first_response_after_wake,
+    )
 
 
 @dataclass
@@ -156,6 +160,7 @@ class LoadReader:
         self._outage.ok()
         results = await asyncio.gather(*(self._read(u) for u in urls))
         per_service: dict[str, list[ActivatorLoad]] = {}
+        computed: dict[str, list[tuple[str, Mapping[str, int]]]] = {}
         unreadable = 0
         for url, result in zip(urls, results, strict=True):
             if result is None:
@@ -163,18 +168,20 @@ class LoadReader:
                 if self.on_error is not None:
                     self.on_error(url)
                 continue
-            for key, load in result.items():
-                per_service.setdefault(key, []).append(load)
-        return Snapshot(now, per_service, unreadable, len(urls))
+            for key, entry in result.items():
+                per_service.setdefault(key, []).append(_load(entry))
+                if entry.computed_inputs:
+                    computed.setdefault(key, []).append((url, entry.computed_inputs))
+        return Snapshot(now, per_service, unreadable, len(urls), computed)
 
-    async def _read(self, base: str) -> dict[str, ActivatorLoad] | None:
+    async def _read(self, base: str) -> dict[str, stats.ServiceStats] | None:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         try:
             async with self._session.get(f"{base}/stats") as resp:
                 if resp.status != 200:
                     raise ValueError(f"HTTP {resp.status}")
-                return parse_stats(await resp.json(content_type=None))
+                return stats.parse(await resp.json(content_type=None))
         except (aiohttp.ClientError, TimeoutError, ValueError) as err:
             log.info("activator %s unreadable (counts as busy): %s", base, err or type(err))
             return None

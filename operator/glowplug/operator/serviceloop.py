@@ -11,7 +11,9 @@ Each tick (``daemon.py`` runs it about once a second, or rests it while nothing 
    follows it through its phases (``waketracker``: status.wake, Events, node failures);
 3. reads every activator's ``/stats`` (one shared snapshot for all services) and
    applies ``autoscaler.decide``; each change of ``spec.replicas`` is a compare-and-swap
-   write through the scale subresource.
+   write through the scale subresource;
+4. splits the tick's GPU-seconds by API key (``attribution.py``, from the activators'
+   ``computedInputs``) into ``glowplug_gpu_seconds_attributed_total``.
 
 After the tick, ``at_rest`` says whether the loop may sleep until an event.
 """
@@ -31,6 +33,7 @@ from glowplug.kube.timefmt import format_time, parse_time
 from glowplug.operator import conditions as cond
 from glowplug.operator import prewarm
 from glowplug.operator.activity import LoadSource
+from glowplug.operator.attribution import Attribution, Reading
 from glowplug.operator.autoscaler import Decision, ScalerState, ServiceLoad, decide
 from glowplug.operator.idlepolicy import IdlePolicy
 from glowplug.operator.ledger import Ledger, PodHold
@@ -153,6 +156,8 @@ class ServiceLoop:
         self.load: ServiceLoad | None = None  # the last load read (None: not read)
         self.prewarm = False  # the spec has pre-warm windows
         self.prewarm_at: float | None = None  # idleTimeout: auto's next predicted pre-warm
+        self.attribution = Attribution()  # GPU-seconds by API key (attribution.py)
+        self.readings: list[Reading] = []  # this tick's computedInputs from /stats
 
     async def tick(self, body: Mapping[str, Any]) -> None:
         self.tick_failed = False  # an API call of this tick failed (logged as an outage)
@@ -269,9 +274,14 @@ class ServiceLoop:
             self.wake.end_failed(self.series, self.wake_start, now, failure or node_failure, patch)
 
         # 3. the autoscaler
+        self.readings = []
         if svc is not None and svc.scaling.autoscale and self.reader is not None:
             await self._autoscale(now, svc, status, spec_replicas, patch)
         self.prev_replicas = spec_replicas
+        # 4. this tick's GPU-seconds split by API key
+        attributed = self.attribution.advance(delta.gpu_seconds, self.readings, bool(holds))
+        if attributed and self.series is not None:
+            self.series.attribute(attributed)
 
         if patch:
             await self._write_status(namespace, name, patch, spec_replicas, ready)
@@ -356,6 +366,7 @@ class ServiceLoop:
         snapshot = await self.reader.snapshot()
         load = snapshot.load(svc.namespace, svc.name)
         self.load = load
+        self.readings = list(snapshot.computed.get(f"{svc.namespace}/{svc.name}", ()))
         self.wake.first_response(self.series, now, load.first_response, patch)
         if self.scaler is None:
             self.persisted_activity = parse_time(status.get("lastRequestTime"))
