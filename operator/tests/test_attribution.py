@@ -61,11 +61,15 @@ def test_counters_restart_and_a_fresh_operator_only_takes_a_baseline() -> None:
     assert out == {"t/a": 3.0, "t/b": 1.0}
 
 
-def test_nothing_is_exported_while_no_key_was_used() -> None:
+def test_nothing_is_exported_while_no_activator_has_keys() -> None:
     at = Attribution()
     assert at.advance(50.0, [], held=True) == {}
     assert at.advance(50.0, [], held=False) == {}
     assert not at.active and at.pending == 0.0
+    # Keys in use but nothing computed yet: the first wake is held back for its waker.
+    assert at.advance(0.0, [("act1", {})], held=False) == {}
+    assert at.advance(2.0, [("act1", {})], held=True) == {} and at.pending == 2.0
+    assert at.advance(1.0, [("act1", {"t/a": 1})], held=True) == {"t/a": 3.0}
 
 
 def test_stats_carries_computed_inputs_per_key() -> None:
@@ -76,10 +80,13 @@ def test_stats_carries_computed_inputs_per_key() -> None:
             ServiceStats("ns", "b"),
         ],
     )
-    assert "computedInputs" not in body["services"]["ns/b"]  # omitted when empty
+    assert "computedInputs" not in body["services"]["ns/b"]  # no API keys in use
     got = parse(body)
     assert got["ns/a"].computed_inputs == {"ns/k1": 4, "glowplug-system/k2": 1}
-    assert got["ns/b"].computed_inputs == {}
+    assert got["ns/b"].computed_inputs is None
+    keyed = document("act-0", [ServiceStats("ns", "c", computed_inputs={})])
+    assert keyed["services"]["ns/c"]["computedInputs"] == {}  # keys in use, nothing yet
+    assert parse(keyed)["ns/c"].computed_inputs == {}
     for bad in ({"k": -1}, {"k": "3"}, {"k": True}, ["k"]):
         body["services"]["ns/a"]["computedInputs"] = bad
         with pytest.raises(ValueError, match="computedInputs"):

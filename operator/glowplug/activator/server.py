@@ -164,7 +164,7 @@ class Activator:
         return _text(200, "ok\n")
 
     def stats(self) -> Response:
-        return _json(stats(self.services, self.config.name))
+        return _json(stats(self.services, self.config.name, keyed=self.keys.active))
 
     def prometheus(self) -> Response:
         return Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")

@@ -11,7 +11,9 @@ from glowplug.activator.services import Services
 from glowplug.kube.stats import ServiceStats, document
 
 
-def stats(services: Services, activator: str) -> dict[str, Any]:
+def stats(services: Services, activator: str, keyed: bool = False) -> dict[str, Any]:
+    """``keyed``: API keys are in use, so each service reports ``computedInputs`` (empty
+    until a key's input was computed): the operator's attribution starts from it."""
     return document(
         activator,
         (
@@ -23,7 +25,7 @@ def stats(services: Services, activator: str) -> dict[str, Any]:
                 waking=route.state.waking,
                 last_request_finished=route.state.last_finished,
                 first_response_after_wake=route.state.first_response_after_wake,
-                computed_inputs=dict(route.computed),
+                computed_inputs=dict(route.computed) if keyed or route.computed else None,
             )
             for route in services.routes.values()
         ),

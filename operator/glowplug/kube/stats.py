@@ -7,9 +7,10 @@
                                          "firstResponseAfterWake": <unix float|null>,
                                          "computedInputs": {"<key>": <int>}}}}
 
-``computedInputs`` (only when not empty): per API key ("namespace/name" of its Secret),
-the inputs the engine computed for it (cache misses), cumulative since this activator
-began routing the service; the operator splits GPU-seconds by their increase.
+``computedInputs`` (only while API keys are in use on that activator, ``{}`` until a
+key's input was computed): per API key ("namespace/name" of its Secret), the inputs the
+engine computed for it (cache misses), cumulative since this activator began routing
+the service; the operator splits GPU-seconds by their increase (operator/attribution.py).
 
 Keyed by metadata.name, not servedName. Every routed service appears, idle or not.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -33,7 +34,7 @@ class ServiceStats:
     waking: bool = False
     last_request_finished: float | None = None
     first_response_after_wake: float | None = None
-    computed_inputs: Mapping[str, int] = field(default_factory=dict)
+    computed_inputs: Mapping[str, int] | None = None  # None: no API keys in use
 
     @property
     def key(self) -> str:
@@ -49,7 +50,7 @@ class ServiceStats:
             "lastRequestFinished": self.last_request_finished,
             "firstResponseAfterWake": self.first_response_after_wake,
         }
-        if self.computed_inputs:
+        if self.computed_inputs is not None:
             out["computedInputs"] = dict(self.computed_inputs)
         return out
 
@@ -61,8 +62,8 @@ class ServiceStats:
         namespace, _sep, name = key.partition("/")
         finished = entry.get("lastRequestFinished")
         first = entry.get("firstResponseAfterWake")
-        computed = entry.get("computedInputs") or {}
-        if not isinstance(computed, Mapping):
+        computed = entry.get("computedInputs")
+        if computed is not None and not isinstance(computed, Mapping):
             raise ValueError(f"stats: {key}: computedInputs: not an object")
         try:
             return cls(
@@ -73,7 +74,9 @@ class ServiceStats:
                 waking=bool(entry.get("waking")),
                 last_request_finished=None if finished is None else float(finished),
                 first_response_after_wake=None if first is None else float(first),
-                computed_inputs={str(k): _count(v) for k, v in computed.items()},
+                computed_inputs=None
+                if computed is None
+                else {str(k): _count(v) for k, v in computed.items()},
             )
         except (TypeError, ValueError) as err:
             raise ValueError(f"stats: {key}: {err}") from None

@@ -170,7 +170,7 @@ class LoadReader:
                 continue
             for key, entry in result.items():
                 per_service.setdefault(key, []).append(_load(entry))
-                if entry.computed_inputs:
+                if entry.computed_inputs is not None:
                     computed.setdefault(key, []).append((url, entry.computed_inputs))
         return Snapshot(now, per_service, unreadable, len(urls), computed)
 

@@ -63,12 +63,13 @@ class Attribution:
     pending: float = 0.0  # GPU-seconds of this residency before its first input
     held: bool = False  # GPUs were held at the previous advance
     primed: bool = False  # a first reading was taken
-    active: bool = False  # some key's input was ever seen (else nothing is exported)
+    active: bool = False  # an activator with API keys in use was read (else no export)
 
     def new_inputs(self, readings: Iterable[Reading]) -> dict[str, int]:
         """Inputs computed per key since the last reading."""
         out: dict[str, int] = {}
         for activator, per_key in readings:
+            self.active = True  # that activator has API keys in use, counts or not
             for key, count in per_key.items():
                 prev = self.counts.get((activator, key))
                 self.counts[(activator, key)] = count
@@ -80,7 +81,6 @@ class Attribution:
                     delta = count - prev
                 if delta > 0:
                     out[key] = out.get(key, 0) + delta
-                self.active = True
         self.primed = True
         return out
 
@@ -92,7 +92,7 @@ class Attribution:
         new = self.new_inputs(readings)
         if not self.active:
             self.held = held
-            return {}  # no API key in use: nothing to attribute, nothing held back
+            return {}  # no activator has API keys in use: nothing to attribute or hold back
         out: dict[str, float] = {}
         if held and not self.held:
             _add(out, self._close())  # a new residency begins
