@@ -36,6 +36,21 @@ CHART = REPO / "charts" / "glowplug"
 NAME = "watched"
 UP_FOR = 90.0  # seconds the service holds its GPU, so that 2 % is more than a scrape
 AT_ZERO_FOR = 100.0  # seconds at zero afterwards, so that the savings are as large
+# Requests carry an API key, so the "GPU-hours by API key" panel has data too.
+KEY = "gp-e2e-prometheus-0123456789"
+
+
+def key_secret(namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "dashboard",
+            "namespace": namespace,
+            "labels": {"glowplug.dev/api-key": ""},
+        },
+        "stringData": {"key": KEY},
+    }
 
 
 def service() -> dict[str, Any]:
@@ -139,7 +154,9 @@ def activator(
 def embed(url: str, **body: Any) -> int:
     data = json.dumps({"model": NAME, "input": "hello", **body}).encode()
     req = urllib.request.Request(
-        f"{url}/v1/embeddings", data=data, headers={"Content-Type": "application/json"}
+        f"{url}/v1/embeddings",
+        data=data,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"},
     )
     try:
         with urllib.request.urlopen(req, timeout=180) as resp:
@@ -191,8 +208,12 @@ def test_every_panel_returns_data_and_gpu_hours_match_status(
     )
     try:
         started = time.time()
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(key_secret(namespace)))
         apply(cluster, namespace, service())
         wait_for(lambda: activator.stats(NAME) != {}, 30, what=f"{NAME} routed")
+        wait_for(
+            lambda: "computedInputs" in activator.stats(NAME), 30, what="the key Secret watched"
+        )
         # The ledger's counters exist at 0 before the first wake, and Prometheus has seen
         # them so (as for any service that existed before its traffic): increase() then
         # counts from 0, not from the first value it happened to scrape.

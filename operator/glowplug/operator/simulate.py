@@ -30,8 +30,10 @@ Examples:
       --auto-max 6m30s
 
 ``--idle-timeout auto`` runs the learned idle timeout (``idlepolicy.py``) through the
-same ``decide``; ``--warm-up-seed`` replays another seed day first, unmeasured, so that
-it starts from what it learned "yesterday".
+same ``decide``, with its pre-warm plan unless ``--no-auto-prewarm`` (the ``pre`` column
+counts the wakes it started ahead of a predicted arrival; they are among ``wakes``);
+``--warm-up-seed`` replays another seed day first, unmeasured, so that it starts from
+what it learned "yesterday".
 """
 
 from __future__ import annotations
