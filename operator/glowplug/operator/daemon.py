@@ -10,7 +10,8 @@ request and no write.
 Why a kopf daemon: kopf stops daemons when peering tells this operator replica to
 stand by, and starts them again when it becomes active, so only one replica scales and
 accounts at a time; a daemon also stops when its object is deleted. At start-up (or a
-failover) the first object read of each service passes a shared rate gate.
+failover) the one object read of each service that writes a ledger checkpoint (before
+its first; an idle service reads nothing) passes a shared rate gate.
 
 State shared by the daemons lives in one ``Daemons`` object made by ``configure``;
 kopf holds its bound methods (no module-level state).
@@ -36,9 +37,9 @@ from glowplug.outage import Outage, is_unreachable
 
 log = logging.getLogger(__name__)
 
-# The first tick of each service reads its object once (the latest ledger checkpoint):
-# at most this many per second, so a start-up or a failover with thousands of services
-# does not stampede the API server.
+# A service's first ledger checkpoint reads its object once (the latest checkpoint, in
+# case kopf's body lags it): at most this many per second, so a start-up or a failover
+# with thousands of services holding pods does not stampede the API server.
 FIRST_READS_PER_SECOND = 50.0
 
 
