@@ -4,7 +4,8 @@ Each daemon runs a ``ServiceLoop``: a tick about once a second while the service
 pods, wakes or has load, and a rest otherwise, ended by a poke (``pokes``): its pods
 changed (one pod informer for all services, ``glowplug.kube.informer``), its object
 changed (kopf's event handler) or its load changed in the activators' ``/stats``
-(``pokes.poke_on_load``), or by the next pre-warm minute. A service at rest makes no API
+(``LoadReader.follow``: a long poll of changes per activator), or by the next pre-warm
+minute. A service at rest makes no API
 request and no write.
 
 Why a kopf daemon: kopf stops daemons when peering tells this operator replica to
@@ -29,8 +30,8 @@ from typing import Any
 
 from glowplug.api.spec import GROUP, PLURAL, VERSION
 from glowplug.kube.informer import Informer
-from glowplug.operator.activity import EndpointSliceDiscovery, LoadReader, StaticDiscovery
-from glowplug.operator.pokes import Pokes, poke_on_load
+from glowplug.operator.activity import LoadReader, StaticDiscovery, watched_endpoint_slices
+from glowplug.operator.pokes import Pokes
 from glowplug.operator.serviceapi import GatedServiceAPI, RateGate, ServiceAPI
 from glowplug.operator.serviceloop import Options, ServiceLoop
 from glowplug.outage import Outage, is_unreachable
@@ -110,6 +111,7 @@ class Daemons:
     reader: LoadReader | None = None
     api_client: Any = None
     pods: Informer | None = None
+    slices: Informer | None = None  # the activators' EndpointSlices (--activator-service)
     pokes: Pokes = field(default_factory=Pokes)
     load_task: asyncio.Task[None] | None = None
     closing: bool = False  # cleanup began: the clients are being closed under the loops
@@ -117,7 +119,6 @@ class Daemons:
 
     async def startup(self, **kwargs: Any) -> None:
         logger: logging.Logger = kwargs.get("logger") or log
-        from kubernetes_asyncio import client
 
         from glowplug.kube import informer
         from glowplug.kubeclient import new_api_client
@@ -133,7 +134,9 @@ class Daemons:
             discovery = StaticDiscovery(opts.activator_urls)
         elif opts.activator_service:
             ns, _sep, svc_name = opts.activator_service.partition("/")
-            discovery = EndpointSliceDiscovery(client.DiscoveryV1Api(self.api_client), ns, svc_name)
+            # A watch of its EndpointSlices, not a LIST per look.
+            discovery = watched_endpoint_slices(self.api_client, ns, svc_name)
+            self.slices = discovery.informer
         if discovery is None:
             logger.warning(
                 "no --activator-url or --activator-service: the autoscaler is off (replicas"
@@ -148,8 +151,9 @@ class Daemons:
             max_age=min(0.5, opts.interval / 2),
             on_error=lambda url: STATS_ERRORS.labels(url).inc(),
         )
+        # Load changes as they happen (a long poll per activator), each poking its loop.
         self.load_task = asyncio.create_task(
-            poke_on_load(self.reader, self.pokes, opts.interval), name="load changes"
+            self.reader.follow(self.pokes.poke, opts.interval), name="load changes"
         )
 
     async def poke_on_event(self, **kwargs: Any) -> None:
@@ -165,6 +169,8 @@ class Daemons:
                 await self.load_task
         if self.pods is not None:
             await self.pods.close()
+        if self.slices is not None:
+            await self.slices.close()
         if self.reader is not None:
             await self.reader.close()
         if self.api_client is not None:
