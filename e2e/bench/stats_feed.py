@@ -9,9 +9,10 @@ poll of the changes after a cursor, glowplug.kube.stats). Each runs idle and wit
 trickle: 1 % of the services get one request a second each, from a separate process,
 served by a canned backend (``e2e.bench.backend``, a TEST DOUBLE of an engine).
 
-Prints per N, load and protocol: /stats requests/s and bytes/s, the consumer's CPU (this
-process, which does nothing else meanwhile), the activator's CPU (from /proc), and the
-services reported changed per second (the pokes). Writes
+Prints per N, load and protocol, in the steady state after the first read (a full read
+for both; its size is printed too): /stats requests/s and bytes/s, the consumer's CPU
+(this process, which does nothing else meanwhile), the activator's CPU (from /proc), and
+the services reported changed per second (the pokes). Writes
 ``e2e/bench/results/stats-feed-<UTC time>.json``. Reports only: it never fails on a
 slow result.
 """
@@ -95,44 +96,71 @@ async def wait_http(url: str, limit_s: float = 60.0) -> None:
 # --- the two consumers ------------------------------------------------------------------
 
 
-async def full_reads(url: str, seconds: float) -> dict[str, float]:
-    """The previous consumer: GET /stats every second, every service parsed and compared."""
-    reads = nbytes = changed = 0
-    prev: dict[str, Any] = {}
-    end = time.monotonic() + seconds
+# Each consumer makes its first (full) read, then the steady state is measured: both
+# protocols start with the same full read, which is reported on its own.
+
+
+class Meter:
+    """Counters of one consumer, and where the steady state began."""
+
+    def __init__(self) -> None:
+        self.reads = self.nbytes = self.changed = 0
+        self.first_bytes = 0
+        self.started = asyncio.Event()  # the first read is done
+        self.reader: LoadReader | None = None  # the delta consumer counts for itself
+
+    def counts(self) -> tuple[int, int, int]:
+        if self.reader is not None:
+            return self.reader.reads, self.reader.bytes_read, self.changed
+        return self.reads, self.nbytes, self.changed
+
+    async def wait_started(self) -> None:
+        end = time.monotonic() + 60
+        # Before the window: polling costs nothing that is measured.
+        while not self.started.is_set():
+            if self.reader is not None and self.reader.reads:
+                self.first_bytes = self.reader.bytes_read
+                self.started.set()
+                break
+            if time.monotonic() > end:
+                raise RuntimeError("no first /stats read within 60 s")
+            await asyncio.sleep(0.01)
+
+
+async def full_reads(url: str, m: Meter) -> None:
+    """The previous consumer: GET /stats every second, every service parsed and compared
+    with the last read (what ``poke_on_load`` did), until cancelled."""
+    prev: dict[str, Any] | None = None
     async with aiohttp.ClientSession() as s:
-        while time.monotonic() < end:
+        while True:
             started = time.monotonic()
             async with s.get(f"{url}/stats") as r:
                 raw = await r.read()
-            reads += 1
-            nbytes += len(raw)
             cur = parse_stats(json.loads(raw))
-            if reads > 1:  # the first read is where both protocols start
-                changed += sum(1 for k in cur.keys() | prev.keys() if cur.get(k) != prev.get(k))
+            if prev is None:
+                m.first_bytes = len(raw)
+                m.started.set()
+            else:
+                m.reads += 1
+                m.nbytes += len(raw)
+                m.changed += sum(1 for k in cur.keys() | prev.keys() if cur.get(k) != prev.get(k))
             prev = cur
             await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
-    return {"reads": reads, "bytes": nbytes, "changed": changed}
 
 
-async def delta_reads(url: str, seconds: float) -> dict[str, float]:
-    """The consumer as it is: LoadReader.follow (a long poll of changes)."""
-    changed = 0
+async def delta_reads(url: str, m: Meter) -> None:
+    """The consumer as it is: LoadReader.follow (a long poll of changes), until cancelled.
+    Its own counters are the meter's (read at the window's ends, not polled)."""
+    reader = LoadReader(StaticDiscovery([url]))
 
     def on_change(_namespace: str, _name: str) -> None:
-        nonlocal changed
-        changed += 1
+        m.changed += 1
 
-    reader = LoadReader(StaticDiscovery([url]))
-    task = asyncio.create_task(reader.follow(on_change, 1.0))
+    m.reader = reader
     try:
-        await asyncio.sleep(seconds)
+        await reader.follow(on_change, 1.0)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         await reader.close()
-    return {"reads": reader.reads, "bytes": reader.bytes_read, "changed": changed}
 
 
 # --- the trickle client (its own process) ---------------------------------------------
@@ -158,15 +186,29 @@ async def trickle(url: str, names: list[str]) -> None:
 
 
 async def measure(mode: str, url: str, act_pid: int, seconds: float) -> dict[str, float]:
-    cpu0, act0, t0 = time.process_time(), cpu_seconds(act_pid), time.monotonic()
-    out = await (full_reads if mode == "full" else delta_reads)(url, seconds)
-    wall = time.monotonic() - t0
+    m = Meter()
+    task = asyncio.create_task((full_reads if mode == "full" else delta_reads)(url, m))
+    try:
+        await m.wait_started()
+        await asyncio.sleep(1.5)  # past the first read's pokes; the next poll is in flight
+        reads0, bytes0, changed0 = m.counts()
+        cpu0, act0, t0 = time.process_time(), cpu_seconds(act_pid), time.monotonic()
+        await asyncio.sleep(seconds)
+        wall = time.monotonic() - t0
+        cpu, act = time.process_time() - cpu0, cpu_seconds(act_pid) - act0
+        reads1, bytes1, changed1 = m.counts()
+        reads, nbytes, changed = reads1 - reads0, bytes1 - bytes0, changed1 - changed0
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     return {
-        "requests_per_s": round(out["reads"] / wall, 3),
-        "bytes_per_s": round(out["bytes"] / wall),
-        "consumer_cpu_percent": round(100 * (time.process_time() - cpu0) / wall, 2),
-        "activator_cpu_percent": round(100 * (cpu_seconds(act_pid) - act0) / wall, 2),
-        "changed_per_s": round(out["changed"] / wall, 2),
+        "first_read_bytes": m.first_bytes,
+        "requests_per_s": round(reads / wall, 3),
+        "bytes_per_s": round(nbytes / wall),
+        "consumer_cpu_percent": round(100 * cpu / wall, 2),
+        "activator_cpu_percent": round(100 * act / wall, 2),
+        "changed_per_s": round(changed / wall, 2),
     }
 
 
@@ -233,11 +275,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="glowplug-stats-feed-") as tmp:
         for n in args.n:
             rows.extend(run_n(n, args.trickle, args.seconds, Path(tmp)))
-    head = f"{'N':>6} {'load':8} {'protocol':8} {'req/s':>7} {'bytes/s':>10}"
+    head = f"{'N':>6} {'load':8} {'protocol':8} {'first read':>10} {'req/s':>7} {'bytes/s':>10}"
     print(f"\n{head} {'operator CPU':>12} {'activator CPU':>13} {'changed/s':>9}")
     for r in rows:
         print(
-            f"{r['n']:>6} {r['load']:8} {r['protocol']:8} {r['requests_per_s']:>7.2f}"
+            f"{r['n']:>6} {r['load']:8} {r['protocol']:8} {r['first_read_bytes']:>10,}"
+            f" {r['requests_per_s']:>7.2f}"
             f" {r['bytes_per_s']:>10,} {r['consumer_cpu_percent']:>11.2f}%"
             f" {r['activator_cpu_percent']:>12.2f}% {r['changed_per_s']:>9.2f}"
         )
