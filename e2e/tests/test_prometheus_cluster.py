@@ -12,7 +12,6 @@ as host processes, and prometheus on 127.0.0.1 scraping both every second.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -22,12 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from e2e.cluster import Cluster
+from e2e.prometheus import (
+    Prometheus,
+    PrometheusError,
+    compare_ledger,
+    empty_panels,
+    install_prometheus,
+    minute_rules_evaluated,
+    static_scrape_configs,
+)
 from e2e.tests.conftest import OperatorFactory
 from e2e.tests.helpers import GLOWPLUG, ActivatorProcess, apply, free_port, wait_for
-from glowplug.api import parse_duration
 
 pytestmark = pytest.mark.cluster
 
@@ -57,69 +63,12 @@ def service() -> dict[str, Any]:
     }
 
 
-class Prometheus:
-    def __init__(self, binary: str, workdir: Path, targets: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(CHART / "rules" / "glowplug.rules.yaml")],
-            "scrape_configs": [
-                {"job_name": job, "static_configs": [{"targets": [target]}]}
-                for job, target in targets.items()
-            ],
-        }
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.log_path = workdir / "prometheus.log"
-        with open(self.log_path, "wb") as out:
-            self.proc = subprocess.Popen(
-                [binary, f"--config.file={workdir / 'prometheus.yml'}",
-                 f"--storage.tsdb.path={workdir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}"],
-                stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        wait_for(self.ready, 60, what="prometheus /-/ready")
-
-    def ready(self) -> bool:
-        assert self.proc.poll() is None, self.log_path.read_text()[-2000:]
-        try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
-
-    def get(self, path: str, **params: str) -> Any:
-        url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=30) as resp:
-            body = json.load(resp)
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
-        params = {"query": expr}
-        if at is not None:
-            params["time"] = f"{at:.3f}"
-        data = self.get("/api/v1/query", **params)
-        return list(data["result"])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @pytest.fixture
 def prometheus_bin() -> str:
-    proc = subprocess.run(
-        ["bash", str(REPO / "scripts/install-prometheus.sh")], capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"no prometheus: {proc.stderr.strip()[-300:]}")
-    return proc.stdout.strip().splitlines()[-1]
+    try:
+        return install_prometheus()
+    except PrometheusError as err:
+        pytest.skip(str(err))
 
 
 @pytest.fixture
@@ -149,28 +98,6 @@ def embed(url: str, **body: Any) -> int:
         return int(err.code)
 
 
-def dashboard_queries(namespace: str, window: str) -> list[tuple[str, str]]:
-    """(panel title, expression) for every target, Grafana's variables filled in."""
-    dash = json.loads((CHART / "dashboards" / "glowplug.json").read_text())
-    out = []
-    for panel in dash["panels"]:
-        for target in panel.get("targets", []):
-            expr = (
-                target["expr"]
-                .replace("$namespace", namespace)
-                .replace("$service", ".*")
-                .replace("$__range", window)
-                .replace("$__rate_interval", window)
-            )
-            out.append((panel["title"], expr))
-    return out
-
-
-def value(result: list[dict[str, Any]]) -> float:
-    assert len(result) == 1, result
-    return float(result[0]["value"][1])
-
-
 def test_every_panel_returns_data_and_gpu_hours_match_status(
     cluster: Cluster,
     namespace: str,
@@ -186,8 +113,10 @@ def test_every_panel_returns_data_and_gpu_hours_match_status(
     )  # fmt: skip
     prom = Prometheus(
         prometheus_bin,
-        tmp_path,
-        {"activator": activator.url.split("//")[1], "operator": f"127.0.0.1:{metrics_port}"},
+        tmp_path / "prometheus",
+        static_scrape_configs(
+            {"activator": activator.url.split("//")[1], "operator": f"127.0.0.1:{metrics_port}"}
+        ),
     )
     try:
         started = time.time()
@@ -219,60 +148,26 @@ def test_every_panel_returns_data_and_gpu_hours_match_status(
         time.sleep(AT_ZERO_FOR)
 
         # Recording rules loaded and evaluated (interval 1m).
-        def rules_healthy() -> list[Any] | None:
-            groups = prom.get("/api/v1/rules")["groups"]
-            assert {g["name"] for g in groups} >= {"glowplug.gpu", "glowplug.savings.1h"}
-            bad = [r for g in groups for r in g["rules"] if r["health"] == "err"]
-            assert not bad, bad
-            # Groups on a 1m interval have run by now; the 1d group runs every 5m and may
-            # not have had its first turn yet (its rules are checked by promtool tests).
-            minute = [r for g in groups if g["interval"] <= 60 for r in g["rules"]]
-            return minute if all(r["health"] == "ok" for r in minute) else None
-
-        wait_for(rules_healthy, 150, what="every 1m recording rule evaluated")
+        wait_for(lambda: minute_rules_evaluated(prom), 150, what="every 1m recording rule")
         wait_for(lambda: prom.query("glowplug:gpus_held:rate5m"), 90, what="a recorded series")
 
         window = f"{int(time.time() - started) + 30}s"
-        empty = [
-            (title, expr)
-            for title, expr in dashboard_queries(namespace, window)
-            if not prom.query(expr)
-        ]
+        empty = empty_panels(prom, namespace, window)
         assert not empty, empty
 
-        # GPU-hours used and saved: Prometheus against status, at the ledger's own time.
-        status = cluster.api("GET", path)["status"]
-        at = parse_time(status["ledgerTime"])
-        used = value(prom.query(
-            f'sum(increase(glowplug_gpu_seconds_total{{namespace="{namespace}"}}[{window}]))',
-            at,
-        ))  # fmt: skip
-        base = value(prom.query(
-            f'sum(increase(glowplug_baseline_gpu_seconds_total{{namespace="{namespace}"}}'
-            f"[{window}]))",
-            at,
-        ))  # fmt: skip
-        assert status["gpuSeconds"] > UP_FOR / 2
-        assert used == pytest.approx(status["gpuSeconds"], rel=0.02), (used, status)
-        # The baseline accrues from the service's creation, a moment before Prometheus
-        # first scraped its counter (the GPU counter was scraped at 0, above): the part
-        # before the first sample is what no increase() can see, so it is taken off.
-        unseen = value(prom.query(
-            f'min_over_time(glowplug_baseline_gpu_seconds_total{{namespace="{namespace}"}}'
-            f"[{window}])",
-            at,
-        ))  # fmt: skip
-        assert unseen < 0.1 * status["baselineGpuSeconds"], unseen
-        saved = status["baselineGpuSeconds"] - unseen - status["gpuSeconds"]
-        assert base - used == pytest.approx(saved, rel=0.02), (base, used, unseen, status)
-        assert parse_duration(window) > 0
+        # GPU-hours used and saved: Prometheus against status read as of the same instant
+        # (a second ago, so that the last scrape before it is in). At zero the operator
+        # writes nothing: status says the totals at ledgerTime and the rates from then on.
+        at = time.time() - 1.0
+        obj = cluster.api("GET", path)
+        check = compare_ledger(prom, namespace, obj, at, window)
+        print(check)
+        assert obj["status"]["gpuSeconds"] > UP_FOR / 2
+        assert check.unseen_baseline < 0.1 * check.saved_status, check
+        assert check.saved_status > AT_ZERO_FOR * 0.9, (
+            check
+        )  # status read at `at`, not at ledgerTime
+        assert check.used_prometheus == pytest.approx(check.used_status, rel=0.02), check
+        assert check.saved_prometheus == pytest.approx(check.saved_status, rel=0.02), check
     finally:
         prom.stop()
-
-
-def parse_time(text: str) -> float:
-    from glowplug.kube.timefmt import parse_time as parse
-
-    t = parse(text)
-    assert t is not None
-    return t

@@ -33,7 +33,7 @@ from glowplug.operator import prewarm
 from glowplug.operator.activity import LoadSource
 from glowplug.operator.autoscaler import ScalerState, ServiceLoad, decide
 from glowplug.operator.idlepolicy import IdlePolicy
-from glowplug.operator.ledger import Ledger, PodHold
+from glowplug.operator.ledger import Ledger, PodHold, Rates, spec_baseline_gpus, written_rates
 from glowplug.operator.serviceapi import ServiceAPI
 from glowplug.operator.waketracker import WakeTracker
 from glowplug.outage import Outage, is_unreachable
@@ -136,6 +136,7 @@ class ServiceLoop:
         self.series: Any = None  # servicemetrics.ServiceSeries, created lazily
         self.last_checkpoint = 0.0
         self.last_pods: frozenset[str] = frozenset()
+        self.last_rates: Rates | None = None  # the rates status states (ledger.py)
         self.persisted_activity: float | None = None
         self.prev_replicas: int | None = None
         self.wake_start: float | None = None
@@ -209,20 +210,22 @@ class ServiceLoop:
             created = parse_time((fresh.get("metadata") or {}).get("creationTimestamp")) or now
             self.ledger = Ledger.restore(fresh.get("status"), created, now)
             self.last_checkpoint = now
+            self.last_rates = written_rates(fresh)
         holds = [h for h in (pod_hold(p) for p in pods) if h is not None]
-        gpus = _raw_int(body, "spec", "resources", "gpus", default=1)
-        baseline = _raw_int(body, "spec", "cost", "baselineReplicas", default=1) * gpus
-        delta = self.ledger.advance(now, holds, float(baseline))
+        delta = self.ledger.advance(now, holds, spec_baseline_gpus(body))
         if self.series is not None:
             self.series.gpu.inc(delta.gpu_seconds)
             self.series.baseline.inc(delta.baseline_gpu_seconds)
         pod_set = frozenset(h.uid for h in holds)
         # While GPUs are held the totals move: checkpoint every checkpoint_every. With no
         # pod, only the baseline moves, and a restart recomputes it from ledgerTime: an
-        # idle service writes nothing (DESIGN.md invariant 6).
+        # idle service writes nothing (DESIGN.md invariant 6). A checkpoint states the
+        # rates it grows at from then on, so a change of rates (a pod, a spec edit of the
+        # baseline) is due at once: status + rate x elapsed stays exact at zero.
         due = bool(holds) and now - self.last_checkpoint >= self.options.checkpoint_every
+        moved = pod_set != self.last_pods or self.ledger.rates != self.last_rates
         # Never twice at one instant; right after a restore, status holds a checkpoint.
-        if (pod_set != self.last_pods or due) and now > self.last_checkpoint:
+        if (moved or due) and now > self.last_checkpoint:
             try:
                 await self.api.write_ledger(namespace, name, self.ledger.checkpoint())
             except Exception as err:  # kept in memory; the next checkpoint catches up
@@ -233,6 +236,7 @@ class ServiceLoop:
                     log.warning("%s/%s: ledger checkpoint failed: %s", namespace, name, err)
             else:
                 self.last_pods = pod_set
+                self.last_rates = self.ledger.rates
                 self.last_checkpoint = now
 
         # 2. wake failures and wake duration
