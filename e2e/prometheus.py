@@ -19,7 +19,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -350,3 +350,87 @@ def compare_ledger(
         saved_status=totals.baseline_gpu_seconds - unseen - totals.gpu_seconds,
         unseen_baseline=unseen,
     )
+
+
+# --- the scenario both suites run -----------------------------------------------------------
+
+UP_FOR = 90.0  # seconds the service holds its GPU, so that 2 % is more than a scrape
+AT_ZERO_FOR = 100.0  # seconds at zero afterwards, so that the savings are as large
+
+
+@dataclass(frozen=True)
+class DashboardRun:
+    empty: list[tuple[str, str]]  # panels whose queries returned no data
+    ledger: LedgerComparison
+    status: dict[str, Any]
+
+
+def run_dashboard_scenario(
+    prom: Prometheus,
+    namespace: str,
+    embed: Callable[..., int],
+    read: Callable[[], Mapping[str, Any]],
+    *,
+    say: Callable[[str], None] = print,
+) -> DashboardRun:
+    """Drive one EmbeddingService (scale-to-zero, cache enabled, ``spec.model.matryoshka``
+    so that a bad ``dimensions`` reaches the engine) through what every panel shows,
+    then read the dashboard and the ledger from Prometheus.
+
+    ``embed(text, **body)`` sends one request and returns its HTTP status; ``read()``
+    returns the EmbeddingService object. Steps: the GPU counter scraped at 0 (the service
+    exists before its traffic), a wake, an engine error (400), ``UP_FOR`` seconds of
+    requests, scale to zero, a cached answer at zero, ``AT_ZERO_FOR`` seconds at zero, the
+    1m recording rules evaluated. Raises ``Timeout`` or ``PrometheusError``; the caller
+    asserts on the result.
+    """
+    from e2e.helmkit import wait_until
+
+    sel = f'namespace="{namespace}"'
+    started = time.time()
+    # The ledger's counters exist at 0 before the first wake, and Prometheus has seen
+    # them so (as for any service that existed before its traffic): increase() then
+    # counts from 0, not from the first value it happened to scrape.
+    wait_until(
+        lambda: prom.query(f"glowplug_gpu_seconds_total{{{sel}}} == 0"),
+        90,
+        "the GPU-seconds counter scraped at 0",
+    )
+    say("the ledger's counters are scraped at 0; waking the service")
+    expect(embed("hello"), 200, "the first request (wakes it)")
+    expect(embed("hello", dimensions=10**6), 400, "a bad dimensions (the engine refuses)")
+    end = time.time() + UP_FOR
+    while time.time() < end:  # keep it busy for a while, then let it go
+        expect(embed(f"text {time.time()}"), 200, "a request while up")
+        time.sleep(2)
+    say(f"busy for {UP_FOR:.0f} s; waiting for scale to zero")
+    wait_until(lambda: (read().get("spec") or {}).get("replicas") == 0, 120, "scale to zero")
+    expect(embed("hello"), 200, "a cached answer while at zero")
+    wait_until(
+        lambda: (
+            (read().get("status") or {}).get("readyReplicas", 0) == 0
+            and not prom.query(f'glowplug_replicas{{{sel},state="ready"}} > 0')
+        ),
+        120,
+        "no ready replica, scraped",
+    )
+    # At zero the baseline keeps accruing: savings large enough that 2 % is more than a
+    # scrape interval of it.
+    say(f"at zero; the baseline accrues for {AT_ZERO_FOR:.0f} s")
+    time.sleep(AT_ZERO_FOR)
+    wait_until(lambda: minute_rules_evaluated(prom), 150, "every 1m recording rule evaluated")
+    wait_until(lambda: prom.query("glowplug:gpus_held:rate5m"), 90, "a recorded series")
+
+    window = f"{int(time.time() - started) + 30}s"
+    empty = empty_panels(prom, namespace, window)
+    # Prometheus against status read as of the same instant (a second ago, so that the
+    # last scrape before it is in). At zero the operator writes nothing: status says the
+    # totals at ledgerTime and the rates they grow at from then on.
+    at = time.time() - 1.0
+    obj = read()
+    return DashboardRun(empty, compare_ledger(prom, namespace, obj, at, window), obj["status"])
+
+
+def expect(got: int, want: int, what: str) -> None:
+    if got != want:
+        raise PrometheusError(f"{what}: HTTP {got}, expected {want}")

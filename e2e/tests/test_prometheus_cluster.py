@@ -12,7 +12,6 @@ as host processes, and prometheus on 127.0.0.1 scraping both every second.
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -24,12 +23,12 @@ import pytest
 
 from e2e.cluster import Cluster
 from e2e.prometheus import (
+    AT_ZERO_FOR,
+    UP_FOR,
     Prometheus,
     PrometheusError,
-    compare_ledger,
-    empty_panels,
     install_prometheus,
-    minute_rules_evaluated,
+    run_dashboard_scenario,
     static_scrape_configs,
 )
 from e2e.tests.conftest import OperatorFactory
@@ -40,8 +39,6 @@ pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "glowplug"
 NAME = "watched"
-UP_FOR = 90.0  # seconds the service holds its GPU, so that 2 % is more than a scrape
-AT_ZERO_FOR = 100.0  # seconds at zero afterwards, so that the savings are as large
 
 
 def service() -> dict[str, Any]:
@@ -86,7 +83,7 @@ def activator(
 
 
 def embed(url: str, **body: Any) -> int:
-    data = json.dumps({"model": NAME, "input": "hello", **body}).encode()
+    data = json.dumps({"model": NAME, **body}).encode()
     req = urllib.request.Request(
         f"{url}/v1/embeddings", data=data, headers={"Content-Type": "application/json"}
     )
@@ -118,55 +115,22 @@ def test_every_panel_returns_data_and_gpu_hours_match_status(
             {"activator": activator.url.split("//")[1], "operator": f"127.0.0.1:{metrics_port}"}
         ),
     )
+    path = f"/apis/glowplug.dev/v1alpha1/namespaces/{namespace}/embeddingservices/{NAME}"
     try:
-        started = time.time()
         apply(cluster, namespace, service())
         wait_for(lambda: activator.stats(NAME) != {}, 30, what=f"{NAME} routed")
-        # The ledger's counters exist at 0 before the first wake, and Prometheus has seen
-        # them so (as for any service that existed before its traffic): increase() then
-        # counts from 0, not from the first value it happened to scrape.
-        wait_for(
-            lambda: prom.query(f'glowplug_gpu_seconds_total{{namespace="{namespace}"}} == 0'),
-            30, what="the GPU-seconds counter scraped at 0",
-        )  # fmt: skip
-        assert embed(activator.url) == 200  # wakes it
-        assert embed(activator.url, dimensions=10**6) == 400  # the engine refuses: an error
-        end = time.time() + UP_FOR
-        while time.time() < end:  # keep it busy for a while, then let it go
-            assert embed(activator.url, input=f"text {time.time()}") == 200
-            time.sleep(2)
-        path = f"/apis/glowplug.dev/v1alpha1/namespaces/{namespace}/embeddingservices/{NAME}"
-        wait_for(lambda: cluster.api("GET", path)["spec"].get("replicas") == 0, 90, what="zero")
-        assert embed(activator.url) == 200  # a cached answer while at zero
-        wait_for(
-            lambda: cluster.api("GET", path)["status"].get("readyReplicas", 0) == 0
-            and not prom.query(f'glowplug_replicas{{namespace="{namespace}",state="ready"}} > 0'),
-            90, what="no ready replica, scraped",
-        )  # fmt: skip
-        # At zero the baseline keeps accruing: savings large enough that 2 % is more
-        # than a scrape interval of it.
-        time.sleep(AT_ZERO_FOR)
-
-        # Recording rules loaded and evaluated (interval 1m).
-        wait_for(lambda: minute_rules_evaluated(prom), 150, what="every 1m recording rule")
-        wait_for(lambda: prom.query("glowplug:gpus_held:rate5m"), 90, what="a recorded series")
-
-        window = f"{int(time.time() - started) + 30}s"
-        empty = empty_panels(prom, namespace, window)
-        assert not empty, empty
-
-        # GPU-hours used and saved: Prometheus against status read as of the same instant
-        # (a second ago, so that the last scrape before it is in). At zero the operator
-        # writes nothing: status says the totals at ledgerTime and the rates from then on.
-        at = time.time() - 1.0
-        obj = cluster.api("GET", path)
-        check = compare_ledger(prom, namespace, obj, at, window)
-        print(check)
-        assert obj["status"]["gpuSeconds"] > UP_FOR / 2
+        run = run_dashboard_scenario(
+            prom,
+            namespace,
+            lambda text, **body: embed(activator.url, input=text, **body),
+            lambda: cluster.api("GET", path),
+        )
+        print(run.ledger)
+        assert not run.empty, run.empty
+        check = run.ledger
+        assert run.status["gpuSeconds"] > UP_FOR / 2
         assert check.unseen_baseline < 0.1 * check.saved_status, check
-        assert check.saved_status > AT_ZERO_FOR * 0.9, (
-            check
-        )  # status read at `at`, not at ledgerTime
+        assert check.saved_status > AT_ZERO_FOR * 0.9, check  # as of now, not ledgerTime
         assert check.used_prometheus == pytest.approx(check.used_status, rel=0.02), check
         assert check.saved_prometheus == pytest.approx(check.saved_status, rel=0.02), check
     finally:

@@ -773,3 +773,42 @@ async def test_a_checkpoint_without_rates_is_rewritten_once_after_a_restart() ->
     assert api.writes == ledger_writes
     assert api.obj["status"]["gpusHeld"] == 0 and api.obj["status"]["baselineGpus"] == 1
     assert totals_at(api.obj, T0 + 200).baseline_gpu_seconds == pytest.approx(50 + 200)
+
+
+def sample(name: str, labels: dict[str, str]) -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(name, labels)
+    assert value is not None, (name, labels)
+    return value
+
+
+async def test_counters_are_exact_at_each_scrape_while_the_loop_rests() -> None:
+    # The loop rests at zero (no tick), yet every scrape's baseline counter has grown by
+    # baselineGpus x elapsed; the next tick adds only the rest, never twice.
+    clock = Clock(T0)
+    obj = embsvc(1)
+    obj["metadata"]["namespace"] = "t-rest-scrape"
+    obj["spec"]["resources"]["gpuType"] = "L4"
+    api = ClusterAPIDouble(obj, clock)
+    loop = ServiceLoop(api, None, Options(checkpoint_every=5.0), clock=clock)
+    labels = {"namespace": "t-rest-scrape", "service": "svc", "gpu_type": "L4"}
+    try:
+        api.pods = [a_pod("p1", T0, ready=True)]
+        await run_until(loop, api, clock, T0 + 20)
+        api.pods = []
+        api.obj["spec"]["replicas"] = 0
+        await run_until(loop, api, clock, T0 + 22)
+        used = sample("glowplug_gpu_seconds_total", labels)
+        base = sample("glowplug_baseline_gpu_seconds_total", labels)
+        clock.t = T0 + 322  # five minutes without a tick
+        assert sample("glowplug_gpu_seconds_total", labels) == pytest.approx(used)
+        later = sample("glowplug_baseline_gpu_seconds_total", labels)
+        assert later == pytest.approx(base + 300)
+        await loop.tick(copy.deepcopy(api.obj))  # the tick after the rest adds nothing more
+        assert sample("glowplug_baseline_gpu_seconds_total", labels) == pytest.approx(later)
+        assert loop.ledger is not None
+        # since this series began (T0): everything the ledger counted
+        assert later == pytest.approx(loop.ledger.baseline_gpu_seconds)
+    finally:
+        loop.series.remove()

@@ -169,7 +169,7 @@ class ServiceLoop:
                 self.series.remove()  # gpuType changed: the old series end here
                 self.series = None
             if self.series is None:
-                self.series = _series(svc)
+                self.series = _series(svc, self.clock)
             self.series.price(svc.cost.gpu_hourly_price)
         spec_replicas = _raw_int(body, "spec", "replicas", default=0)
         generation = _raw_int(body, "metadata", "generation", default=0)
@@ -214,8 +214,7 @@ class ServiceLoop:
         holds = [h for h in (pod_hold(p) for p in pods) if h is not None]
         delta = self.ledger.advance(now, holds, spec_baseline_gpus(body))
         if self.series is not None:
-            self.series.gpu.inc(delta.gpu_seconds)
-            self.series.baseline.inc(delta.baseline_gpu_seconds)
+            self.series.accrue(delta, self.ledger.as_of, self.ledger.rates)
         pod_set = frozenset(h.uid for h in holds)
         # While GPUs are held the totals move: checkpoint every checkpoint_every. With no
         # pod, only the baseline moves, and a restart recomputes it from ledgerTime: an
@@ -488,10 +487,10 @@ def _key(body: Mapping[str, Any]) -> str:
     return f"{meta.get('namespace')}/{meta.get('name')}"
 
 
-def _series(svc: EmbeddingService) -> Any:
+def _series(svc: EmbeddingService, clock: Callable[[], float]) -> Any:
     from glowplug.operator.servicemetrics import ServiceSeries
 
-    return ServiceSeries(svc)
+    return ServiceSeries(svc, clock)
 
 
 __all__ = [
