@@ -130,7 +130,7 @@ def test_every_panel_returns_data_and_gpu_hours_match_status(
         check = run.ledger
         assert run.status["gpuSeconds"] > UP_FOR / 2
         assert check.unseen_baseline < 0.1 * check.saved_status, check
-        assert check.saved_status > AT_ZERO_FOR * 0.9, check  # as of now, not ledgerTime
+        assert check.saved_status > AT_ZERO_FOR / 2, check  # as of now, not ledgerTime
         assert check.used_prometheus == pytest.approx(check.used_status, rel=0.02), check
         assert check.saved_prometheus == pytest.approx(check.saved_status, rel=0.02), check
     finally:
