@@ -215,9 +215,10 @@ class ServiceLoop:
             self.ledger = _restore(body, now)
             self.restored_from = _checkpoint_fields(body)
             self.last_checkpoint = now
-            self.last_rates = written_rates(fresh)
+            self.last_rates = written_rates(body)
         holds = [h for h in (pod_hold(p) for p in pods) if h is not None]
-        delta = self.ledger.advance(now, holds, spec_baseline_gpus(body))
+        baseline = spec_baseline_gpus(body)
+        delta = self.ledger.advance(now, holds, baseline)
         if self.series is not None:
             self.series.accrue(delta, self.ledger.as_of, self.ledger.rates)
         pod_set = frozenset(h.uid for h in holds)
@@ -294,7 +295,7 @@ class ServiceLoop:
         body: Mapping[str, Any],
         now: float,
         holds: Sequence[PodHold],
-        baseline: int,
+        baseline: float,
     ) -> None:
         """Before the first checkpoint: continue from the latest one in the API.
 
@@ -309,7 +310,8 @@ class ServiceLoop:
             return
         log.info("%s/%s: a newer ledger checkpoint in status: continuing from it", namespace, name)
         self.ledger = _restore(fresh, now)
-        self.ledger.advance(now, holds, float(baseline))
+        self.last_rates = written_rates(fresh)
+        self.ledger.advance(now, holds, baseline)
 
     def _resting(self, spec_replicas: int, pods: Sequence[Mapping[str, Any]]) -> bool:
         load = self.load
