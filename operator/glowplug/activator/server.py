@@ -14,6 +14,7 @@ import json
 import logging
 import socket
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +36,8 @@ from glowplug.activator.http import Request, Response
 from glowplug.activator.limits import BadShape, check_json_shape
 from glowplug.activator.metrics import Metrics
 from glowplug.activator.services import Route, Services
-from glowplug.activator.stats import stats
+from glowplug.activator.stats import StatsFeed
+from glowplug.kube import stats as kstats
 
 log = logging.getLogger("glowplug.activator")
 
@@ -96,6 +98,9 @@ class Activator:
         shared = self.cache.shared
         if shared is not None and shared.on_error is None:
             shared.on_error = metrics.cache_shared_errors.inc
+        # /stats: full reads and changes after a cursor (glowplug.kube.stats).
+        self.feed = StatsFeed(services, self.config.name, keyed=lambda: self.keys.active)
+        services.on_delete(self.feed.touch)
         self.synced = asyncio.Event()  # the sources have listed everything once
         self.draining = False
         self._routes: dict[str, Callable[[], Response]] = {
@@ -115,16 +120,22 @@ class Activator:
         get = self._routes.get(path)
         if self.internal_split and path in _INTERNAL_PATHS:
             get = None
-        if get is not None and path == "/metrics" and request.method in ("GET", "HEAD"):
-            return await self.prometheus_off_loop()
+        if get is not None and request.method in ("GET", "HEAD"):
+            if path == "/metrics":
+                return await self.prometheus_off_loop()
+            if path == "/stats":
+                return await self.stats_request(request)
         return self._small(request, get)
 
     async def handle_internal(self, request: Request) -> Response:
         """The internal port's handler: /stats, /metrics and the probes, no API."""
         path = request.path
         get = self._routes.get(path) if path in (*_INTERNAL_PATHS, *_PROBE_PATHS) else None
-        if get is not None and path == "/metrics" and request.method in ("GET", "HEAD"):
-            return await self.prometheus_off_loop()
+        if get is not None and request.method in ("GET", "HEAD"):
+            if path == "/metrics":
+                return await self.prometheus_off_loop()
+            if path == "/stats":
+                return await self.stats_request(request)
         return self._small(request, get)
 
     def _small(self, request: Request, get: Callable[[], Response] | None) -> Response:
@@ -164,7 +175,17 @@ class Activator:
         return _text(200, "ok\n")
 
     def stats(self) -> Response:
-        return _json(stats(self.services, self.config.name, keyed=self.keys.active))
+        return _json(self.feed.full())
+
+    async def stats_request(self, request: Request) -> Response:
+        """``GET /stats[?since=EPOCH:CURSOR&wait=SECONDS]``: a full read, or the changes
+        after a cursor, held up to ``wait`` seconds until there are some (a long poll)."""
+        query = urllib.parse.parse_qs(request.query)
+        since = (query.get("since") or [""])[-1]
+        wait = kstats.parse_wait((query.get("wait") or [""])[-1])
+        if self.draining:
+            wait = 0.0  # answer at once: the process is going away
+        return _json(await self.feed.answer(since, wait))
 
     def prometheus(self) -> Response:
         return Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
@@ -273,6 +294,7 @@ class Activator:
         resp = await self._serve(req, route, payloads, t0)
         if resp.status == 200:
             route.computed[key.ref] = route.computed.get(key.ref, 0) + req.n_inputs
+            self.feed.touch(f"{route.spec.namespace}/{route.spec.name}")  # /stats changed
         return resp
 
     def _admit(self, request: Request) -> tuple[oai.EmbeddingRequest, Route, list[bytes]]:
@@ -325,6 +347,8 @@ class Activator:
         any response byte is retried once.
         """
         state = route.state
+        touch = self.feed.touch  # /stats: this service's figures change
+        touch(state.ref)
         request_timeout = route.spec.engine.request_timeout
         waited = upstream = 0.0
         retried_drop = False
@@ -367,6 +391,7 @@ class Activator:
             finally:
                 upstream += time.monotonic() - tu
                 state.release(b, completed=completed)
+                touch(state.ref)
             if retry:
                 # Not served: retry (another pod first) until the deadline.
                 await asyncio.sleep(CONNECT_RETRY_DELAY)
@@ -535,6 +560,7 @@ class Activator:
             resp = Response(status, _engine_error(status, body), JSON)
         if waited:
             state.answered_after_wait()
+            self.feed.touch(state.ref)
             if path == "cold":
                 resp.headers.update(cold_start_headers(waited))
         total = time.monotonic() - t0
@@ -560,6 +586,7 @@ class Activator:
     async def drain(self) -> None:
         """Fail readiness and keep serving ``drain_seconds`` (load balancers notice)."""
         self.draining = True
+        self.feed.close()  # held /stats requests answer now
         log.info("draining: /readyz fails, serving %.1fs more", self.config.drain_seconds)
         await asyncio.sleep(self.config.drain_seconds)
 

@@ -3,9 +3,10 @@
 Each tick (``daemon.py`` runs it about once a second, or rests it while nothing happens):
 
 1. reads the service's pods (label ``glowplug.dev/service``, from the shared pod
-   informer) and feeds the GPU-hour ledger, checkpointing it into status every
+   informer) and feeds the GPU-hour ledger (restored from kopf's body, checked against
+   the API before the first checkpoint), checkpointing it into status every
    ``--ledger-checkpoint`` seconds while GPUs are held and at once whenever the set of
-   pods holding GPUs changes (an idle service writes nothing);
+   pods holding GPUs changes (an idle service reads and writes nothing);
 2. turns pods that cannot become ready into the ``Failed`` condition and a Warning
    Event, measures each wake (replicas raised from zero to the first ready pod) and
    follows it through its phases (``waketracker``: status.wake, Events, node failures);
@@ -36,7 +37,7 @@ from glowplug.operator.activity import LoadSource
 from glowplug.operator.attribution import Attribution, Reading
 from glowplug.operator.autoscaler import Decision, ScalerState, ServiceLoad, decide
 from glowplug.operator.idlepolicy import IdlePolicy
-from glowplug.operator.ledger import Ledger, PodHold
+from glowplug.operator.ledger import Ledger, PodHold, Rates, spec_baseline_gpus, written_rates
 from glowplug.operator.serviceapi import ServiceAPI
 from glowplug.operator.waketracker import WakeTracker
 from glowplug.outage import Outage, is_unreachable
@@ -138,7 +139,11 @@ class ServiceLoop:
         self.ledger: Ledger | None = None
         self.series: Any = None  # servicemetrics.ServiceSeries, created lazily
         self.last_checkpoint = 0.0
+        # The checkpoint the ledger was restored from (kopf's body), until the first
+        # write checked it against the API; None once checked.
+        self.restored_from: tuple[Any, ...] | None = None
         self.last_pods: frozenset[str] = frozenset()
+        self.last_rates: Rates | None = None  # the rates status states (ledger.py)
         self.persisted_activity: float | None = None
         self.prev_replicas: int | None = None
         self.wake_start: float | None = None
@@ -174,7 +179,7 @@ class ServiceLoop:
                 self.series.remove()  # gpuType changed: the old series end here
                 self.series = None
             if self.series is None:
-                self.series = _series(svc)
+                self.series = _series(svc, self.clock)
             self.series.price(svc.cost.gpu_hourly_price)
         spec_replicas = _raw_int(body, "spec", "replicas", default=0)
         generation = _raw_int(body, "metadata", "generation", default=0)
@@ -210,26 +215,31 @@ class ServiceLoop:
 
         # 1. the ledger
         if self.ledger is None:
-            # The latest checkpoint: the body kopf hands over may lag the last write.
-            fresh = await self.api.read_object(namespace, name) or body
-            created = parse_time((fresh.get("metadata") or {}).get("creationTimestamp")) or now
-            self.ledger = Ledger.restore(fresh.get("status"), created, now)
+            # From the body kopf hands over (its watch cache: no request). It may lag a
+            # checkpoint another replica wrote just before a failover; the first write
+            # checks that first (``_verify_restore``), so an idle service reads nothing.
+            self.ledger = _restore(body, now)
+            self.restored_from = _checkpoint_fields(body)
             self.last_checkpoint = now
+            self.last_rates = written_rates(body)
         holds = [h for h in (pod_hold(p) for p in pods) if h is not None]
-        gpus = _raw_int(body, "spec", "resources", "gpus", default=1)
-        baseline = _raw_int(body, "spec", "cost", "baselineReplicas", default=1) * gpus
-        delta = self.ledger.advance(now, holds, float(baseline))
+        baseline = spec_baseline_gpus(body)
+        delta = self.ledger.advance(now, holds, baseline)
         if self.series is not None:
-            self.series.gpu.inc(delta.gpu_seconds)
-            self.series.baseline.inc(delta.baseline_gpu_seconds)
+            self.series.accrue(delta, self.ledger.as_of, self.ledger.rates)
         pod_set = frozenset(h.uid for h in holds)
         # While GPUs are held the totals move: checkpoint every checkpoint_every. With no
         # pod, only the baseline moves, and a restart recomputes it from ledgerTime: an
-        # idle service writes nothing (DESIGN.md invariant 6).
+        # idle service writes nothing (DESIGN.md invariant 6). A checkpoint states the
+        # rates it grows at from then on, so a change of rates (a pod, a spec edit of the
+        # baseline) is due at once: status + rate x elapsed stays exact at zero.
         due = bool(holds) and now - self.last_checkpoint >= self.options.checkpoint_every
+        moved = pod_set != self.last_pods or self.ledger.rates != self.last_rates
         # Never twice at one instant; right after a restore, status holds a checkpoint.
-        if (pod_set != self.last_pods or due) and now > self.last_checkpoint:
+        if (moved or due) and now > self.last_checkpoint:
             try:
+                if self.restored_from is not None:
+                    await self._verify_restore(namespace, name, body, now, holds, baseline)
                 await self.api.write_ledger(namespace, name, self.ledger.checkpoint())
             except Exception as err:  # kept in memory; the next checkpoint catches up
                 if is_unreachable(err):
@@ -239,6 +249,7 @@ class ServiceLoop:
                     log.warning("%s/%s: ledger checkpoint failed: %s", namespace, name, err)
             else:
                 self.last_pods = pod_set
+                self.last_rates = self.ledger.rates
                 self.last_checkpoint = now
 
         # 2. wake failures and wake duration
@@ -284,9 +295,34 @@ class ServiceLoop:
             self.series.attribute(attributed)
 
         if patch:
-            await self._write_status(namespace, name, patch, spec_replicas, ready)
+            await self._write_status(namespace, name, patch, spec_replicas, ready, body)
         self.prewarm = bool(svc is not None and svc.scaling.prewarm)
         self.at_rest = self._resting(spec_replicas, pods)
+
+    async def _verify_restore(
+        self,
+        namespace: str,
+        name: str,
+        body: Mapping[str, Any],
+        now: float,
+        holds: Sequence[PodHold],
+        baseline: float,
+    ) -> None:
+        """Before the first checkpoint: continue from the latest one in the API.
+
+        The ledger was restored from kopf's cached body; a checkpoint written after that
+        body (by the replica this one took over from) must not be overwritten with older
+        totals. One read per service that writes a checkpoint at all, spread by the rate
+        gate at a start-up; the Prometheus counters already counted the interval.
+        """
+        fresh = await self.api.read_object(namespace, name)
+        restored, self.restored_from = self.restored_from, None
+        if fresh is None or _checkpoint_fields(fresh) == restored:
+            return
+        log.info("%s/%s: a newer ledger checkpoint in status: continuing from it", namespace, name)
+        self.ledger = _restore(fresh, now)
+        self.last_rates = written_rates(fresh)
+        self.ledger.advance(now, holds, baseline)
 
     def _resting(self, spec_replicas: int, pods: Sequence[Mapping[str, Any]]) -> bool:
         load = self.load
@@ -445,6 +481,7 @@ class ServiceLoop:
         patch: dict[str, Any],
         spec_replicas: int,
         ready: int,
+        body: Mapping[str, Any] | None = None,
     ) -> None:
         failed: WakeFailure | None = patch.pop("__failed__", None)
         clear = bool(patch.pop("__clear_failed__", False))
@@ -481,7 +518,8 @@ class ServiceLoop:
             return out or None
 
         try:
-            await self.api.update_status(namespace, name, mutate)
+            # Against kopf's body (its live watch view): a read only on a conflict.
+            await self.api.update_status(namespace, name, mutate, body)
         except Exception as err:  # next tick writes again; the ledger stays in memory
             if is_unreachable(err):
                 self.outage.failed(err, f"{namespace}/{name}")
@@ -495,6 +533,19 @@ class ServiceLoop:
             self.wake.written_wake = None  # and the wake's status
 
 
+_CHECKPOINT = ("gpuSeconds", "baselineGpuSeconds", "ledgerTime")
+
+
+def _checkpoint_fields(obj: Mapping[str, Any]) -> tuple[Any, ...]:
+    status = obj.get("status") or {}
+    return tuple(status.get(k) for k in _CHECKPOINT)
+
+
+def _restore(obj: Mapping[str, Any], now: float) -> Ledger:
+    created = parse_time((obj.get("metadata") or {}).get("creationTimestamp")) or now
+    return Ledger.restore(obj.get("status"), created, now)
+
+
 def _float(value: Any) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return float(value)
@@ -506,10 +557,10 @@ def _key(body: Mapping[str, Any]) -> str:
     return f"{meta.get('namespace')}/{meta.get('name')}"
 
 
-def _series(svc: EmbeddingService) -> Any:
+def _series(svc: EmbeddingService, clock: Callable[[], float]) -> Any:
     from glowplug.operator.servicemetrics import ServiceSeries
 
-    return ServiceSeries(svc)
+    return ServiceSeries(svc, clock)
 
 
 __all__ = [
