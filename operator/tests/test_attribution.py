@@ -97,3 +97,50 @@ def test_snapshot_keeps_computed_inputs_apart_from_load() -> None:
     snap = Snapshot(0.0, {"ns/a": []}, 0, 1, {"ns/a": [("http://x", {"ns/k": 2})]})
     assert snap.computed["ns/a"] == [("http://x", {"ns/k": 2})]
     assert Snapshot(0.0, {}, 0, 1).computed == {}
+
+
+async def test_a_keyed_activator_feeds_the_reader_full_and_changes_only() -> None:
+    """A real activator with API keys, read by the operator's LoadReader over HTTP: the
+    first read is full (``{}`` for a keyed service before any input), later ones are
+    changes after a cursor, and each carries the per-key counts the split needs."""
+    import aiohttp
+    from activator_fakes import engines, harness, service_obj
+    from test_activator_apikeys import KEY_A, KEY_B, OWN, secret
+
+    from glowplug.activator.apikeys import KeyStore
+    from glowplug.operator.activity import LoadReader, StaticDiscovery
+
+    keys = KeyStore("required", OWN)
+    keys.apply(secret("team-a", KEY_A))
+    keys.apply(secret("team-b", KEY_B))
+    async with harness(keys=keys) as h, engines(1) as (e,), aiohttp.ClientSession() as s:
+        h.services.apply_service(service_obj())
+        h.services.set_endpoints("ns1", "emb", [e.address])
+        reader = LoadReader(StaticDiscovery([h.url]))
+        try:
+            snap = await reader.refresh()
+            assert snap.computed == {"ns1/emb": [(h.url, {})]}  # keyed, nothing computed
+
+            async def call(key: str, inputs: list[str]) -> None:
+                async with s.post(
+                    f"{h.url}/v1/embeddings",
+                    json={"model": "emb", "input": inputs},
+                    headers={"Authorization": f"Bearer {key}"},
+                ) as r:
+                    assert r.status == 200
+
+            await call(KEY_A, ["a", "b", "c"])
+            await call(KEY_B, ["d"])
+            snap = await reader.refresh()  # changes after the first read's cursor
+            assert snap.computed["ns1/emb"] == [
+                (h.url, {"glowplug-system/team-a": 3, "glowplug-system/team-b": 1})
+            ]
+            at = Attribution()
+            at.advance(0.0, [("x", {})], held=False)
+            readings = snap.computed["ns1/emb"]
+            assert at.advance(8.0, readings, held=True) == {
+                "glowplug-system/team-a": 6.0,
+                "glowplug-system/team-b": 2.0,
+            }
+        finally:
+            await reader.close()
