@@ -4,8 +4,8 @@ The operator knows a service's GPU-seconds (the ledger, per tick); each activato
 the inputs the engine computed for each API key (cache misses and uncached requests:
 ``computedInputs`` in its ``/stats``, cumulative). The split is done here, in the
 operator, per tick: GPU-seconds are an operator fact written to status and checkpointed,
-and /stats already carries every activator's figures to it once a second, so the split
-costs one small map per service in a body the operator reads anyway.
+and /stats already brings every activator's changes to it, so the split costs one small
+map per service in answers the operator reads anyway.
 
 The rule: a **residency** is a stretch during which the service holds GPUs (from the
 tick its first pod holds one after zero to the tick none does). Each tick's GPU-seconds
