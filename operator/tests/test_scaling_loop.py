@@ -298,11 +298,15 @@ async def test_ledger_survives_a_restart() -> None:
 
 async def test_an_idle_service_reads_nothing_at_its_first_tick() -> None:
     """The ledger is restored from the body kopf hands over: no GET per service at a
-    start-up (500 services at zero made 1,500 reads after their reconcile)."""
+    start-up (500 services at zero made 1,500 reads after their reconcile). The
+    checkpoint states its rates, as every checkpoint does (one written before the rate
+    fields existed is rewritten once, and that write checks the API first)."""
     api, load, clock = make(0)
     api.obj["status"] = {
         "gpuSeconds": 7.0,
         "baselineGpuSeconds": 9.0,
+        "gpusHeld": 0,
+        "baselineGpus": 1,
         "ledgerTime": format_time(T0 - 100),
         "lastRequestTime": format_time(T0),
     }
