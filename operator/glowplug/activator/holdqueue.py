@@ -95,6 +95,9 @@ class ServiceState:
         self.awaiting_first_response = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0  # monotonic time the timer fires at
+        # Called when a request takes a slot or joins the queue (after the count
+        # changed): /metrics reads the queue gauges only of services that had one.
+        self.on_activity: Callable[[], None] | None = None
 
     # --- what the request path calls --------------------------------------------------
 
@@ -122,6 +125,8 @@ class ServiceState:
         if b is not None:
             b.inflight += 1
             self.inflight += 1
+            if self.on_activity is not None:
+                self.on_activity()
         return b
 
     async def acquire(self, wait_s: float) -> Backend:
@@ -137,6 +142,8 @@ class ServiceState:
             raise QueueFull()
         fut: asyncio.Future[Backend] = asyncio.get_running_loop().create_future()
         self.waiters.append(fut)
+        if self.on_activity is not None:
+            self.on_activity()
         self.maybe_wake()
         try:
             async with asyncio.timeout(wait_s):

@@ -104,8 +104,9 @@ class Services:
                 on_wake=self._on_wake,
                 on_ready=self._on_ready,
             )
-            sm = self.metrics.service(svc.namespace, svc.name)
+            sm = self.metrics.service(svc.namespace, svc.name, cache=svc.cache.enabled)
             sm.bind_gauges(lambda: float(state.queued), lambda: float(state.inflight))
+            state.on_activity = sm.touch
             if self.cache_bytes is not None:
                 read, key = self.cache_bytes, ref
                 sm.bind_cache_bytes(lambda: float(read(key)))
@@ -117,6 +118,8 @@ class Services:
             state.set_endpoints(self.tracker.addresses(ref))
             return
         route.spec = svc
+        if svc.cache.enabled:
+            route.metrics.enable_cache()  # a no-op once enabled
         route.max_batch = max_batch(svc)
         route.condition = condition_failure(obj)
         route.wake = wake_info(obj)
