@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from activator_fakes import harness, service_obj
 from aiohttp import web
 
 from glowplug.operator.activity import (
@@ -192,3 +194,46 @@ async def test_discovery_failure_counts_as_busy() -> None:
     snap = await reader.snapshot()
     assert snap.load("ns", "svc").busy
     await reader.close()
+
+
+async def test_the_re_read_before_a_scale_to_zero_asks_for_those_services_only() -> None:
+    """Loops that scale to zero in one turn share one round of /stats reads, and the real
+    activator answers the services named (``?service=``), not every one it routes."""
+    async with harness() as h:
+        for i in range(300):
+            h.services.apply_service(service_obj(f"s{i}"))
+        h.services.set_endpoints("ns1", "s3", ["127.0.0.1:9"])
+        held = h.services.routes["ns1/s3"].state.try_acquire()  # one request in flight
+        assert held is not None
+        reader = LoadReader(StaticDiscovery([h.url]), timeout=5.0)
+        try:
+            keys = [f"ns1/s{i}" for i in range(50)] + ["ns1/not-routed"]
+            snaps = await asyncio.gather(*(reader.refresh([k]) for k in keys))
+            assert reader.rounds == 1
+            for snap in snaps:
+                assert set(snap.per_service) == set(keys) - {"ns1/not-routed"}
+            assert snaps[0].load("ns1", "s3").busy and snaps[0].load("ns1", "s3").in_flight == 1
+            assert not snaps[0].load("ns1", "s4").busy
+            assert not snaps[0].load("ns1", "not-routed").busy  # not routed here: idle
+            # A later call is a new round; without services, every one.
+            assert len((await reader.refresh(["ns1/s7"])).per_service) == 1
+            assert len((await reader.refresh()).per_service) == 300
+            assert reader.rounds == 3
+        finally:
+            await reader.close()
+            h.services.routes["ns1/s3"].state.release(held)
+
+
+async def test_a_coalesced_re_read_of_an_unreadable_activator_is_busy_for_all(
+    servers: list[StatsServerDouble],
+) -> None:
+    good, bad = servers
+    bad.status = 500
+    good.body = stats_body(**{"ns/a": {"inFlight": 0, "queued": 0, "waking": False}})
+    reader = LoadReader(StaticDiscovery([good.url, bad.url]), timeout=2.0)
+    try:
+        snaps = await asyncio.gather(reader.refresh(["ns/a"]), reader.refresh(["ns/b"]))
+        assert (good.calls, bad.calls) == (1, 1)
+        assert all(s.load("ns", "a").busy and s.load("ns", "b").busy for s in snaps)
+    finally:
+        await reader.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 
 from glowplug.operator.activity import Snapshot
 from glowplug.operator.autoscaler import ActivatorLoad
@@ -20,7 +21,7 @@ class SnapshotsDouble:
     async def snapshot(self) -> Snapshot:
         return Snapshot(time.time(), dict(self.per_service), 0, 1)
 
-    async def refresh(self) -> Snapshot:
+    async def refresh(self, services: Sequence[str] | None = None) -> Snapshot:
         return await self.snapshot()
 
 

@@ -156,7 +156,7 @@ class LoadDouble:
     async def snapshot(self) -> Snapshot:
         return Snapshot(0.0, {"ns/svc": list(self.loads)}, self.unreadable, 1)
 
-    async def refresh(self) -> Snapshot:
+    async def refresh(self, services: Sequence[str] | None = None) -> Snapshot:
         return await self.snapshot()
 
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs
 
 from glowplug.activator import openai as oai
 from glowplug.activator.apikeys import ApiKey, KeyStore
@@ -141,6 +142,8 @@ class Activator:
                     headers={"Allow": "GET"},
                 )
             )
+        if path == "/stats" and request.query:
+            return self.stats(parse_qs(request.query).get("service"))
         if path in _MODELS_PATHS:
             try:
                 key = self.keys.authenticate(request.headers.get("authorization"))
@@ -162,8 +165,9 @@ class Activator:
             return _text(503, "not synced with the API server yet\n")
         return _text(200, "ok\n")
 
-    def stats(self) -> Response:
-        return _json(stats(self.services, self.config.name))
+    def stats(self, only: list[str] | None = None) -> Response:
+        """All services, or ``?service=namespace/name`` (repeatable) only."""
+        return _json(stats(self.services, self.config.name, only))
 
     def prometheus(self) -> Response:
         return Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")

@@ -29,17 +29,21 @@ from glowplug.outage import Outage, is_unreachable
 
 log = logging.getLogger(__name__)
 
+# The most services one filtered /stats read names (about 40 bytes each in the URL).
+MAX_SERVICES_PER_READ = 200
+
 
 class Discovery(Protocol):
     async def urls(self) -> list[str]: ...
 
 
 class LoadSource(Protocol):
-    """What the autoscaler loop needs: a shared snapshot, and a fresh one on demand."""
+    """What the autoscaler loop needs: a shared snapshot, and a fresh one on demand
+    (of every service, or of ``services``, "namespace/name", only)."""
 
     async def snapshot(self) -> Snapshot: ...
 
-    async def refresh(self) -> Snapshot: ...
+    async def refresh(self, services: Sequence[str] | None = None) -> Snapshot: ...
 
 
 @dataclass
@@ -134,6 +138,11 @@ class LoadReader:
     _snapshot: Snapshot | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _outage: Outage = field(default_factory=lambda: Outage(log, "the activator list"))
+    # The services of the next coalesced refresh, and the future its callers await.
+    _batch: set[str] | None = None
+    _batch_result: asyncio.Future[Snapshot] | None = None
+    _batch_task: asyncio.Task[None] | None = None
+    rounds: int = 0  # rounds of /stats reads made (tests)
 
     async def snapshot(self) -> Snapshot:
         """The latest snapshot, refreshed when older than ``max_age``."""
@@ -143,7 +152,42 @@ class LoadReader:
                 self._snapshot = await self.refresh()
             return self._snapshot
 
-    async def refresh(self) -> Snapshot:
+    async def refresh(self, services: Sequence[str] | None = None) -> Snapshot:
+        """Read every activator now: all services, or only ``services``.
+
+        Calls with ``services`` made in the same event-loop turn share one round (the
+        union of their services; every loop that decided to scale to zero on one tick
+        re-reads together), and each activator answers only those services, so K
+        services going to zero at once cost one round of O(K) answers, not K rounds
+        of O(all services) each (and one activator list, not K).
+        """
+        if services is None:
+            return await self._round(None)
+        if self._batch is None or self._batch_result is None:
+            self._batch = set()
+            self._batch_result = asyncio.get_running_loop().create_future()
+            self._batch_task = asyncio.create_task(self._run_batch())
+        self._batch.update(services)
+        return await asyncio.shield(self._batch_result)
+
+    async def _run_batch(self) -> None:
+        await asyncio.sleep(0)  # let the other loops woken in this turn join
+        keys, result = self._batch, self._batch_result
+        self._batch = self._batch_result = None
+        assert keys is not None and result is not None
+        try:
+            # Beyond a few hundred services a full read is as cheap (and the URL short).
+            snap = await self._round(sorted(keys) if len(keys) <= MAX_SERVICES_PER_READ else None)
+        except asyncio.CancelledError:
+            result.cancel()
+            raise
+        except Exception as err:  # handed to every waiter
+            result.set_exception(err)
+        else:
+            result.set_result(snap)
+
+    async def _round(self, services: Sequence[str] | None) -> Snapshot:
+        self.rounds += 1
         now = time.time()
         try:
             urls = await self.discovery.urls()
@@ -154,7 +198,7 @@ class LoadReader:
                 log.warning("cannot list activators: %s", err)
             return Snapshot(now, {}, unreadable=1, activators=0)
         self._outage.ok()
-        results = await asyncio.gather(*(self._read(u) for u in urls))
+        results = await asyncio.gather(*(self._read(u, services) for u in urls))
         per_service: dict[str, list[ActivatorLoad]] = {}
         unreadable = 0
         for url, result in zip(urls, results, strict=True):
@@ -167,11 +211,14 @@ class LoadReader:
                 per_service.setdefault(key, []).append(load)
         return Snapshot(now, per_service, unreadable, len(urls))
 
-    async def _read(self, base: str) -> dict[str, ActivatorLoad] | None:
+    async def _read(
+        self, base: str, services: Sequence[str] | None = None
+    ) -> dict[str, ActivatorLoad] | None:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        query = [("service", k) for k in services] if services is not None else None
         try:
-            async with self._session.get(f"{base}/stats") as resp:
+            async with self._session.get(f"{base}/stats", params=query) as resp:
                 if resp.status != 200:
                     raise ValueError(f"HTTP {resp.status}")
                 return parse_stats(await resp.json(content_type=None))

@@ -380,7 +380,7 @@ class ServiceLoop:
         if decision.replicas == 0:
             # Re-read every activator right before the last replica goes: a request that
             # arrived since the snapshot keeps it (the wake race's window shrinks to ms).
-            fresh = await self.reader.refresh()
+            fresh = await self.reader.refresh([f"{svc.namespace}/{svc.name}"])
             if fresh.load(svc.namespace, svc.name).busy:
                 return
         current = await self.api.read_scale(svc.namespace, svc.name)
