@@ -98,6 +98,8 @@ class ServiceState:
         # Called when a request takes a slot or joins the queue (after the count
         # changed): /metrics reads the queue gauges only of services that had one.
         self.on_activity: Callable[[], None] | None = None
+        # Called when has_ready flips (the /v1/models listing shows it).
+        self.on_ready_change: Callable[[], None] | None = None
 
     # --- what the request path calls --------------------------------------------------
 
@@ -215,6 +217,8 @@ class ServiceState:
                 if self._on_ready is not None:
                     self._on_ready(self, time.monotonic() - started)
             self.replicas = max(self.replicas, 1)
+        if bool(self._ready) != had_ready and self.on_ready_change is not None:
+            self.on_ready_change()
         self._dispatch()
         self.maybe_wake()
 

@@ -16,6 +16,7 @@ from glowplug.activator.coldstart import WakeInfo, wake_info
 from glowplug.activator.endpoints import EndpointTracker, Failure, condition_failure
 from glowplug.activator.holdqueue import ServiceState
 from glowplug.activator.metrics import Metrics, ServiceMetrics
+from glowplug.activator.models import ModelList
 from glowplug.activator.readiness_probe import ReadinessProber
 from glowplug.activator.routing import RoutingTable
 from glowplug.api import EmbeddingService, SpecError, parse
@@ -48,6 +49,7 @@ class Services:
     ) -> None:
         self.metrics = metrics
         self.table = RoutingTable()
+        self.models = ModelList(self.table, self._has_ready)
         self.tracker = EndpointTracker()
         self.routes: dict[str, Route] = {}  # "namespace/name" -> Route
         self._on_wake = on_wake
@@ -73,6 +75,10 @@ class Services:
         for route in self.routes.values():
             route.state._on_wake = on_wake
 
+    def _has_ready(self, ref: str) -> bool:
+        route = self.routes.get(ref)
+        return bool(route and route.state.has_ready)
+
     # --- request path -------------------------------------------------------------------
 
     def resolve(self, model: str) -> Route:
@@ -91,7 +97,10 @@ class Services:
             log.warning("not routing %s: %s", ref, err)
             self.delete_service(obj)
             return
-        self.table.upsert(svc)
+        old = self.table.upsert(svc)
+        if old is None or _listed(old) != _listed(svc):
+            names = (svc.model.served_name, svc.key)
+            self.models.changed(ref, names + ((old.model.served_name, old.key) if old else ()))
         route = self.routes.get(ref)
         s = svc.scaling
         if route is None:
@@ -107,6 +116,7 @@ class Services:
             sm = self.metrics.service(svc.namespace, svc.name, cache=svc.cache.enabled)
             sm.bind_gauges(lambda: float(state.queued), lambda: float(state.inflight))
             state.on_activity = sm.touch
+            state.on_ready_change = lambda: self.models.changed(ref)
             if self.cache_bytes is not None:
                 read, key = self.cache_bytes, ref
                 sm.bind_cache_bytes(lambda: float(read(key)))
@@ -131,7 +141,9 @@ class Services:
     def delete_service(self, obj: Mapping[str, Any]) -> None:
         meta = obj.get("metadata") or {}
         ns, name = meta.get("namespace", ""), meta.get("name", "")
-        self.table.remove(ns, name)
+        old = self.table.remove(ns, name)
+        if old is not None:
+            self.models.changed(f"{ns}/{name}", (old.model.served_name, old.key))
         route = self.routes.pop(f"{ns}/{name}", None)
         if route is not None:
             route.state.close()
@@ -231,6 +243,12 @@ class Services:
             route.metrics.wakes["ready"].inc()
             route.metrics.wake_duration.observe(seconds)
         log.info("%s ready %.2fs after the wake", state.ref, seconds)
+
+
+def _listed(svc: EmbeddingService) -> tuple[object, ...]:
+    """What /v1/models shows of a spec (a status-only update changes none of it)."""
+    m = svc.model
+    return (m.served_name, svc.key, m.id, m.matryoshka, m.dimensions)
 
 
 def _in_scope(ref: str, namespace: str | None) -> bool:
