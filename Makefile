@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install lint test unit binaries node-deps testbed-images engine-envs real-engines cluster-up cluster-down operator activator bench bench-scale demo clean
+.PHONY: help install lint test unit binaries node-deps testbed-images engine-envs real-engines cluster-up cluster-down operator activator bench bench-activator-scale bench-scale demo clean
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -66,6 +66,7 @@ bench: install real-engines ## benchmarks: activator overhead vs direct vs nginx
 	$(PY) -m e2e.bench.seed_day
 	$(PY) -m e2e.bench.real_engine
 	$(PY) -m e2e.bench.savings
+	$(PY) -m e2e.bench.activator_scale
 
 # --- shipping: chart, image, demo, kind ------------------------------------------------
 .PHONY: chart-crds chart-lint promtool crd-docs image kind-up kind-load deploy e2e-kind kind-down
@@ -110,6 +111,9 @@ kind-down: ## delete the kind cluster
 
 clean: ## remove the virtualenv and caches in the repo
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+bench-activator-scale: install ## one activator routing 0, 1,000 and 10,000 services: RSS, /metrics size and render time, /v1/models, /stats (reports only; ~1 min)
+	$(PY) -m e2e.bench.activator_scale $${BENCH_ACTIVATOR_ARGS:-}
 
 bench-scale: install binaries ## N EmbeddingServices at zero: glowplug's API requests/s, CPU, RSS, /metrics, reconcile-all (N=$${N:-300}; reports only)
 	$(PY) -m e2e.bench.scale --n $${N:-300} $${BENCH_SCALE_ARGS:-}

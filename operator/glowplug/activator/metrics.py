@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.registry import Collector
@@ -128,6 +129,9 @@ FAMILIES = (
 )
 _INDEX = {f.name: i for i, f in enumerate(FAMILIES)}
 _CACHE_IDX = _INDEX[CACHE_BYTES.name]
+_WAKE_OUTCOMES = frozenset(WAKE_OUTCOMES)
+_REJECT_REASONS = frozenset(REJECT_REASONS)
+_CACHE_TIERS = frozenset(CACHE_TIERS)
 
 
 def _value(v: float) -> str:
@@ -179,19 +183,19 @@ class ServiceMetrics:
         for path in ("cold", "warm"):
             self.requests(200, path)
         self.embeddings = self._count(EMBEDDINGS)
-        self.wakes = _Lazy(self, WAKES, WAKE_OUTCOMES)
+        self.wakes = _Lazy(self, WAKES, _WAKE_OUTCOMES)
         self.wakes.create("ready")  # at zero: the first ready wake shows in increase()
-        self.rejected = _Lazy(self, REJECTED, REJECT_REASONS)
+        self.rejected = _Lazy(self, REJECTED, _REJECT_REASONS)
         self._gauges[_INDEX[QUEUED.name]] = _zero
         self._gauges[_INDEX[INFLIGHT.name]] = _zero
-        self.cache_hits = _Lazy(self, CACHE_HITS, CACHE_TIERS)
+        self.cache_hits = _Lazy(self, CACHE_HITS, _CACHE_TIERS)
         self.cache_misses = _LazyOne(self, CACHE_MISSES)
         self.cache_served_at_zero = _LazyOne(self, CACHE_SERVED_AT_ZERO)
         self.cache_wakes_avoided = _LazyOne(self, CACHE_WAKES_AVOIDED)
         if cache:
             self.enable_cache()
         h = parent.histograms
-        self.duration = {p: h.request_duration(namespace, service, p) for p in PATHS}
+        self.duration = h.durations(namespace, service)
         self.overhead = h.overhead(namespace, service)
         self.queue_wait = h.queue_wait(namespace, service)
         self.wake_duration = h.wake_duration(namespace, service)
@@ -288,9 +292,11 @@ def _zero() -> float:
 class _Lazy:
     """Children of one labelled family, created on first use (``lazy["reason"]``)."""
 
-    def __init__(self, owner: ServiceMetrics, family: Family, allowed: Iterable[str]) -> None:
+    __slots__ = ("_allowed", "_children", "_family", "_owner")
+
+    def __init__(self, owner: ServiceMetrics, family: Family, allowed: frozenset[str]) -> None:
         self._owner, self._family = owner, family
-        self._allowed = frozenset(allowed)
+        self._allowed = allowed
         self._children: dict[str, Count] = {}
 
     def __getitem__(self, value: str) -> Count:
@@ -312,6 +318,8 @@ class _Lazy:
 
 class _LazyOne:
     """An unlabelled per-service counter created on first use."""
+
+    __slots__ = ("_child", "_family", "_owner")
 
     def __init__(self, owner: ServiceMetrics, family: Family) -> None:
         self._owner, self._family = owner, family
@@ -365,14 +373,21 @@ class Histograms:
             registry=registry,
         )
 
+        self._shared_durations: Mapping[str, Histogram] = MappingProxyType(
+            {p: self._request_duration.labels(p) for p in PATHS} if not per_service else {}
+        )
+
     def collectors(self) -> tuple[Histogram, ...]:
         return (self._request_duration, self._overhead, self._queue_wait, self._wake_duration)
 
     def _svc(self, namespace: str, service: str) -> tuple[str, ...]:
         return (namespace, service) if self.per_service else ()
 
-    def request_duration(self, namespace: str, service: str, path: str) -> Histogram:
-        return self._request_duration.labels(*self._svc(namespace, service), path)
+    def durations(self, namespace: str, service: str) -> Mapping[str, Histogram]:
+        """The request-duration child per path (aggregated: one mapping shared by all)."""
+        if not self.per_service:
+            return self._shared_durations
+        return {p: self._request_duration.labels(namespace, service, p) for p in PATHS}
 
     def overhead(self, namespace: str, service: str) -> Histogram:
         h = self._overhead
@@ -509,7 +524,10 @@ class Metrics:
                 if self._services.get(key) is not sm:
                     continue  # removed while it rendered
                 for idx, chunk in enumerate(lines):
-                    self._chunks[idx][key] = chunk
+                    if chunk:
+                        self._chunks[idx][key] = chunk
+                    else:
+                        self._chunks[idx].pop(key, None)
             if live:
                 pending.setdefault(key, sm)
         parts = [generate_latest(self.registry)]
