@@ -151,20 +151,6 @@ class Services:
             for callback in self._on_delete:
                 callback(f"{ns}/{name}")
 
-    def resync_services(
-        self, objs: Iterable[Mapping[str, Any]], namespace: str | None = None
-    ) -> None:
-        """Replace what is known in ``namespace`` (None: everywhere) by a fresh list."""
-        seen = set()
-        for obj in objs:
-            meta = obj.get("metadata") or {}
-            seen.add(f"{meta.get('namespace', '')}/{meta.get('name', '')}")
-            self.apply_service(obj)
-        for ref in list(self.routes):
-            if ref not in seen and _in_scope(ref, namespace):
-                ns, name = ref.split("/", 1)
-                self.delete_service({"metadata": {"namespace": ns, "name": name}})
-
     # --- EndpointSlices -------------------------------------------------------------------
 
     def apply_slice(self, obj: Mapping[str, Any]) -> None:
@@ -173,15 +159,9 @@ class Services:
     def delete_slice(self, obj: Mapping[str, Any]) -> None:
         self._endpoints_changed(self.tracker.delete_slice(obj))
 
-    def resync_slices(
-        self, objs: Iterable[Mapping[str, Any]], namespace: str | None = None
-    ) -> None:
-        refs = set(self.tracker.clear_slices(namespace))
-        for obj in objs:
-            ref = self.tracker.apply_slice(obj)
-            if ref is not None:
-                refs.add(ref)
-        for ref in refs:
+    def sync_slices(self, namespace: str, service: str, objs: Iterable[Mapping[str, Any]]) -> None:
+        """Every slice labelled for one service now (the informer's cache of it)."""
+        for ref in self.tracker.replace_slices(f"{namespace}/{service}", objs):
             self._endpoints_changed(ref)
 
     def set_endpoints(self, namespace: str, name: str, addresses: list[str]) -> None:
@@ -211,13 +191,9 @@ class Services:
     def delete_pod(self, obj: Mapping[str, Any]) -> None:
         self._update_failure(self.tracker.delete_pod(obj))
 
-    def resync_pods(self, objs: Iterable[Mapping[str, Any]], namespace: str | None = None) -> None:
-        refs = set(self.tracker.clear_pods(namespace))
-        for obj in objs:
-            ref = self.tracker.apply_pod(obj)
-            if ref is not None:
-                refs.add(ref)
-        for ref in refs:
+    def sync_pods(self, namespace: str, service: str, objs: Iterable[Mapping[str, Any]]) -> None:
+        """Every pod labelled for one service now (the informer's cache of it)."""
+        for ref in self.tracker.replace_pods(f"{namespace}/{service}", objs):
             self._update_failure(ref)
 
     def _update_failure(self, ref: str | None) -> None:
@@ -249,7 +225,3 @@ def _listed(svc: EmbeddingService) -> tuple[object, ...]:
     """What /v1/models shows of a spec (a status-only update changes none of it)."""
     m = svc.model
     return (m.served_name, svc.key, m.id, m.matryoshka, m.dimensions)
-
-
-def _in_scope(ref: str, namespace: str | None) -> bool:
-    return namespace is None or ref.startswith(f"{namespace}/")
