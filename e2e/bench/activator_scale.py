@@ -43,6 +43,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "e2e" / "bench" / "results"
 SCRAPES = 7
+NAMESPACE = "bench-activator"  # --apiserver: where the synthetic services are created
 
 
 def free_port() -> int:
@@ -117,20 +118,35 @@ class Prober:
         self._thread.join()
 
 
-def measure(n: int, per_service_histograms: bool, backend_port: int) -> dict[str, Any]:
+def measure(
+    n: int,
+    per_service_histograms: bool,
+    backend_port: int,
+    kubeconfig: Path | None = None,
+) -> dict[str, Any]:
+    """One activator process: fed from a --static-config file, or (``kubeconfig``) by
+    its informers from the test-bed API server, where N services already exist."""
     port, internal = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "services.yaml"
-        path.write_text(yaml.safe_dump(config(n, f"127.0.0.1:{backend_port}"), sort_keys=False))
+        env = dict(os.environ)
+        if kubeconfig is None:
+            path = Path(tmp) / "services.yaml"
+            doc = config(n, f"127.0.0.1:{backend_port}")
+            path.write_text(yaml.safe_dump(doc, sort_keys=False))
+            source = ["--static-config", str(path)]
+        else:
+            env["KUBECONFIG"] = str(kubeconfig)
+            env.pop("KUBERNETES_SERVICE_HOST", None)
+            source = ["--namespace", NAMESPACE]
         cmd = [
-            sys.executable, "-m", "glowplug.cli", "activator", "--static-config", str(path),
+            sys.executable, "-m", "glowplug.cli", "activator", *source,
             "--host", "127.0.0.1", "--port", str(port), "--internal-port", str(internal),
             "--auth", "off", "--log-level", "WARNING",
         ]  # fmt: skip
         if per_service_histograms:
             cmd.append("--per-service-histograms")
         t_start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
         try:
             base, ibase = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{internal}"
             while True:
@@ -149,7 +165,7 @@ def measure(n: int, per_service_histograms: bool, backend_port: int) -> dict[str
                 first, body = get(f"{ibase}/metrics")
                 steady = [get(f"{ibase}/metrics")[0] for _ in range(SCRAPES)]
             # 1 % of the services (those with an endpoint) serve a request each.
-            for i in range(max(1, n // 100) if n else 0):
+            for i in range(max(1, n // 100) if n and kubeconfig is None else 0):
                 post(f"{base}/v1/embeddings", {"model": f"team-{i % 100}/emb-{i}", "input": "x"})
             touched = [get(f"{ibase}/metrics")[0] for _ in range(3)]
             models_first, models = get(f"{base}/v1/models")
@@ -167,6 +183,7 @@ def measure(n: int, per_service_histograms: bool, backend_port: int) -> dict[str
                 proc.wait()
     return {
         "services": n,
+        "source": "static" if kubeconfig is None else "apiserver",
         "per_service_histograms": per_service_histograms,
         "ready_s": round(ready_s, 2),
         "rss_mib": round(rss, 1),
@@ -187,6 +204,48 @@ def measure(n: int, per_service_histograms: bool, backend_port: int) -> dict[str
     }
 
 
+def on_apiserver(counts: list[int], per_service_histograms: bool) -> list[dict[str, Any]]:
+    """Each N as EmbeddingService objects on the test bed's API server (created with
+    server-side apply, so with managedFields, as kubectl leaves them), no operator."""
+    from e2e.bench.scale import service
+    from e2e.cluster import Cluster, ensure_binaries
+
+    cluster = Cluster(bin_dir=ensure_binaries())
+    cluster.attach()
+    rows = []
+    try:
+        cluster.up(started_by="bench-activator-scale")
+        for f in sorted((ROOT / "crds").glob("*.yaml")):
+            cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(f))
+        cluster.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/embeddingservices.glowplug.dev",
+        )  # fmt: skip
+        tmp = cluster.state_dir / "bench-activator-scale"
+        tmp.mkdir(exist_ok=True)
+        for n in sorted(counts):
+            cluster.kubectl(
+                "delete", "namespace", NAMESPACE, "--wait=true", check=False, timeout=900
+            )
+            cluster.kubectl("create", "namespace", NAMESPACE)
+            for i in range(0, n, 500):
+                items = []
+                for j in range(i, min(n, i + 500)):
+                    obj = service(f"emb-{j}")
+                    obj["metadata"]["namespace"] = NAMESPACE
+                    items.append(obj)
+                f = tmp / "services.json"
+                f.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+                cluster.kubectl("apply", "--server-side", "-f", str(f), timeout=600)
+                print(f"created {min(n, i + 500)}/{n} EmbeddingServices", flush=True)
+            rows.append(measure(n, per_service_histograms, 0, cluster.kubeconfig))
+            report(rows[-1])
+    finally:
+        cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+        cluster.release()
+    return rows
+
+
 def backend() -> tuple[subprocess.Popen[bytes], int]:
     """The canned embedding backend (e2e.bench.backend, a test double) for the 1 %."""
     port = free_port()
@@ -201,12 +260,38 @@ def backend() -> tuple[subprocess.Popen[bytes], int]:
     raise RuntimeError("the backend test double did not start")
 
 
+def report(row: dict[str, Any]) -> None:
+    n = row["services"]
+    print(
+        f"{row['source']} N={n:>6}: RSS {row['rss_mib']:.0f} MiB;"
+        f" /metrics {row['metrics_bytes'] / 1e6:.2f} MB, {row['metrics_lines']} lines, first {row['metrics_first_s'] * 1000:.0f} ms,"
+        f" then {row['metrics_steady_median_s'] * 1000:.1f} ms (max"
+        f" {row['metrics_steady_max_s'] * 1000:.1f}), after 1 % requests"
+        f" {row['metrics_after_1pct_requests_median_s'] * 1000:.1f} ms; /healthz worst"
+        f" {row['healthz_worst_during_scrapes_s'] * 1000:.1f} ms; /v1/models"
+        f" {row['models_bytes'] / 1e6:.2f} MB first {row['models_first_s'] * 1000:.0f} ms,"
+        f" cached {row['models_cached_median_s'] * 1000:.1f} ms; /stats all"
+        f" {row['stats_all_s'] * 1000:.0f} ms,"
+        f" one {row['stats_one_median_s'] * 1000:.1f} ms",
+        flush=True,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[0, 1000, 10000])
     parser.add_argument("--per-service-histograms", action="store_true")
+    parser.add_argument(
+        "--apiserver",
+        action="store_true",
+        help="create the services on the test bed's API server (GLOWPLUG_* cluster env)"
+        " and let the activator's informers list them, instead of a --static-config file",
+    )
     args = parser.parse_args()
     os.environ.setdefault("PYTHONPATH", str(ROOT / "operator"))
+    if args.apiserver:
+        rows = on_apiserver(args.n, args.per_service_histograms)
+        return finish(rows)
     proc, port = backend()
     rows = []
     try:
@@ -214,22 +299,14 @@ def main() -> int:
             print(f"activator with {n} services: starting", flush=True)
             row = measure(n, args.per_service_histograms, port)
             rows.append(row)
-            print(
-                f"N={n:>6}: RSS {row['rss_mib']:.0f} MiB; /metrics {row['metrics_bytes'] / 1e6:.2f}"
-                f" MB, {row['metrics_lines']} lines, first {row['metrics_first_s'] * 1000:.0f} ms,"
-                f" then {row['metrics_steady_median_s'] * 1000:.1f} ms (max"
-                f" {row['metrics_steady_max_s'] * 1000:.1f}), after 1 % requests"
-                f" {row['metrics_after_1pct_requests_median_s'] * 1000:.1f} ms; /healthz worst"
-                f" {row['healthz_worst_during_scrapes_s'] * 1000:.1f} ms; /v1/models"
-                f" {row['models_bytes'] / 1e6:.2f} MB first {row['models_first_s'] * 1000:.0f} ms,"
-                f" cached {row['models_cached_median_s'] * 1000:.1f} ms; /stats all"
-                f" {row['stats_all_s'] * 1000:.0f} ms,"
-                f" one {row['stats_one_median_s'] * 1000:.1f} ms",
-                flush=True,
-            )
+            report(row)
     finally:
         proc.terminate()
         proc.wait(10)
+    return finish(rows)
+
+
+def finish(rows: list[dict[str, Any]]) -> int:
     base = next((r for r in rows if r["services"] == 0), None)
     if base is not None:
         for r in rows:

@@ -165,7 +165,7 @@ class Informer:
                 if resp.status != 200:
                     raise RuntimeError(f"list {self.path(ns)}: HTTP {resp.status}")
                 doc = await resp.json()
-            items.extend(doc.get("items") or [])
+            items.extend(_trim(o) for o in doc.get("items") or [])
             meta = doc.get("metadata") or {}
             cont = str(meta.get("continue") or "")
             if not cont:
@@ -226,7 +226,7 @@ class Informer:
             raise RuntimeError(f"watch error: {obj.get('message')}")
         new_rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
         if typ in ("ADDED", "MODIFIED", "DELETED"):
-            self._apply(obj, deleted=typ == "DELETED")
+            self._apply(_trim(obj), deleted=typ == "DELETED")
         return new_rv  # BOOKMARK: only the resourceVersion moves
 
     def _apply(self, obj: dict[str, Any], *, deleted: bool) -> None:
@@ -266,6 +266,16 @@ class Informer:
     def _changed(self, key: Key) -> None:
         if self.on_change is not None:
             self.on_change(*key)
+
+
+def _trim(obj: dict[str, Any]) -> dict[str, Any]:
+    """Drop ``metadata.managedFields`` (server-side apply bookkeeping, often the largest
+    part of an object, read by nobody here): what client-go's informers trim with a
+    transform for the same reason. Kept for thousands of objects, it is memory."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+    return obj
 
 
 def pods(
