@@ -264,7 +264,8 @@ def report(row: dict[str, Any]) -> None:
     n = row["services"]
     print(
         f"{row['source']} N={n:>6}: RSS {row['rss_mib']:.0f} MiB;"
-        f" /metrics {row['metrics_bytes'] / 1e6:.2f} MB, {row['metrics_lines']} lines, first {row['metrics_first_s'] * 1000:.0f} ms,"
+        f" /metrics {row['metrics_bytes'] / 1e6:.2f} MB, {row['metrics_lines']} lines,"
+        f" first {row['metrics_first_s'] * 1000:.0f} ms,"
         f" then {row['metrics_steady_median_s'] * 1000:.1f} ms (max"
         f" {row['metrics_steady_max_s'] * 1000:.1f}), after 1 % requests"
         f" {row['metrics_after_1pct_requests_median_s'] * 1000:.1f} ms; /healthz worst"
