@@ -135,7 +135,8 @@ class RelistApiClient:
 
 
 SECRET = {
-    "metadata": {"name": "k", "namespace": "ns1", "labels": {"glowplug.dev/api-key": "true"}},
+    # The label's value may be empty (its presence selects it), as the e2e test's is.
+    "metadata": {"name": "k", "namespace": "ns1", "labels": {"glowplug.dev/api-key": ""}},
     "stringData": {"key": "a-test-key-of-32-characters-long"},
 }
 

@@ -209,10 +209,14 @@ class Informer:
         meta = obj.get("metadata") or {}
         ns = str(meta.get("namespace") or "")
         name = str(meta.get("name"))
+        labels = meta.get("labels") or {}
         if self.label is None:
             value: Any = name
+        elif self.by_name:
+            # Selected by the label's presence (an API key Secret's value may be empty).
+            value = name if self.label in labels else None
         else:
-            value = (meta.get("labels") or {}).get(self.label)
+            value = labels.get(self.label)
         if not value or not self.wanted(ns):
             return None
         return (ns, name if self.by_name else str(value)), name
