@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install lint test unit binaries node-deps testbed-images engine-envs real-engines cluster-up cluster-down operator activator bench bench-activator-scale bench-scale demo clean
+.PHONY: help install lint test unit binaries node-deps testbed-images engine-envs real-engines cluster-up cluster-down operator activator bench bench-activator-scale bench-scale bench-stats demo clean
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -74,9 +74,10 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= glowplug/glowplug:$(VERSION)
 KIND_CLUSTER ?= glowplug
 
-demo: install binaries node-deps ## wake, answer and scale to zero an example service (ENGINE=vllm: real vectors on CPU; local cluster unless $$KUBECONFIG is set)
+demo: install binaries node-deps ## wake, answer and scale to zero an example service (ENGINE=vllm: real vectors on CPU; PROMETHEUS=1: leave a Prometheus scraping it; local cluster unless $$KUBECONFIG is set)
 	$(if $(filter vllm,$(ENGINE)),$(MAKE) real-engines,)
-	GLOWPLUG_E2E_ENGINE=$(or $(ENGINE),$(GLOWPLUG_E2E_ENGINE),sglang) $(PY) -m e2e.demo
+	GLOWPLUG_E2E_ENGINE=$(or $(ENGINE),$(GLOWPLUG_E2E_ENGINE),sglang) \
+	GLOWPLUG_DEMO_PROMETHEUS=$(or $(PROMETHEUS),$(GLOWPLUG_DEMO_PROMETHEUS),0) $(PY) -m e2e.demo
 
 chart-crds: ## copy crds/ into the chart (the chart ships byte-identical copies)
 	rm -f charts/glowplug/crds/*.yaml
@@ -114,6 +115,9 @@ clean: ## remove the virtualenv and caches in the repo
 
 bench-activator-scale: install ## one activator routing 0, 1,000 and 10,000 services: RSS, /metrics size and render time, /v1/models, /stats (reports only; ~1 min)
 	$(PY) -m e2e.bench.activator_scale $${BENCH_ACTIVATOR_ARGS:-}
+
+bench-stats: install ## /stats as changes (long poll) vs a full read a second: bytes/s and CPU at N=$${N:-1000 5000}, idle and 1 % trickle (no cluster; reports only)
+	$(PY) -m e2e.bench.stats_feed --n $${N:-1000 5000} $${BENCH_STATS_ARGS:-}
 
 bench-scale: install binaries ## N EmbeddingServices at zero: glowplug's API requests/s, CPU, RSS, /metrics, reconcile-all (N=$${N:-300}; reports only)
 	$(PY) -m e2e.bench.scale --n $${N:-300} $${BENCH_SCALE_ARGS:-}

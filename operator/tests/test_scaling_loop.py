@@ -15,6 +15,7 @@ import pytest
 from glowplug.kube.timefmt import format_time, parse_time
 from glowplug.operator.activity import Snapshot
 from glowplug.operator.autoscaler import ActivatorLoad
+from glowplug.operator.ledger import totals_at
 from glowplug.operator.serviceloop import Options, ServiceLoop, pod_gpus, pod_hold
 
 T0 = 1_780_000_000.0
@@ -86,12 +87,14 @@ class ClusterAPIDouble:
         self.event_reads = 0
         self.scale_writes: list[int] = []
         self.conflict_next_scale = False
+        self.reads = 0  # read_object calls (a GET each)
 
     def _bump(self) -> None:
         meta = self.obj["metadata"]
         meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
 
     async def read_object(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.reads += 1
         return copy.deepcopy(self.obj)
 
     async def write_ledger(self, namespace: str, name: str, fields: dict[str, Any]) -> None:
@@ -121,6 +124,7 @@ class ClusterAPIDouble:
         namespace: str,
         name: str,
         mutate: Callable[[Mapping[str, Any]], dict[str, Any] | None],
+        body: Mapping[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         patch = mutate(copy.deepcopy(self.obj))
         if patch:
@@ -156,7 +160,7 @@ class LoadDouble:
     async def snapshot(self) -> Snapshot:
         return Snapshot(0.0, {"ns/svc": list(self.loads)}, self.unreadable, 1)
 
-    async def refresh(self, services: Sequence[str] | None = None) -> Snapshot:
+    async def refresh(self) -> Snapshot:
         return await self.snapshot()
 
 
@@ -290,6 +294,57 @@ async def test_ledger_survives_a_restart() -> None:
     status = api.obj["status"]  # the last checkpoint: T0+58
     assert status["gpuSeconds"] == 58 - 3
     assert status["baselineGpuSeconds"] == 58
+
+
+async def test_an_idle_service_reads_nothing_at_its_first_tick() -> None:
+    """The ledger is restored from the body kopf hands over: no GET per service at a
+    start-up (500 services at zero made 1,500 reads after their reconcile). The
+    checkpoint states its rates, as every checkpoint does (one written before the rate
+    fields existed is rewritten once, and that write checks the API first)."""
+    api, load, clock = make(0)
+    api.obj["status"] = {
+        "gpuSeconds": 7.0,
+        "baselineGpuSeconds": 9.0,
+        "gpusHeld": 0,
+        "baselineGpus": 1,
+        "ledgerTime": format_time(T0 - 100),
+        "lastRequestTime": format_time(T0),
+    }
+    loop = ServiceLoop(api, load, Options(), clock=clock)
+    await run_until(loop, api, clock, T0 + 30)
+    assert api.reads == 0
+    assert loop.ledger is not None and loop.ledger.gpu_seconds == 7.0
+
+
+async def test_a_checkpoint_newer_than_the_body_is_continued_from() -> None:
+    """kopf's body may lag a checkpoint the previous replica wrote just before a
+    failover: the first checkpoint write reads the object first and continues from it."""
+    api, _load, clock = make(replicas=1)
+    stale = copy.deepcopy(api.obj)
+    stale["status"] = {
+        "gpuSeconds": 10.0,
+        "baselineGpuSeconds": 10.0,
+        "ledgerTime": format_time(T0 - 20),
+    }
+    api.obj["status"] = {
+        "gpuSeconds": 25.0,
+        "baselineGpuSeconds": 25.0,
+        "ledgerTime": format_time(T0 - 5),
+    }  # written after `stale`
+    loop = ServiceLoop(api, None, Options(checkpoint_every=5.0), clock=clock)
+    await loop.tick(stale)  # no pod: nothing to write, nothing read
+    assert api.reads == 0
+    api.pods = [a_pod("a", T0 + 1)]
+    clock.t = T0 + 2
+    await loop.tick(stale)  # the pod set changed: a checkpoint, checked first
+    assert api.reads == 1
+    status = api.obj["status"]
+    assert status["gpuSeconds"] == 25.0 + 1.0  # the newer checkpoint, plus the pod's 1 s
+    assert status["baselineGpuSeconds"] == 25.0 + 7.0
+    clock.t = T0 + 8
+    await loop.tick(copy.deepcopy(api.obj))
+    assert api.reads == 1  # checked once
+    assert api.obj["status"]["gpuSeconds"] == 25.0 + 7.0
 
 
 async def test_restart_resumes_at_a_ledger_time_between_whole_seconds() -> None:
@@ -627,6 +682,7 @@ class CountingAPI(ClusterAPIDouble):
         namespace: str,
         name: str,
         mutate: Callable[[Mapping[str, Any]], dict[str, Any] | None],
+        body: Mapping[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         patch = await super().update_status(namespace, name, mutate)
         self.writes += 1 if patch else 0
@@ -678,6 +734,38 @@ async def test_a_prewarm_service_rests_only_to_the_next_minute() -> None:
     assert loop.rest_seconds(clock.t) <= 60.2
 
 
+async def test_a_learned_prewarm_plan_rests_until_it_and_scales_up_ahead() -> None:
+    """idleTimeout: auto resumed from status with a pre-warm plan: at zero the loop rests
+    only until the predicted pre-warm, then raises a replica with nobody asking."""
+    from glowplug.api.spec import AutoIdle
+    from glowplug.operator.idlepolicy import IdlePolicy
+
+    learned = IdlePolicy()
+    for i in range(12):  # a request every 10 minutes, yesterday
+        learned.observe(600.0 + (10 if i % 2 else -10), T0 - 86400 + 610 * i, AutoIdle())
+    plan = learned.plan(AutoIdle(), 30.0, T0)
+    assert plan.after is not None
+    api, load, clock = make(0, idleTimeout="auto")
+    finished = T0 - 300.0  # the last request finished 5 minutes ago
+    api.obj["status"] = {
+        "idlePolicy": learned.to_status(plan.keep_alive, plan),
+        "lastWakeSeconds": 30.0,
+        "lastRequestTime": format_time(finished),
+    }
+    load.loads = [ActivatorLoad(last_request_finished=finished)]
+    loop = ServiceLoop(api, load, Options(), clock=clock)
+    await run_until(loop, api, clock, T0 + 2)
+    assert loop.at_rest and api.obj["spec"]["replicas"] == 0
+    wake_at = finished + plan.after
+    assert loop.rest_seconds(clock.t) == pytest.approx(wake_at - clock.t)
+    await run_until(loop, api, clock, wake_at + 1)
+    assert api.obj["spec"]["replicas"] == 1  # pre-warmed ahead of the predicted request
+    assert api.obj["status"]["idlePolicy"]["prewarm"] == {
+        "afterSeconds": round(plan.after, 1),
+        "untilSeconds": round(plan.until or 0, 1),
+    }
+
+
 class FailingOnceAPI(ClusterAPIDouble):
     """The double, failing the first status write (an API server timing out)."""
 
@@ -690,6 +778,7 @@ class FailingOnceAPI(ClusterAPIDouble):
         namespace: str,
         name: str,
         mutate: Callable[[Mapping[str, Any]], dict[str, Any] | None],
+        body: Mapping[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         if self.fail:
             self.fail = False
@@ -722,3 +811,92 @@ async def test_checkpoints_only_while_gpus_are_held() -> None:
     assert gone > held  # the pod set changed: one checkpoint says so
     await run_until(loop, api, clock, T0 + 90)
     assert api.writes == gone
+
+
+async def test_status_at_zero_stays_exact_without_writes() -> None:
+    # The ledger writes nothing at zero, yet status + rate x elapsed is what it counts.
+    clock = Clock(T0)
+    api = CountingAPI(embsvc(1), clock)
+    loop = ServiceLoop(api, None, Options(checkpoint_every=5.0), clock=clock)
+    api.pods = [a_pod("p1", T0, ready=True)]
+    await run_until(loop, api, clock, T0 + 30)
+    api.pods = []
+    api.obj["spec"]["replicas"] = 0
+    await run_until(loop, api, clock, T0 + 35)
+    gone = api.writes
+    await run_until(loop, api, clock, T0 + 600)
+    assert api.writes == gone
+    assert loop.ledger is not None
+    now = totals_at(api.obj, loop.ledger.as_of)
+    assert now.gpu_seconds == pytest.approx(loop.ledger.gpu_seconds)
+    assert now.baseline_gpu_seconds == pytest.approx(loop.ledger.baseline_gpu_seconds)
+    assert api.obj["status"]["baselineGpuSeconds"] < 0.1 * now.baseline_gpu_seconds
+
+
+async def test_a_baseline_edit_at_zero_is_one_checkpoint() -> None:
+    clock = Clock(T0)
+    api = CountingAPI(embsvc(0), clock)
+    loop = ServiceLoop(api, LoadDouble(), Options(checkpoint_every=5.0), clock=clock)
+    await run_until(loop, api, clock, T0 + 10)
+    settled = api.writes
+    assert "ledgerTime" not in api.obj["status"]  # never held: nothing to checkpoint
+    api.obj["spec"]["cost"]["baselineReplicas"] = 3
+    await run_until(loop, api, clock, T0 + 60)
+    assert api.writes == settled + 1
+    assert api.obj["status"]["baselineGpus"] == 3
+    assert loop.ledger is not None
+    totals = totals_at(api.obj, loop.ledger.as_of)
+    assert totals.baseline_gpu_seconds == pytest.approx(loop.ledger.baseline_gpu_seconds)
+
+
+async def test_a_checkpoint_without_rates_is_rewritten_once_after_a_restart() -> None:
+    clock = Clock(T0 + 100)
+    obj = embsvc(0)
+    obj["status"] = {"gpuSeconds": 5.0, "baselineGpuSeconds": 50.0, "ledgerTime": format_time(T0)}
+    api = CountingAPI(obj, clock)
+    loop = ServiceLoop(api, LoadDouble(), Options(checkpoint_every=5.0), clock=clock)
+    await run_until(loop, api, clock, T0 + 110)
+    ledger_writes = api.writes
+    await run_until(loop, api, clock, T0 + 200)
+    assert api.writes == ledger_writes
+    assert api.obj["status"]["gpusHeld"] == 0 and api.obj["status"]["baselineGpus"] == 1
+    assert totals_at(api.obj, T0 + 200).baseline_gpu_seconds == pytest.approx(50 + 200)
+
+
+def sample(name: str, labels: dict[str, str]) -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(name, labels)
+    assert value is not None, (name, labels)
+    return value
+
+
+async def test_counters_are_exact_at_each_scrape_while_the_loop_rests() -> None:
+    # The loop rests at zero (no tick), yet every scrape's baseline counter has grown by
+    # baselineGpus x elapsed; the next tick adds only the rest, never twice.
+    clock = Clock(T0)
+    obj = embsvc(1)
+    obj["metadata"]["namespace"] = "t-rest-scrape"
+    obj["spec"]["resources"]["gpuType"] = "L4"
+    api = ClusterAPIDouble(obj, clock)
+    loop = ServiceLoop(api, None, Options(checkpoint_every=5.0), clock=clock)
+    labels = {"namespace": "t-rest-scrape", "service": "svc", "gpu_type": "L4"}
+    try:
+        api.pods = [a_pod("p1", T0, ready=True)]
+        await run_until(loop, api, clock, T0 + 20)
+        api.pods = []
+        api.obj["spec"]["replicas"] = 0
+        await run_until(loop, api, clock, T0 + 22)
+        used = sample("glowplug_gpu_seconds_total", labels)
+        base = sample("glowplug_baseline_gpu_seconds_total", labels)
+        clock.t = T0 + 322  # five minutes without a tick
+        assert sample("glowplug_gpu_seconds_total", labels) == pytest.approx(used)
+        later = sample("glowplug_baseline_gpu_seconds_total", labels)
+        assert later == pytest.approx(base + 300)
+        await loop.tick(copy.deepcopy(api.obj))  # the tick after the rest adds nothing more
+        assert sample("glowplug_baseline_gpu_seconds_total", labels) == pytest.approx(later)
+        assert loop.ledger is not None
+        # since this series began (T0): everything the ledger counted
+        assert later == pytest.approx(loop.ledger.baseline_gpu_seconds)
+    finally:
+        loop.series.remove()
