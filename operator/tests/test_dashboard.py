@@ -36,8 +36,8 @@ PROMQL_WORDS = {
     "sum", "max", "min", "avg", "count", "by", "without", "on", "ignoring", "group_left",
     "group_right", "rate", "increase", "irate", "histogram_quantile", "label_values", "and",
     "or", "unless", "bool", "offset", "topk", "bottomk", "abs", "clamp_min", "clamp_max",
-    "vector", "scalar", "time", "le", "namespace", "service", "code", "reason", "outcome",
-    "state", "gpu_type", "path", "inf", "nan",
+    "vector", "scalar", "time", "label_replace", "le", "namespace", "service", "code",
+    "reason", "outcome", "state", "gpu_type", "path", "inf", "nan",
 }  # fmt: skip
 IDENT = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
 
