@@ -548,7 +548,11 @@ def test_helm_prometheus_scrapes_the_chart(
             )
             svc = example_service(name, app_ns, idle_timeout="5s", real_node=real_node)
             svc["spec"]["cache"] = {"enabled": True}
-            svc["spec"]["model"]["matryoshka"] = True  # a bad `dimensions` reaches the engine
+            # As in test_prometheus_cluster: no fixed `dimensions` (the activator would
+            # refuse a bad one itself, a rejection), matryoshka so that it reaches the engine,
+            # whose 400 is the error the "Errors by code" panel shows.
+            svc["spec"]["model"].pop("dimensions", None)
+            svc["spec"]["model"]["matryoshka"] = True
             kube.apply(svc)
             wait_until(activators.refresh, 60, "ready activator endpoints")
             wait_until(
