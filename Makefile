@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install lint test unit binaries node-deps testbed-images engine-envs real-engines cluster-up cluster-down operator activator bench bench-scale demo clean
+.PHONY: help install lint test unit binaries node-deps testbed-images engine-envs real-engines cluster-up cluster-down operator activator bench bench-scale bench-stats demo clean
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -111,6 +111,9 @@ kind-down: ## delete the kind cluster
 
 clean: ## remove the virtualenv and caches in the repo
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+bench-stats: install ## /stats as changes (long poll) vs a full read a second: bytes/s and CPU at N=$${N:-1000 5000}, idle and 1 % trickle (no cluster; reports only)
+	$(PY) -m e2e.bench.stats_feed --n $${N:-1000 5000} $${BENCH_STATS_ARGS:-}
 
 bench-scale: install binaries ## N EmbeddingServices at zero: glowplug's API requests/s, CPU, RSS, /metrics, reconcile-all (N=$${N:-300}; reports only)
 	$(PY) -m e2e.bench.scale --n $${N:-300} $${BENCH_SCALE_ARGS:-}

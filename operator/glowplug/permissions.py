@@ -92,9 +92,9 @@ OPERATOR: tuple[Need, ...] = (
     _need(
         "discovery.k8s.io",
         "endpointslices",
-        "list",
+        "list watch",
         "release",
-        "activity.py: the activator Service's endpoints",
+        "activity.py: the activator Service's endpoints (one informer)",
     ),
 )
 # kopf's peering and observers, by install mode.

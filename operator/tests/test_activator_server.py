@@ -269,7 +269,8 @@ async def test_models_stats_metrics_health() -> None:
         assert "ns2/shared" in body["error"]["message"]
         async with s.get(f"{h.url}/stats") as r:
             st = await r.json()
-        assert set(st) == {"activator", "time", "services"}
+        assert set(st) == {"activator", "time", "epoch", "cursor", "full", "services"}
+        assert st["full"] is True
         assert st["services"]["ns2/c"] == {
             "namespace": "ns2",
             "name": "c",

@@ -324,6 +324,8 @@ STATUS_FIELDS = {
     "gpuHours",
     "savedPercent",
     "ledgerTime",
+    "gpusHeld",
+    "baselineGpus",
 }
 
 

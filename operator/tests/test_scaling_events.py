@@ -3,44 +3,75 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
-from glowplug.operator.activity import Snapshot
-from glowplug.operator.autoscaler import ActivatorLoad
-from glowplug.operator.pokes import Pokes, poke_on_load
+import aiohttp
+from activator_fakes import engines, harness, service_obj, until
+
+from glowplug.activator.stats import StatsFeed
+from glowplug.operator.activity import LoadReader, StaticDiscovery
+from glowplug.operator.pokes import Pokes
 from glowplug.operator.serviceapi import RateGate
 
 
-class SnapshotsDouble:
-    """A test double of the load reader: the test sets the per-service figures."""
-
-    def __init__(self) -> None:
-        self.per_service: dict[str, list[ActivatorLoad]] = {}
-
-    async def snapshot(self) -> Snapshot:
-        return Snapshot(time.time(), dict(self.per_service), 0, 1)
-
-    async def refresh(self) -> Snapshot:
-        return await self.snapshot()
-
-
 async def test_only_services_whose_load_changed_are_poked() -> None:
-    reader = SnapshotsDouble()
-    reader.per_service = {"ns/a": [ActivatorLoad()], "ns/b": [ActivatorLoad()]}
-    pokes = Pokes()
-    a, b = pokes.event("ns", "a"), pokes.event("ns", "b")
-    task = asyncio.create_task(poke_on_load(reader, pokes, 0.02))
-    try:
-        await asyncio.sleep(0.05)
-        a.clear()
-        b.clear()
-        reader.per_service = {"ns/a": [ActivatorLoad(queued=1)], "ns/b": [ActivatorLoad()]}
-        await asyncio.wait_for(a.wait(), 2)
-        assert not b.is_set()
-        reader.per_service = {"ns/a": [ActivatorLoad(queued=1)]}  # b left the activator
-        await asyncio.wait_for(b.wait(), 2)
-    finally:
-        task.cancel()
+    """The reader follows a real activator over HTTP (a long poll of changes): a request
+    to one service pokes that service's loop only, and soon."""
+    async with harness() as h, engines(1) as (e,), aiohttp.ClientSession() as s:
+        for name in ("a", "b"):
+            h.services.apply_service(service_obj(name=name))
+            h.services.set_endpoints("ns1", name, [e.address])
+        pokes = Pokes()
+        a, b = pokes.event("ns1", "a"), pokes.event("ns1", "b")
+        reader = LoadReader(StaticDiscovery([h.url]), wait=20.0)
+        task = asyncio.create_task(reader.follow(pokes.poke, 0.05))
+        try:
+            await until(lambda: reader.reads >= 1)  # the full read
+            await asyncio.sleep(0.3)  # and a poll held open: nothing changes
+            assert reader.reads == 1
+            a.clear()
+            b.clear()
+            reads = reader.reads
+            async with s.post(f"{h.url}/v1/embeddings", json={"model": "a", "input": "x"}) as r:
+                assert r.status == 200
+            await asyncio.wait_for(a.wait(), 5)
+            await until(
+                lambda: (
+                    (reader._snapshot is not None)
+                    and reader._snapshot.load("ns1", "a").last_request_finished is not None
+                )
+            )
+            assert not b.is_set()
+            assert reader.reads - reads <= 3  # a held poll answers changes, not a stream
+            snap = await reader.snapshot()  # no request while following
+            assert reader.reads - reads <= 3 and snap.unreadable == 0
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await reader.close()
+
+
+async def test_a_restarted_activator_is_read_in_full_again() -> None:
+    """A new activator process has another epoch: the reader's cursor means nothing
+    there, and the first answer replaces everything it knew of that URL."""
+    async with harness() as h, engines(1) as (e,), aiohttp.ClientSession() as s:
+        h.services.apply_service(service_obj())
+        h.services.set_endpoints("ns1", "emb", [e.address])
+        async with s.post(f"{h.url}/v1/embeddings", json={"model": "emb", "input": "x"}) as r:
+            assert r.status == 200
+        reader = LoadReader(StaticDiscovery([h.url]))
+        try:
+            assert (await reader.refresh()).load("ns1", "emb").last_request_finished
+            old = h.activator.feed
+            h.activator.feed = StatsFeed(h.services, "restarted")  # as a new process
+            h.services.routes["ns1/emb"].state.last_finished = None
+            snap = await reader.refresh()
+            assert h.activator.feed.epoch != old.epoch
+            assert snap.load("ns1", "emb").last_request_finished is None
+        finally:
+            await reader.close()
 
 
 async def test_rate_gate_spreads_passes() -> None:

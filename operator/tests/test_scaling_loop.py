@@ -87,12 +87,14 @@ class ClusterAPIDouble:
         self.event_reads = 0
         self.scale_writes: list[int] = []
         self.conflict_next_scale = False
+        self.reads = 0  # read_object calls (a GET each)
 
     def _bump(self) -> None:
         meta = self.obj["metadata"]
         meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
 
     async def read_object(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.reads += 1
         return copy.deepcopy(self.obj)
 
     async def write_ledger(self, namespace: str, name: str, fields: dict[str, Any]) -> None:
@@ -122,6 +124,7 @@ class ClusterAPIDouble:
         namespace: str,
         name: str,
         mutate: Callable[[Mapping[str, Any]], dict[str, Any] | None],
+        body: Mapping[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         patch = mutate(copy.deepcopy(self.obj))
         if patch:
@@ -291,6 +294,57 @@ async def test_ledger_survives_a_restart() -> None:
     status = api.obj["status"]  # the last checkpoint: T0+58
     assert status["gpuSeconds"] == 58 - 3
     assert status["baselineGpuSeconds"] == 58
+
+
+async def test_an_idle_service_reads_nothing_at_its_first_tick() -> None:
+    """The ledger is restored from the body kopf hands over: no GET per service at a
+    start-up (500 services at zero made 1,500 reads after their reconcile). The
+    checkpoint states its rates, as every checkpoint does (one written before the rate
+    fields existed is rewritten once, and that write checks the API first)."""
+    api, load, clock = make(0)
+    api.obj["status"] = {
+        "gpuSeconds": 7.0,
+        "baselineGpuSeconds": 9.0,
+        "gpusHeld": 0,
+        "baselineGpus": 1,
+        "ledgerTime": format_time(T0 - 100),
+        "lastRequestTime": format_time(T0),
+    }
+    loop = ServiceLoop(api, load, Options(), clock=clock)
+    await run_until(loop, api, clock, T0 + 30)
+    assert api.reads == 0
+    assert loop.ledger is not None and loop.ledger.gpu_seconds == 7.0
+
+
+async def test_a_checkpoint_newer_than_the_body_is_continued_from() -> None:
+    """kopf's body may lag a checkpoint the previous replica wrote just before a
+    failover: the first checkpoint write reads the object first and continues from it."""
+    api, _load, clock = make(replicas=1)
+    stale = copy.deepcopy(api.obj)
+    stale["status"] = {
+        "gpuSeconds": 10.0,
+        "baselineGpuSeconds": 10.0,
+        "ledgerTime": format_time(T0 - 20),
+    }
+    api.obj["status"] = {
+        "gpuSeconds": 25.0,
+        "baselineGpuSeconds": 25.0,
+        "ledgerTime": format_time(T0 - 5),
+    }  # written after `stale`
+    loop = ServiceLoop(api, None, Options(checkpoint_every=5.0), clock=clock)
+    await loop.tick(stale)  # no pod: nothing to write, nothing read
+    assert api.reads == 0
+    api.pods = [a_pod("a", T0 + 1)]
+    clock.t = T0 + 2
+    await loop.tick(stale)  # the pod set changed: a checkpoint, checked first
+    assert api.reads == 1
+    status = api.obj["status"]
+    assert status["gpuSeconds"] == 25.0 + 1.0  # the newer checkpoint, plus the pod's 1 s
+    assert status["baselineGpuSeconds"] == 25.0 + 7.0
+    clock.t = T0 + 8
+    await loop.tick(copy.deepcopy(api.obj))
+    assert api.reads == 1  # checked once
+    assert api.obj["status"]["gpuSeconds"] == 25.0 + 7.0
 
 
 async def test_restart_resumes_at_a_ledger_time_between_whole_seconds() -> None:
@@ -628,6 +682,7 @@ class CountingAPI(ClusterAPIDouble):
         namespace: str,
         name: str,
         mutate: Callable[[Mapping[str, Any]], dict[str, Any] | None],
+        body: Mapping[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         patch = await super().update_status(namespace, name, mutate)
         self.writes += 1 if patch else 0
@@ -679,6 +734,38 @@ async def test_a_prewarm_service_rests_only_to_the_next_minute() -> None:
     assert loop.rest_seconds(clock.t) <= 60.2
 
 
+async def test_a_learned_prewarm_plan_rests_until_it_and_scales_up_ahead() -> None:
+    """idleTimeout: auto resumed from status with a pre-warm plan: at zero the loop rests
+    only until the predicted pre-warm, then raises a replica with nobody asking."""
+    from glowplug.api.spec import AutoIdle
+    from glowplug.operator.idlepolicy import IdlePolicy
+
+    learned = IdlePolicy()
+    for i in range(12):  # a request every 10 minutes, yesterday
+        learned.observe(600.0 + (10 if i % 2 else -10), T0 - 86400 + 610 * i, AutoIdle())
+    plan = learned.plan(AutoIdle(), 30.0, T0)
+    assert plan.after is not None
+    api, load, clock = make(0, idleTimeout="auto")
+    finished = T0 - 300.0  # the last request finished 5 minutes ago
+    api.obj["status"] = {
+        "idlePolicy": learned.to_status(plan.keep_alive, plan),
+        "lastWakeSeconds": 30.0,
+        "lastRequestTime": format_time(finished),
+    }
+    load.loads = [ActivatorLoad(last_request_finished=finished)]
+    loop = ServiceLoop(api, load, Options(), clock=clock)
+    await run_until(loop, api, clock, T0 + 2)
+    assert loop.at_rest and api.obj["spec"]["replicas"] == 0
+    wake_at = finished + plan.after
+    assert loop.rest_seconds(clock.t) == pytest.approx(wake_at - clock.t)
+    await run_until(loop, api, clock, wake_at + 1)
+    assert api.obj["spec"]["replicas"] == 1  # pre-warmed ahead of the predicted request
+    assert api.obj["status"]["idlePolicy"]["prewarm"] == {
+        "afterSeconds": round(plan.after, 1),
+        "untilSeconds": round(plan.until or 0, 1),
+    }
+
+
 class FailingOnceAPI(ClusterAPIDouble):
     """The double, failing the first status write (an API server timing out)."""
 
@@ -691,6 +778,7 @@ class FailingOnceAPI(ClusterAPIDouble):
         namespace: str,
         name: str,
         mutate: Callable[[Mapping[str, Any]], dict[str, Any] | None],
+        body: Mapping[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         if self.fail:
             self.fail = False

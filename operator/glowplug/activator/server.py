@@ -9,19 +9,21 @@ no logging on success.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import socket
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from glowplug.activator import openai as oai
-from glowplug.activator.apikeys import ApiKey, KeyStore
+from glowplug.activator.apikeys import ApiKey, KeyStore, wake_not_allowed
 from glowplug.activator.cache import MemoryCache
 from glowplug.activator.coldstart import cold_start_headers
-from glowplug.activator.embeddingcache import EmbeddingCache
+from glowplug.activator.embeddingcache import EmbeddingCache, Forward
 from glowplug.activator.forwarder import (
     BrokenResponse,
     ConnectFailed,
@@ -34,7 +36,8 @@ from glowplug.activator.http import Request, Response
 from glowplug.activator.limits import BadShape, check_json_shape
 from glowplug.activator.metrics import Metrics
 from glowplug.activator.services import Route, Services
-from glowplug.activator.stats import stats
+from glowplug.activator.stats import StatsFeed
+from glowplug.kube import stats as kstats
 
 log = logging.getLogger("glowplug.activator")
 
@@ -95,6 +98,9 @@ class Activator:
         shared = self.cache.shared
         if shared is not None and shared.on_error is None:
             shared.on_error = metrics.cache_shared_errors.inc
+        # /stats: full reads and changes after a cursor (glowplug.kube.stats).
+        self.feed = StatsFeed(services, self.config.name, keyed=lambda: self.keys.active)
+        services.on_delete(self.feed.touch)
         self.synced = asyncio.Event()  # the sources have listed everything once
         self.draining = False
         self._routes: dict[str, Callable[[], Response]] = {
@@ -114,16 +120,22 @@ class Activator:
         get = self._routes.get(path)
         if self.internal_split and path in _INTERNAL_PATHS:
             get = None
-        if get is not None and path == "/metrics" and request.method in ("GET", "HEAD"):
-            return await self.prometheus_off_loop()
+        if get is not None and request.method in ("GET", "HEAD"):
+            if path == "/metrics":
+                return await self.prometheus_off_loop()
+            if path == "/stats":
+                return await self.stats_request(request)
         return self._small(request, get)
 
     async def handle_internal(self, request: Request) -> Response:
         """The internal port's handler: /stats, /metrics and the probes, no API."""
         path = request.path
         get = self._routes.get(path) if path in (*_INTERNAL_PATHS, *_PROBE_PATHS) else None
-        if get is not None and path == "/metrics" and request.method in ("GET", "HEAD"):
-            return await self.prometheus_off_loop()
+        if get is not None and request.method in ("GET", "HEAD"):
+            if path == "/metrics":
+                return await self.prometheus_off_loop()
+            if path == "/stats":
+                return await self.stats_request(request)
         return self._small(request, get)
 
     def _small(self, request: Request, get: Callable[[], Response] | None) -> Response:
@@ -163,7 +175,17 @@ class Activator:
         return _text(200, "ok\n")
 
     def stats(self) -> Response:
-        return _json(stats(self.services, self.config.name))
+        return _json(self.feed.full())
+
+    async def stats_request(self, request: Request) -> Response:
+        """``GET /stats[?since=EPOCH:CURSOR&wait=SECONDS]``: a full read, or the changes
+        after a cursor, held up to ``wait`` seconds until there are some (a long poll)."""
+        query = urllib.parse.parse_qs(request.query)
+        since = (query.get("since") or [""])[-1]
+        wait = kstats.parse_wait((query.get("wait") or [""])[-1])
+        if self.draining:
+            wait = 0.0  # answer at once: the process is going away
+        return _json(await self.feed.answer(since, wait))
 
     def prometheus(self) -> Response:
         return Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
@@ -218,7 +240,10 @@ class Activator:
             key = self.keys.authenticate(request.headers.get("authorization"))
             req, route, payload = self._admit(request)
             if key is not None:
-                self.keys.admit(key, route.spec, wakes=_would_wake(route))
+                # A request the cache may answer whole needs no wake: its wake right is
+                # checked when (and only if) its misses go to the engine (_serve_for_key).
+                wakes = _would_wake(route) and not _cacheable(route, req)
+                self.keys.admit(key, route.spec, wakes=wakes)
         except oai.APIError as err:
             if self.keys.active:
                 self.metrics.key(key.ref if key else None).rejected(
@@ -226,9 +251,11 @@ class Activator:
                 ).inc()
             return _error(err)
         if key is None:
-            return await self._answer(req, route, payload, t0)
+            return await self._answer(req, route, payload, t0, self._serve)
         try:
-            resp = await self._answer(req, route, payload, t0)
+            resp = await self._answer(
+                req, route, payload, t0, functools.partial(self._serve_for_key, key)
+            )
         finally:
             self.keys.release(key)
         km = self.metrics.key(key.ref)
@@ -238,12 +265,37 @@ class Activator:
         return resp
 
     async def _answer(
-        self, req: oai.EmbeddingRequest, route: Route, payloads: list[bytes], t0: float
+        self,
+        req: oai.EmbeddingRequest,
+        route: Route,
+        payloads: list[bytes],
+        t0: float,
+        forward: Forward,
     ) -> Response:
-        """From the embedding cache where the service enables it, else from the engine."""
-        if route.spec.cache.enabled and req.text_inputs:
-            return await self.cache.serve(req, route, t0, self._serve)
-        return await self._serve(req, route, payloads, t0)
+        """From the embedding cache where the service enables it, else from the engine
+        (``forward``: what sends inputs to the engine)."""
+        if _cacheable(route, req):
+            return await self.cache.serve(req, route, t0, forward)
+        return await forward(req, route, payloads, t0)
+
+    async def _serve_for_key(
+        self,
+        key: ApiKey,
+        req: oai.EmbeddingRequest,
+        route: Route,
+        payloads: list[bytes],
+        t0: float,
+    ) -> Response:
+        """The engine path for a keyed request: the wake right, checked now that inputs
+        must be computed (a fully cached request never gets here)."""
+        if not key.wake and _would_wake(route):
+            self.metrics.key(key.ref).rejected("wake_not_allowed").inc()
+            return _error(wake_not_allowed(route.spec))
+        resp = await self._serve(req, route, payloads, t0)
+        if resp.status == 200:
+            route.computed[key.ref] = route.computed.get(key.ref, 0) + req.n_inputs
+            self.feed.touch(f"{route.spec.namespace}/{route.spec.name}")  # /stats changed
+        return resp
 
     def _admit(self, request: Request) -> tuple[oai.EmbeddingRequest, Route, list[bytes]]:
         if request.method != "POST":
@@ -295,6 +347,8 @@ class Activator:
         any response byte is retried once.
         """
         state = route.state
+        touch = self.feed.touch  # /stats: this service's figures change
+        touch(state.ref)
         request_timeout = route.spec.engine.request_timeout
         waited = upstream = 0.0
         retried_drop = False
@@ -337,6 +391,7 @@ class Activator:
             finally:
                 upstream += time.monotonic() - tu
                 state.release(b, completed=completed)
+                touch(state.ref)
             if retry:
                 # Not served: retry (another pod first) until the deadline.
                 await asyncio.sleep(CONNECT_RETRY_DELAY)
@@ -505,6 +560,7 @@ class Activator:
             resp = Response(status, _engine_error(status, body), JSON)
         if waited:
             state.answered_after_wait()
+            self.feed.touch(state.ref)
             if path == "cold":
                 resp.headers.update(cold_start_headers(waited))
         total = time.monotonic() - t0
@@ -530,6 +586,7 @@ class Activator:
     async def drain(self) -> None:
         """Fail readiness and keep serving ``drain_seconds`` (load balancers notice)."""
         self.draining = True
+        self.feed.close()  # held /stats requests answer now
         log.info("draining: /readyz fails, serving %.1fs more", self.config.drain_seconds)
         await asyncio.sleep(self.config.drain_seconds)
 
@@ -550,6 +607,11 @@ class Activator:
 _MODELS_PATHS = ("/v1/models", "/models")
 _INTERNAL_PATHS = ("/stats", "/metrics")
 _PROBE_PATHS = ("/healthz", "/readyz")
+
+
+def _cacheable(route: Route, req: oai.EmbeddingRequest) -> bool:
+    """Whether the embedding cache looks this request up (and may answer it whole)."""
+    return route.spec.cache.enabled and req.text_inputs
 
 
 def _would_wake(route: Route) -> bool:

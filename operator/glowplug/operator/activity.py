@@ -1,4 +1,4 @@
-"""Load figures from every activator replica (their ``GET /stats``), read about once a second.
+"""Load figures from every activator replica (their ``GET /stats``), as changes.
 
 Where the activators are:
 - in a cluster, ``--activator-service NAMESPACE/NAME``: every endpoint of that Service's
@@ -8,22 +8,33 @@ Where the activators are:
 
 An activator whose stats cannot be read (refused, timed out, malformed) counts as busy
 for every service: the autoscaler must not scale anything down on a guess. One reader
-is shared by every service's loop; a snapshot is reused for ``max_age`` seconds so N
-services cost one round of requests, not N.
+is shared by every service's loop.
+
+How it reads (the protocol is ``glowplug.kube.stats``): the reader keeps what each
+activator told it, one full read and then only changes (``since`` its cursor). While
+``follow`` runs, one long poll per activator (``wait`` seconds) brings each change as it
+happens, and calls back with the services it touched (the daemon pokes their loops), so
+N idle services cost one empty answer per activator per ``wait`` seconds instead of N
+entries a second; ``snapshot`` then costs no request. Without ``follow`` (tools, tests),
+``snapshot`` reads changes when the last read is older than ``max_age``. ``refresh``
+asks every activator for its changes now (before the last replica goes).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
 
 from glowplug.kube import stats
+from glowplug.kube.informer import Informer
 from glowplug.operator.autoscaler import ActivatorLoad, ServiceLoad
 from glowplug.outage import Outage, is_unreachable
 
@@ -72,6 +83,36 @@ class EndpointSliceDiscovery:
         )
 
 
+@dataclass
+class WatchedEndpointSlices:
+    """The activator Service's endpoints from a watch of its EndpointSlices (an informer
+    on ``kubernetes.io/service-name``): ``urls`` makes no request."""
+
+    informer: Informer
+    namespace: str
+    service: str
+    port_name: str = "http"
+
+    async def urls(self) -> list[str]:
+        await self.informer.wait_synced()
+        return endpoint_urls(
+            {"items": self.informer.items(self.namespace, self.service)}, self.port_name
+        )
+
+
+def watched_endpoint_slices(api_client: Any, namespace: str, service: str) -> WatchedEndpointSlices:
+    """Discovery of the activators by one EndpointSlice watch in their namespace."""
+
+    def path(ns: str | None) -> str:
+        return f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"
+
+    informer = Informer(
+        api_client, "EndpointSlice", path, [namespace], label="kubernetes.io/service-name"
+    )
+    informer.start()
+    return WatchedEndpointSlices(informer, namespace, service)
+
+
 def endpoint_urls(slice_list: Mapping[str, Any], port_name: str = "http") -> list[str]:
     """Base URLs of the endpoints that may hold requests (pure, for tests)."""
     out: list[str] = []
@@ -103,6 +144,9 @@ class Snapshot:
     per_service: Mapping[str, list[ActivatorLoad]]
     unreadable: int
     activators: int
+    # Per service, each readable activator's (URL, inputs computed per API key): what
+    # attribution.py splits GPU-seconds by. Absent where no API keys are in use.
+    computed: Mapping[str, list[tuple[str, Mapping[str, int]]]] = field(default_factory=dict)
 
     def load(self, namespace: str, name: str) -> ServiceLoad:
         return ServiceLoad.combine(
@@ -112,16 +156,27 @@ class Snapshot:
 
 def parse_stats(payload: Any) -> dict[str, ActivatorLoad]:
     """One activator's /stats body -> loads by "namespace/name"; ValueError if malformed."""
-    return {
-        key: ActivatorLoad(
-            in_flight=s.in_flight,
-            queued=s.queued,
-            waking=s.waking,
-            last_request_finished=s.last_request_finished,
-            first_response=s.first_response_after_wake,
-        )
-        for key, s in stats.parse(payload).items()
-    }
+    return {key: _load(s) for key, s in stats.parse(payload).items()}
+
+
+@dataclass
+class _Activator:
+    """What one activator told the reader: its figures, up to its cursor."""
+
+    url: str
+    epoch: str = ""
+    cursor: int = 0
+    loads: dict[str, ActivatorLoad] = field(default_factory=dict)
+    # Per service, its computedInputs (only while it has API keys in use).
+    computed: dict[str, Mapping[str, int]] = field(default_factory=dict)
+    readable: bool = False  # its last read succeeded
+    read: bool = False  # read at least once
+    task: asyncio.Task[None] | None = None  # its long poll, while following
+
+
+OnChange = Callable[[str, str], None]  # (namespace, name) whose load changed
+
+IDLE_LOAD = ActivatorLoad()
 
 
 @dataclass
@@ -130,13 +185,24 @@ class LoadReader:
     timeout: float = 1.0
     max_age: float = 0.5
     on_error: Any = None  # callable(url) -> None, e.g. a Prometheus counter's inc
+    wait: float = 25.0  # a long poll's wait (below the activator's cap, stats.MAX_WAIT)
     _session: aiohttp.ClientSession | None = None
+    _activators: dict[str, _Activator] = field(default_factory=dict)
+    _per_service: dict[str, list[ActivatorLoad]] = field(default_factory=dict)
     _snapshot: Snapshot | None = None
+    _unreadable: int = 0  # discovery failed: count one unknown activator
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _following: bool = False
+    _on_change: OnChange | None = None
     _outage: Outage = field(default_factory=lambda: Outage(log, "the activator list"))
+    bytes_read: int = 0  # response bytes (benchmarks)
+    reads: int = 0  # /stats requests answered (benchmarks)
 
     async def snapshot(self) -> Snapshot:
-        """The latest snapshot, refreshed when older than ``max_age``."""
+        """The figures as known: no request while following, else refreshed when older
+        than ``max_age``."""
+        if self._following and self._snapshot is not None:
+            return self._snapshot
         async with self._lock:
             now = time.time()
             if self._snapshot is None or now - self._snapshot.time > self.max_age:
@@ -144,7 +210,51 @@ class LoadReader:
             return self._snapshot
 
     async def refresh(self) -> Snapshot:
-        now = time.time()
+        """Every activator's changes now (its cursor; a full read the first time)."""
+        if not await self._discover():
+            return self._make_snapshot()
+        await asyncio.gather(*(self._read(a, 0.0) for a in list(self._activators.values())))
+        self._snapshot = self._make_snapshot()
+        return self._snapshot
+
+    async def follow(self, on_change: OnChange, interval: float = 1.0) -> None:
+        """Long-poll every activator until cancelled, calling ``on_change`` for each
+        service whose figures changed; looks for new activators every ``interval``."""
+        self._following = True
+        self._on_change = on_change
+        try:
+            while True:
+                before = set(self._activators)
+                await self._discover()
+                for a in self._activators.values():
+                    if a.task is None or a.task.done():
+                        a.task = asyncio.create_task(self._poll(a, interval), name=f"stats {a.url}")
+                if set(self._activators) != before or self._snapshot is None:
+                    self._snapshot = self._make_snapshot()
+                await asyncio.sleep(interval)
+        finally:
+            self._following = False
+            self._on_change = None
+            tasks = [a.task for a in self._activators.values() if a.task is not None]
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            for a in self._activators.values():
+                a.task = None
+
+    async def _poll(self, a: _Activator, interval: float) -> None:
+        while self._activators.get(a.url) is a:
+            started = time.monotonic()
+            await self._read(a, self.wait if a.read and a.readable else 0.0)
+            self._snapshot = self._make_snapshot()
+            # At most one answer a second per activator under load; at once is not needed
+            # (the loops tick once a second).
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    async def _discover(self) -> bool:
+        """Bring the activator list up to date; False when it cannot be listed."""
         try:
             urls = await self.discovery.urls()
         except Exception as err:  # the API is down: we cannot tell who is busy
@@ -152,33 +262,114 @@ class LoadReader:
                 self._outage.failed(err)
             else:
                 log.warning("cannot list activators: %s", err)
-            return Snapshot(now, {}, unreadable=1, activators=0)
+            self._unreadable = 1
+            return False
         self._outage.ok()
-        results = await asyncio.gather(*(self._read(u) for u in urls))
-        per_service: dict[str, list[ActivatorLoad]] = {}
-        unreadable = 0
-        for url, result in zip(urls, results, strict=True):
-            if result is None:
-                unreadable += 1
-                if self.on_error is not None:
-                    self.on_error(url)
-                continue
-            for key, load in result.items():
-                per_service.setdefault(key, []).append(load)
-        return Snapshot(now, per_service, unreadable, len(urls))
+        self._unreadable = 0
+        for url in set(self._activators) - set(urls):
+            gone = self._activators.pop(url)
+            if gone.task is not None:
+                gone.task.cancel()
+            self._changed(gone.loads.keys())
+        for url in urls:
+            if url not in self._activators:
+                self._activators[url] = _Activator(url)
+        return True
 
-    async def _read(self, base: str) -> dict[str, ActivatorLoad] | None:
+    async def _read(self, a: _Activator, wait: float) -> None:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+            self._session = aiohttp.ClientSession()
+        params = {}
+        if a.epoch:
+            params = {"since": stats.format_since(a.epoch, a.cursor), "wait": f"{wait:g}"}
         try:
-            async with self._session.get(f"{base}/stats") as resp:
+            async with self._session.get(
+                f"{a.url}/stats",
+                params=params,
+                timeout=aiohttp.ClientTimeout(total=self.timeout + (wait if params else 0.0)),
+            ) as resp:
                 if resp.status != 200:
                     raise ValueError(f"HTTP {resp.status}")
-                return parse_stats(await resp.json(content_type=None))
+                raw = await resp.read()
+                self.bytes_read += len(raw)
+                self.reads += 1
+                reply = stats.parse_reply(json.loads(raw))
         except (aiohttp.ClientError, TimeoutError, ValueError) as err:
-            log.info("activator %s unreadable (counts as busy): %s", base, err or type(err))
-            return None
+            if a.readable or not a.read:
+                log.info("activator %s unreadable (counts as busy): %s", a.url, err or type(err))
+            a.read = True
+            if a.readable:
+                a.readable = False
+                self._changed(a.loads.keys())  # busy now, whatever they were
+            if self.on_error is not None:
+                self.on_error(a.url)
+            return
+        self._apply(a, reply)
+
+    def _apply(self, a: _Activator, reply: stats.Reply) -> None:
+        was_readable = a.readable
+        a.read = a.readable = True
+        if reply.epoch and reply.epoch == a.epoch and reply.cursor < a.cursor:
+            return  # an older answer than one applied already (a refresh overtook it)
+        if reply.full:
+            a.computed = {}
+        for key, s in reply.services.items():
+            if s.computed_inputs is None:
+                a.computed.pop(key, None)
+            else:
+                a.computed[key] = s.computed_inputs
+        fresh = {key: _load(s) for key, s in reply.services.items()}
+        if reply.full:
+            old = a.loads
+            a.loads = {k: v for k, v in fresh.items() if v != IDLE_LOAD}
+            changed = {k for k in old.keys() | a.loads.keys() if old.get(k) != a.loads.get(k)}
+        else:
+            changed = set()
+            for key, load in fresh.items():
+                if a.loads.get(key, IDLE_LOAD) != load:
+                    changed.add(key)
+                if load == IDLE_LOAD:
+                    a.loads.pop(key, None)
+                else:
+                    a.loads[key] = load
+        a.epoch, a.cursor = reply.epoch, reply.cursor
+        self._changed(changed if was_readable else changed | a.loads.keys())
+
+    def _changed(self, keys: Any) -> None:
+        keys = list(keys)
+        for key in keys:
+            self._per_service[key] = [
+                a.loads[key] for a in self._activators.values() if a.readable and key in a.loads
+            ]
+            if not self._per_service[key]:
+                del self._per_service[key]
+        if self._on_change is not None:
+            for key in keys:
+                namespace, _sep, name = key.partition("/")
+                self._on_change(namespace, name)
+
+    def _make_snapshot(self) -> Snapshot:
+        unreadable = self._unreadable + sum(1 for a in self._activators.values() if not a.readable)
+        computed: dict[str, list[tuple[str, Mapping[str, int]]]] = {}
+        for a in self._activators.values():
+            if a.readable:
+                for key, counts in a.computed.items():
+                    computed.setdefault(key, []).append((a.url, counts))
+        return Snapshot(time.time(), self._per_service, unreadable, len(self._activators), computed)
 
     async def close(self) -> None:
+        for a in self._activators.values():
+            if a.task is not None:
+                a.task.cancel()
         if self._session is not None:
             await self._session.close()
+
+
+def _load(s: stats.ServiceStats) -> ActivatorLoad:
+    return ActivatorLoad(
+        in_flight=s.in_flight,
+        queued=s.queued,
+        waking=s.waking,
+        last_request_finished=s.last_request_finished,
+        first_response=s.first_response_after_wake,
+    )

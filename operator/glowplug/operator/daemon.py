@@ -4,13 +4,15 @@ Each daemon runs a ``ServiceLoop``: a tick about once a second while the service
 pods, wakes or has load, and a rest otherwise, ended by a poke (``pokes``): its pods
 changed (one pod informer for all services, ``glowplug.kube.informer``), its object
 changed (kopf's event handler) or its load changed in the activators' ``/stats``
-(``pokes.poke_on_load``), or by the next pre-warm minute. A service at rest makes no API
+(``LoadReader.follow``: a long poll of changes per activator), or by the next pre-warm
+minute. A service at rest makes no API
 request and no write.
 
 Why a kopf daemon: kopf stops daemons when peering tells this operator replica to
 stand by, and starts them again when it becomes active, so only one replica scales and
 accounts at a time; a daemon also stops when its object is deleted. At start-up (or a
-failover) the first object read of each service passes a shared rate gate.
+failover) the one object read of each service that writes a ledger checkpoint (before
+its first; an idle service reads nothing) passes a shared rate gate.
 
 State shared by the daemons lives in one ``Daemons`` object made by ``configure``;
 kopf holds its bound methods (no module-level state).
@@ -28,17 +30,17 @@ from typing import Any
 
 from glowplug.api.spec import GROUP, PLURAL, VERSION
 from glowplug.kube.informer import Informer
-from glowplug.operator.activity import EndpointSliceDiscovery, LoadReader, StaticDiscovery
-from glowplug.operator.pokes import Pokes, poke_on_load
+from glowplug.operator.activity import LoadReader, StaticDiscovery, watched_endpoint_slices
+from glowplug.operator.pokes import Pokes
 from glowplug.operator.serviceapi import GatedServiceAPI, RateGate, ServiceAPI
 from glowplug.operator.serviceloop import Options, ServiceLoop
 from glowplug.outage import Outage, is_unreachable
 
 log = logging.getLogger(__name__)
 
-# The first tick of each service reads its object once (the latest ledger checkpoint):
-# at most this many per second, so a start-up or a failover with thousands of services
-# does not stampede the API server.
+# A service's first ledger checkpoint reads its object once (the latest checkpoint, in
+# case kopf's body lags it): at most this many per second, so a start-up or a failover
+# with thousands of services holding pods does not stampede the API server.
 FIRST_READS_PER_SECOND = 50.0
 
 
@@ -109,6 +111,7 @@ class Daemons:
     reader: LoadReader | None = None
     api_client: Any = None
     pods: Informer | None = None
+    slices: Informer | None = None  # the activators' EndpointSlices (--activator-service)
     pokes: Pokes = field(default_factory=Pokes)
     load_task: asyncio.Task[None] | None = None
     closing: bool = False  # cleanup began: the clients are being closed under the loops
@@ -116,7 +119,6 @@ class Daemons:
 
     async def startup(self, **kwargs: Any) -> None:
         logger: logging.Logger = kwargs.get("logger") or log
-        from kubernetes_asyncio import client
 
         from glowplug.kube import informer
         from glowplug.kubeclient import new_api_client
@@ -132,7 +134,9 @@ class Daemons:
             discovery = StaticDiscovery(opts.activator_urls)
         elif opts.activator_service:
             ns, _sep, svc_name = opts.activator_service.partition("/")
-            discovery = EndpointSliceDiscovery(client.DiscoveryV1Api(self.api_client), ns, svc_name)
+            # A watch of its EndpointSlices, not a LIST per look.
+            discovery = watched_endpoint_slices(self.api_client, ns, svc_name)
+            self.slices = discovery.informer
         if discovery is None:
             logger.warning(
                 "no --activator-url or --activator-service: the autoscaler is off (replicas"
@@ -147,8 +151,9 @@ class Daemons:
             max_age=min(0.5, opts.interval / 2),
             on_error=lambda url: STATS_ERRORS.labels(url).inc(),
         )
+        # Load changes as they happen (a long poll per activator), each poking its loop.
         self.load_task = asyncio.create_task(
-            poke_on_load(self.reader, self.pokes, opts.interval), name="load changes"
+            self.reader.follow(self.pokes.poke, opts.interval), name="load changes"
         )
 
     async def poke_on_event(self, **kwargs: Any) -> None:
@@ -164,6 +169,8 @@ class Daemons:
                 await self.load_task
         if self.pods is not None:
             await self.pods.close()
+        if self.slices is not None:
+            await self.slices.close()
         if self.reader is not None:
             await self.reader.close()
         if self.api_client is not None:

@@ -97,6 +97,12 @@ class _State:
     # every watch cycle and replays each object as an event; an unchanged one needs no
     # status read (an idle service costs nothing, DESIGN.md invariant 6).
     dep_status_rv: str | None = None
+    # The Deployment's figures (spec.replicas, status.replicas, readyReplicas) and the
+    # generation last written into our status (or found there already). The Deployment
+    # controller updates status several times after each create or scale (conditions,
+    # observedGeneration) without changing these: such an event needs no read and no
+    # write (a status read per event was most of a large start-up's late requests).
+    dep_figures: tuple[int, int, int, int | None] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     retry: asyncio.Task[None] | None = None
     backoff: float = field(default_factory=lambda: RETRY_MIN_SECONDS)
@@ -290,6 +296,7 @@ class Reconciler:
             log.warning("%s/%s: %s: %s", meta["namespace"], meta["name"], reason, message)
             st.last_warning = (reason, message)
         generation = meta.get("generation")
+        st.dep_figures = None  # the phase is Failed now: the next Deployment event writes
 
         def mutate(current: Mapping[str, Any]) -> dict[str, Any] | None:
             return cond.failed_status(
@@ -313,13 +320,11 @@ class Reconciler:
         meta = dep["metadata"]
         namespace = meta["namespace"]
         name = (meta.get("labels") or {}).get(labels.SERVICE_LABEL, meta["name"])
-        spec, status = dep.get("spec") or {}, dep.get("status") or {}
-        desired = int(spec.get("replicas") or 0)
-        replicas = int(status.get("replicas") or 0)
-        ready = int(status.get("readyReplicas") or 0)
+        desired, replicas, ready = deployment_figures(dep)
         REPLICAS.labels(namespace, name, "desired").set(desired)
         REPLICAS.labels(namespace, name, "ready").set(ready)
         st = self.state((namespace, name))
+        figures = (desired, replicas, ready, st.applied_generation)
 
         def mutate(current: Mapping[str, Any]) -> dict[str, Any] | None:
             return cond.replica_status(
@@ -332,7 +337,9 @@ class Reconciler:
                 clear_spec_failures=clear_spec_failures,
             )
 
+        st.dep_figures = None  # unknown while the write is in flight (or if it fails)
         await self.kube.update_status(namespace, name, mutate, body=body)
+        st.dep_figures = figures
 
     async def on_deployment_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
@@ -356,6 +363,12 @@ class Reconciler:
         rv = str(meta.get("resourceVersion") or "")
         if state is not None and rv and state.dep_status_rv == rv:
             return  # the same Deployment again (a re-list): its status is written
+        if state is not None and state.dep_figures == (
+            *deployment_figures(body),
+            state.applied_generation,
+        ):
+            state.dep_status_rv = rv or None
+            return  # a status change of the Deployment that ours does not show
         try:
             async with self.gate:
                 await self.write_status(None, body)
@@ -372,6 +385,16 @@ class Reconciler:
         key = (str(meta.get("namespace")), str(name))
         if event_type == "DELETED" and name and key in self.states:
             self.schedule(key, 0.0)
+
+
+def deployment_figures(dep: Mapping[str, Any]) -> tuple[int, int, int]:
+    """What our status shows of a Deployment: (spec.replicas, replicas, readyReplicas)."""
+    spec, status = dep.get("spec") or {}, dep.get("status") or {}
+    return (
+        int(spec.get("replicas") or 0),
+        int(status.get("replicas") or 0),
+        int(status.get("readyReplicas") or 0),
+    )
 
 
 def register() -> None:

@@ -3,8 +3,9 @@
 ``ServiceAPI`` is what ``ServiceLoop`` calls (a test double implements it too);
 ``KubeServiceAPI`` does it on kubernetes_asyncio, reading pods from the shared pod
 informer (no API request) and writing the scale through ``glowplug.kube.scale``'s
-compare-and-swap; ``GatedServiceAPI`` spreads the one object read per service at its
-first tick over time (``RateGate``), so a start-up or a failover does not stampede.
+compare-and-swap; ``GatedServiceAPI`` spreads the one object read per service before
+its first ledger checkpoint over time (``RateGate``), so a start-up or a failover does
+not stampede.
 """
 
 from __future__ import annotations
@@ -38,7 +39,11 @@ class ServiceAPI(Protocol):
         namespace: str,
         name: str,
         mutate: Callable[[Mapping[str, Any]], dict[str, Any] | None],
-    ) -> dict[str, Any] | None: ...
+        body: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """Compare-and-swap of status; ``body``: the object as last seen (a stale one
+        costs a 409 and a read), None: read it first."""
+        ...
 
     def warn(self, body: Mapping[str, Any], reason: str, message: str) -> None: ...
 
@@ -99,8 +104,9 @@ class KubeServiceAPI:
         namespace: str,
         name: str,
         mutate: Callable[[Mapping[str, Any]], dict[str, Any] | None],
+        body: Mapping[str, Any] | None = None,
     ) -> dict[str, Any] | None:
-        return await self.kube.update_status(namespace, name, mutate)
+        return await self.kube.update_status(namespace, name, mutate, body=body)
 
     def warn(self, body: Mapping[str, Any], reason: str, message: str) -> None:
         import kopf
@@ -145,9 +151,9 @@ class RateGate:
 
 
 class GatedServiceAPI(KubeServiceAPI):
-    """``KubeServiceAPI`` whose object reads (one per service at its first tick) pass a
-    ``RateGate``: a restart or failover with N services costs N/rate seconds of reads,
-    not N requests at once.
+    """``KubeServiceAPI`` whose object reads (one per service, before its first
+    checkpoint) pass a ``RateGate``: a restart or failover with N services costs N/rate
+    seconds of reads, not N requests at once.
 
     ``answered`` counts calls the API server answered: a tick served from the watch
     caches alone is no evidence that an outage ended (the daemon reports the end of an
@@ -183,8 +189,9 @@ class GatedServiceAPI(KubeServiceAPI):
         namespace: str,
         name: str,
         mutate: Callable[[Mapping[str, Any]], dict[str, Any] | None],
+        body: Mapping[str, Any] | None = None,
     ) -> dict[str, Any] | None:
-        out = await super().update_status(namespace, name, mutate)
+        out = await super().update_status(namespace, name, mutate, body)
         self.answered += 1
         return out
 

@@ -3,15 +3,18 @@
 Each tick (``daemon.py`` runs it about once a second, or rests it while nothing happens):
 
 1. reads the service's pods (label ``glowplug.dev/service``, from the shared pod
-   informer) and feeds the GPU-hour ledger, checkpointing it into status every
+   informer) and feeds the GPU-hour ledger (restored from kopf's body, checked against
+   the API before the first checkpoint), checkpointing it into status every
    ``--ledger-checkpoint`` seconds while GPUs are held and at once whenever the set of
-   pods holding GPUs changes (an idle service writes nothing);
+   pods holding GPUs changes (an idle service reads and writes nothing);
 2. turns pods that cannot become ready into the ``Failed`` condition and a Warning
    Event, measures each wake (replicas raised from zero to the first ready pod) and
    follows it through its phases (``waketracker``: status.wake, Events, node failures);
 3. reads every activator's ``/stats`` (one shared snapshot for all services) and
    applies ``autoscaler.decide``; each change of ``spec.replicas`` is a compare-and-swap
-   write through the scale subresource.
+   write through the scale subresource;
+4. splits the tick's GPU-seconds by API key (``attribution.py``, from the activators'
+   ``computedInputs``) into ``glowplug_gpu_seconds_attributed_total``.
 
 After the tick, ``at_rest`` says whether the loop may sleep until an event.
 """
@@ -31,7 +34,8 @@ from glowplug.kube.timefmt import format_time, parse_time
 from glowplug.operator import conditions as cond
 from glowplug.operator import prewarm
 from glowplug.operator.activity import LoadSource
-from glowplug.operator.autoscaler import ScalerState, ServiceLoad, decide
+from glowplug.operator.attribution import Attribution, Reading
+from glowplug.operator.autoscaler import Decision, ScalerState, ServiceLoad, decide
 from glowplug.operator.idlepolicy import IdlePolicy
 from glowplug.operator.ledger import Ledger, PodHold, Rates, spec_baseline_gpus, written_rates
 from glowplug.operator.serviceapi import ServiceAPI
@@ -135,6 +139,9 @@ class ServiceLoop:
         self.ledger: Ledger | None = None
         self.series: Any = None  # servicemetrics.ServiceSeries, created lazily
         self.last_checkpoint = 0.0
+        # The checkpoint the ledger was restored from (kopf's body), until the first
+        # write checked it against the API; None once checked.
+        self.restored_from: tuple[Any, ...] | None = None
         self.last_pods: frozenset[str] = frozenset()
         self.last_rates: Rates | None = None  # the rates status states (ledger.py)
         self.persisted_activity: float | None = None
@@ -153,6 +160,9 @@ class ServiceLoop:
         self.tick_failed = False
         self.load: ServiceLoad | None = None  # the last load read (None: not read)
         self.prewarm = False  # the spec has pre-warm windows
+        self.prewarm_at: float | None = None  # idleTimeout: auto's next predicted pre-warm
+        self.attribution = Attribution()  # GPU-seconds by API key (attribution.py)
+        self.readings: list[Reading] = []  # this tick's computedInputs from /stats
 
     async def tick(self, body: Mapping[str, Any]) -> None:
         self.tick_failed = False  # an API call of this tick failed (logged as an outage)
@@ -205,14 +215,16 @@ class ServiceLoop:
 
         # 1. the ledger
         if self.ledger is None:
-            # The latest checkpoint: the body kopf hands over may lag the last write.
-            fresh = await self.api.read_object(namespace, name) or body
-            created = parse_time((fresh.get("metadata") or {}).get("creationTimestamp")) or now
-            self.ledger = Ledger.restore(fresh.get("status"), created, now)
+            # From the body kopf hands over (its watch cache: no request). It may lag a
+            # checkpoint another replica wrote just before a failover; the first write
+            # checks that first (``_verify_restore``), so an idle service reads nothing.
+            self.ledger = _restore(body, now)
+            self.restored_from = _checkpoint_fields(body)
             self.last_checkpoint = now
-            self.last_rates = written_rates(fresh)
+            self.last_rates = written_rates(body)
         holds = [h for h in (pod_hold(p) for p in pods) if h is not None]
-        delta = self.ledger.advance(now, holds, spec_baseline_gpus(body))
+        baseline = spec_baseline_gpus(body)
+        delta = self.ledger.advance(now, holds, baseline)
         if self.series is not None:
             self.series.accrue(delta, self.ledger.as_of, self.ledger.rates)
         pod_set = frozenset(h.uid for h in holds)
@@ -226,6 +238,8 @@ class ServiceLoop:
         # Never twice at one instant; right after a restore, status holds a checkpoint.
         if (moved or due) and now > self.last_checkpoint:
             try:
+                if self.restored_from is not None:
+                    await self._verify_restore(namespace, name, body, now, holds, baseline)
                 await self.api.write_ledger(namespace, name, self.ledger.checkpoint())
             except Exception as err:  # kept in memory; the next checkpoint catches up
                 if is_unreachable(err):
@@ -271,14 +285,44 @@ class ServiceLoop:
             self.wake.end_failed(self.series, self.wake_start, now, failure or node_failure, patch)
 
         # 3. the autoscaler
+        self.readings = []
         if svc is not None and svc.scaling.autoscale and self.reader is not None:
             await self._autoscale(now, svc, status, spec_replicas, patch)
         self.prev_replicas = spec_replicas
+        # 4. this tick's GPU-seconds split by API key
+        attributed = self.attribution.advance(delta.gpu_seconds, self.readings, bool(holds))
+        if attributed and self.series is not None:
+            self.series.attribute(attributed)
 
         if patch:
-            await self._write_status(namespace, name, patch, spec_replicas, ready)
+            await self._write_status(namespace, name, patch, spec_replicas, ready, body)
         self.prewarm = bool(svc is not None and svc.scaling.prewarm)
         self.at_rest = self._resting(spec_replicas, pods)
+
+    async def _verify_restore(
+        self,
+        namespace: str,
+        name: str,
+        body: Mapping[str, Any],
+        now: float,
+        holds: Sequence[PodHold],
+        baseline: float,
+    ) -> None:
+        """Before the first checkpoint: continue from the latest one in the API.
+
+        The ledger was restored from kopf's cached body; a checkpoint written after that
+        body (by the replica this one took over from) must not be overwritten with older
+        totals. One read per service that writes a checkpoint at all, spread by the rate
+        gate at a start-up; the Prometheus counters already counted the interval.
+        """
+        fresh = await self.api.read_object(namespace, name)
+        restored, self.restored_from = self.restored_from, None
+        if fresh is None or _checkpoint_fields(fresh) == restored:
+            return
+        log.info("%s/%s: a newer ledger checkpoint in status: continuing from it", namespace, name)
+        self.ledger = _restore(fresh, now)
+        self.last_rates = written_rates(fresh)
+        self.ledger.advance(now, holds, baseline)
 
     def _resting(self, spec_replicas: int, pods: Sequence[Mapping[str, Any]]) -> bool:
         load = self.load
@@ -293,10 +337,14 @@ class ServiceLoop:
 
     def rest_seconds(self, now: float) -> float:
         """How long the daemon may sleep at rest when no event comes: to the next minute
-        (pre-warm schedules are cron, minute-granular), else ``REST_MAX``."""
+        (pre-warm schedules are cron, minute-granular), else ``REST_MAX``; never past
+        idleTimeout: auto's predicted pre-warm."""
+        rest = REST_MAX
         if self.prewarm:
-            return max(0.05, 60.0 - now % 60.0 + 0.2)
-        return REST_MAX
+            rest = max(0.05, 60.0 - now % 60.0 + 0.2)
+        if self.prewarm_at is not None:  # idleTimeout: auto predicted the next arrival
+            rest = min(rest, max(0.05, self.prewarm_at - now))
+        return rest
 
     def _failure(self, failure: WakeFailure | None, body: Mapping[str, Any]) -> dict[str, Any]:
         if failure is not None and failure.reason != self.reported:
@@ -354,6 +402,7 @@ class ServiceLoop:
         snapshot = await self.reader.snapshot()
         load = snapshot.load(svc.namespace, svc.name)
         self.load = load
+        self.readings = list(snapshot.computed.get(f"{svc.namespace}/{svc.name}", ()))
         self.wake.first_response(self.series, now, load.first_response, patch)
         if self.scaler is None:
             self.persisted_activity = parse_time(status.get("lastRequestTime"))
@@ -363,7 +412,8 @@ class ServiceLoop:
         self.scaler.wake_seconds = _float(status.get("lastWakeSeconds"))
         floor = prewarm.floor(svc.scaling.prewarm, now)
         decision = decide(now, spec_replicas, svc.scaling, load, self.scaler, floor)
-        self._persist_idle_policy(svc, status, decision.idle_timeout, patch)
+        self._persist_idle_policy(svc, status, decision, patch)
+        self.prewarm_at = decision.prewarm_at
         activity = decision.last_activity
         persisted = self.persisted_activity
         # Busy only because an activator cannot be read is no use of the service: kept in
@@ -406,17 +456,22 @@ class ServiceLoop:
         self,
         svc: EmbeddingService,
         status: Mapping[str, Any],
-        timeout: float,
+        decision: Decision,
         patch: dict[str, Any],
     ) -> None:
-        """Write status.idlePolicy when auto learned a gap or its timeout changed."""
+        """Write status.idlePolicy when auto learned a gap or its plan changed."""
         state = self.scaler
         if state is None or svc.scaling.auto_idle is None:
             return
         stored = status.get("idlePolicy")
-        old = stored.get("idleTimeoutSeconds") if isinstance(stored, Mapping) else None
-        if state.learned or old != round(timeout, 1):
-            patch["idlePolicy"] = state.idle.to_status(timeout)
+        doc = state.idle.to_status(decision.idle_timeout, decision.plan)
+        old = (
+            (stored.get("idleTimeoutSeconds"), stored.get("prewarm"))
+            if isinstance(stored, Mapping)
+            else None
+        )
+        if state.learned or old != (doc["idleTimeoutSeconds"], doc["prewarm"]):
+            patch["idlePolicy"] = doc
             state.learned = 0
 
     async def _write_status(
@@ -426,6 +481,7 @@ class ServiceLoop:
         patch: dict[str, Any],
         spec_replicas: int,
         ready: int,
+        body: Mapping[str, Any] | None = None,
     ) -> None:
         failed: WakeFailure | None = patch.pop("__failed__", None)
         clear = bool(patch.pop("__clear_failed__", False))
@@ -462,7 +518,8 @@ class ServiceLoop:
             return out or None
 
         try:
-            await self.api.update_status(namespace, name, mutate)
+            # Against kopf's body (its live watch view): a read only on a conflict.
+            await self.api.update_status(namespace, name, mutate, body)
         except Exception as err:  # next tick writes again; the ledger stays in memory
             if is_unreachable(err):
                 self.outage.failed(err, f"{namespace}/{name}")
@@ -474,6 +531,19 @@ class ServiceLoop:
             if "lastRequestTime" in patch:
                 self.persisted_activity = None  # not persisted: write it again next tick
             self.wake.written_wake = None  # and the wake's status
+
+
+_CHECKPOINT = ("gpuSeconds", "baselineGpuSeconds", "ledgerTime")
+
+
+def _checkpoint_fields(obj: Mapping[str, Any]) -> tuple[Any, ...]:
+    status = obj.get("status") or {}
+    return tuple(status.get(k) for k in _CHECKPOINT)
+
+
+def _restore(obj: Mapping[str, Any], now: float) -> Ledger:
+    created = parse_time((obj.get("metadata") or {}).get("creationTimestamp")) or now
+    return Ledger.restore(obj.get("status"), created, now)
 
 
 def _float(value: Any) -> float:
