@@ -73,9 +73,10 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= glowplug/glowplug:$(VERSION)
 KIND_CLUSTER ?= glowplug
 
-demo: install binaries node-deps ## wake, answer and scale to zero an example service (ENGINE=vllm: real vectors on CPU; local cluster unless $$KUBECONFIG is set)
+demo: install binaries node-deps ## wake, answer and scale to zero an example service (ENGINE=vllm: real vectors on CPU; PROMETHEUS=1: leave a Prometheus scraping it; local cluster unless $$KUBECONFIG is set)
 	$(if $(filter vllm,$(ENGINE)),$(MAKE) real-engines,)
-	GLOWPLUG_E2E_ENGINE=$(or $(ENGINE),$(GLOWPLUG_E2E_ENGINE),sglang) $(PY) -m e2e.demo
+	GLOWPLUG_E2E_ENGINE=$(or $(ENGINE),$(GLOWPLUG_E2E_ENGINE),sglang) \
+	GLOWPLUG_DEMO_PROMETHEUS=$(or $(PROMETHEUS),$(GLOWPLUG_DEMO_PROMETHEUS),0) $(PY) -m e2e.demo
 
 chart-crds: ## copy crds/ into the chart (the chart ships byte-identical copies)
 	rm -f charts/glowplug/crds/*.yaml

@@ -14,6 +14,13 @@ docs/examples/minilm-vllm-cpu.yaml with the REAL vLLM server on the process node
 real all-MiniLM-L6-v2 vectors, and a cold start of 75-100 s on 2 quiet cores (minutes on
 a busy machine). The cluster and the release are left up for exploring; the last lines
 say how to tear them down.
+
+``make demo PROMETHEUS=1`` (``GLOWPLUG_DEMO_PROMETHEUS=1``, local test bed only) also
+starts Debian's Prometheus on the host (``scripts/install-prometheus.sh``) with the
+chart's recording rules, scraping the chart's operator and activator pods as the chart's
+PodMonitor describes them, and leaves it running on 127.0.0.1:19090
+(``GLOWPLUG_DEMO_PROMETHEUS_PORT``); the last lines print its URL, how to draw the key
+panels from it (``e2e/bench/panels.py``) and how to stop it.
 """
 
 from __future__ import annotations
@@ -50,6 +57,12 @@ IDLE_TIMEOUT_S = 15
 # After scale to zero the demo waits this long so the ledger (checkpointed into status
 # about every 10 s) shows the always-on baseline growing while glowplug holds nothing.
 SHOW_ZERO_S = 30
+# The demo's Prometheus (PROMETHEUS=1): left running between demos, one at a time.
+PROMETHEUS = os.environ.get("GLOWPLUG_DEMO_PROMETHEUS", "") not in ("", "0")
+PROMETHEUS_PORT = int(os.environ.get("GLOWPLUG_DEMO_PROMETHEUS_PORT", "19090"))
+PROMETHEUS_DIR = (
+    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "glowplug" / "demo-prometheus"
+)
 
 
 class Clock:
@@ -98,6 +111,44 @@ def install(kube: Kube, clock: Clock, real_node: bool) -> None:
         pods = kube.items("pods", "-n", RELEASE_NS, "-l", f"app.kubernetes.io/component={comp}")
         nodes = sorted({p["spec"].get("nodeName", "?") for p in pods})
         clock.say(f"{comp}: {len(pods)} pods ready on {', '.join(nodes)}")
+
+
+def start_prometheus(kube: Kube, clock: Clock, on_testbed: bool) -> str | None:
+    """PROMETHEUS=1: a detached Prometheus scraping the release (replacing the previous
+    demo's); its URL, or None when not asked for or not possible here."""
+    if not PROMETHEUS:
+        return None
+    if not on_testbed:
+        clock.say("PROMETHEUS=1: skipped (it scrapes pod IPs from this host: local test bed only)")
+        return None
+    import shutil
+
+    from e2e.helmkit import chart_podmonitor
+    from e2e.prometheus import Prometheus, PrometheusError, install_prometheus, stop_detached
+
+    if stop_detached(PROMETHEUS_DIR):
+        clock.say("stopped the previous demo's Prometheus")
+    shutil.rmtree(PROMETHEUS_DIR / "data", ignore_errors=True)
+    try:
+        binary = install_prometheus()
+        monitor = chart_podmonitor(kube, RELEASE, RELEASE_NS, {})
+        from e2e.prometheus import podmonitor_scrape_configs
+
+        prom = Prometheus(
+            binary,
+            PROMETHEUS_DIR,
+            podmonitor_scrape_configs(monitor, kube.kubeconfig),
+            port=PROMETHEUS_PORT,
+            detach=True,
+        )
+    except PrometheusError as err:
+        clock.say(f"PROMETHEUS=1: not started: {err}")
+        return None
+    clock.say(
+        f"Prometheus at {prom.url} (pid {prom.proc.pid}): the chart's pods as its PodMonitor"
+        " selects them, every 1 s, with the chart's recording rules"
+    )
+    return prom.url
 
 
 def base_url(
@@ -203,16 +254,17 @@ def main() -> int:
     real_node = on_testbed and has_real_node(kube)
 
     install(kube, clock, real_node)
-    kube.apply(
-        example_service(
-            SERVICE,
-            APP_NS,
-            engine=engine,
-            idle_timeout=f"{IDLE_TIMEOUT_S}s",
-            load_delay_s=5,
-            real_node=real_node,
-        )
+    prometheus_url = start_prometheus(kube, clock, on_testbed)
+    svc = example_service(
+        SERVICE,
+        APP_NS,
+        engine=engine,
+        idle_timeout=f"{IDLE_TIMEOUT_S}s",
+        load_delay_s=5,
+        real_node=real_node,
     )
+    svc["spec"]["cache"] = {"enabled": True}  # the first text is answered again at zero
+    kube.apply(svc)
     where = " on the real node: the SGLang stand-in image, a TEST DOUBLE" if real_node else ""
     clock.say(f"applied EmbeddingService {APP_NS}/{SERVICE} (engine {engine}{where})")
     wait_until(lambda: kube.get("deployment", SERVICE, "-n", APP_NS), 60, "the engine Deployment")
@@ -265,14 +317,27 @@ def main() -> int:
         None,
         lambda s: s["replicas"] == "0" and s["phase"] == "Idle" and len(s) == 2,
     )
+    cached = time.monotonic()
+    client.embeddings.create(model=SERVICE, input=["a glow plug heats the engine"])
+    replicas = (kube.get("embeddingservice", SERVICE, "-n", APP_NS) or {}).get("spec", {})
+    clock.say(
+        f"the first text again, at zero: answered by the activator's cache in"
+        f" {1000 * (time.monotonic() - cached):.0f} ms, replicas still"
+        f" {replicas.get('replicas', 0)} (no wake)"
+    )
     clock.say(f"at zero: no GPU held; watching the ledger for {SHOW_ZERO_S}s ...")
     time.sleep(SHOW_ZERO_S)
     if forward is not None:
         forward.terminate()
 
-    status = (kube.get("embeddingservice", SERVICE, "-n", APP_NS) or {}).get("status") or {}
-    used = float(status.get("gpuSeconds", 0.0)) / 3600
-    base = float(status.get("baselineGpuSeconds", 0.0)) / 3600
+    # Status as of now: at zero the operator writes nothing, and status says the totals
+    # at ledgerTime and the rates they grow at from then on (ledger.totals_at).
+    from glowplug.operator.ledger import totals_at
+
+    obj = kube.get("embeddingservice", SERVICE, "-n", APP_NS) or {}
+    totals = totals_at(obj, time.time())
+    used = totals.gpu_seconds / 3600
+    base = totals.baseline_gpu_seconds / 3600
     price = 0.80
     print(flush=True)
     print(f"GPU-hours used:        {used:.4f}", flush=True)
@@ -286,6 +351,15 @@ def main() -> int:
     print(f"  export KUBECONFIG={kubeconfig}", flush=True)
     print(f"  kubectl get embsvc -n {APP_NS}        # READY, DESIRED, PHASE, GPU-HOURS, SAVED")
     print(f"  kubectl describe embsvc {SERVICE} -n {APP_NS}")
+    if prometheus_url:
+        pid = (PROMETHEUS_DIR / "prometheus.pid").read_text().strip()
+        print(f"  Prometheus: {prometheus_url}  (graph: {prometheus_url}/graph)", flush=True)
+        print(
+            f"  draw the key panels: .venv/bin/python -m e2e.bench.panels"
+            f" --prometheus {prometheus_url} --namespace {APP_NS} --out panels.png",
+            flush=True,
+        )
+        print(f"  stop Prometheus: kill {pid}  (data in {PROMETHEUS_DIR})", flush=True)
     print(f"Remove glowplug: helm uninstall {RELEASE} -n {RELEASE_NS}")
     if on_testbed:
         print("Tear the local cluster down: make cluster-down", flush=True)

@@ -171,6 +171,31 @@ def install_chart(
         values_file.unlink(missing_ok=True)
 
 
+def chart_podmonitor(
+    kube: Kube, release: str, namespace: str, values: dict[str, Any], interval: str = "1s"
+) -> dict[str, Any]:
+    """The chart's PodMonitor for a release, rendered by ``helm template`` with the
+    release's values (the test bed has no prometheus-operator CRDs to install it)."""
+    values = json.loads(json.dumps(values))
+    values.setdefault("metrics", {})["podMonitor"] = {
+        "enabled": True,
+        "interval": interval,
+        "scrapeTimeout": interval,
+    }
+    fd, name = tempfile.mkstemp(prefix=f"glowplug-values-{release}-", suffix=".yaml")
+    values_file = Path(name)
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(values, f)
+    try:
+        out = kube.helm(
+            "template", release, str(CHART), "--namespace", namespace,
+            "--values", str(values_file), "--show-only", "templates/podmonitor.yaml",
+        )  # fmt: skip
+    finally:
+        values_file.unlink(missing_ok=True)
+    return dict(yaml.safe_load(out.stdout))
+
+
 def activator_service(release: str) -> str:
     return f"{release}-activator" if "glowplug" in release else f"{release}-glowplug-activator"
 

@@ -224,3 +224,89 @@ def frontier(
         c.disc(lx - name_w - 14, top + 10 + 18 * i, 5, s.color)
         c.text(lx - name_w, top + 5 + 18 * i, s.name, s.color)
     path.write_bytes(c.png())
+
+
+@dataclass(frozen=True)
+class Line:
+    name: str
+    points: Sequence[tuple[float, float]]  # (x, y), x ascending
+    color: Color
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    lines: Sequence[Line]
+    y_label: str = ""
+
+
+def panels(
+    path: Path,
+    title: str,
+    grid: Sequence[Panel],
+    *,
+    x_label: str = "MINUTES",
+    columns: int = 2,
+    cell_width: int = 520,
+    cell_height: int = 300,
+) -> None:
+    """Line charts on a grid, all on one x range (say, minutes of a run), as one PNG."""
+    rows = math.ceil(len(grid) / columns)
+    width, height = columns * cell_width, rows * cell_height + 40
+    c = Canvas(width, height)
+    c.text((width - text_width(title, 3)) // 2, 10, title, scale=3)
+    xs = [x for p in grid for ln in p.lines for x, _ in ln.points]
+    x0, x1 = (min(xs), max(xs)) if xs else (0.0, 1.0)
+    x1 = x1 if x1 > x0 else x0 + 1.0
+    for k, panel in enumerate(grid):
+        ox, oy = (k % columns) * cell_width, 40 + (k // columns) * cell_height
+        _panel(c, panel, ox, oy, cell_width, cell_height, (x0, x1), x_label)
+    path.write_bytes(c.png())
+
+
+def _panel(
+    c: Canvas,
+    panel: Panel,
+    ox: int,
+    oy: int,
+    width: int,
+    height: int,
+    xr: tuple[float, float],
+    x_label: str,
+) -> None:
+    left, right, top, bottom = 70, 20, 50, 46
+    w, h = width - left - right, height - top - bottom
+    x0, x1 = xr
+    ys = [y for ln in panel.lines for _, y in ln.points]
+    y0 = min(0.0, min(ys)) if ys else 0.0
+    y1 = max(ys) * 1.15 if ys and max(ys) > y0 else y0 + 1.0
+
+    def px(v: float) -> int:
+        return ox + left + round((v - x0) / (x1 - x0) * w)
+
+    def py(v: float) -> int:
+        return oy + top + h - round((v - y0) / (y1 - y0) * h)
+
+    for t in _ticks(x0, x1):
+        c.line(px(t), oy + top, px(t), oy + top + h, GREY)
+        label = _fmt(t)
+        c.text(px(t) - text_width(label) // 2, oy + top + h + 6, label)
+    for t in _ticks(y0, y1, 4):
+        c.line(ox + left, py(t), ox + left + w, py(t), GREY)
+        label = _fmt(t)
+        c.text(ox + left - 6 - text_width(label), py(t) - 5, label)
+    c.line(ox + left, oy + top + h, ox + left + w, oy + top + h, BLACK)
+    c.line(ox + left, oy + top, ox + left, oy + top + h, BLACK)
+    c.text(ox + left + (w - text_width(x_label)) // 2, oy + height - 18, x_label)
+    c.text(ox + left, oy + 8, panel.title)
+    if panel.y_label:
+        c.text(ox + 6, oy + 26, panel.y_label)
+    lx = ox + left + w
+    for i, ln in enumerate(panel.lines):
+        for (xa, ya), (xb, yb) in itertools.pairwise(ln.points):
+            c.line(px(xa), py(ya), px(xb), py(yb), ln.color, 2)
+        if len(ln.points) == 1:
+            (xa, ya) = ln.points[0]
+            c.disc(px(xa), py(ya), 3, ln.color)
+        name_w = text_width(ln.name)
+        c.text(lx - name_w, oy + 26 + 14 * i, ln.name, ln.color)

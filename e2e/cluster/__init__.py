@@ -123,6 +123,9 @@ class Config:
 
     state_dir: Path = field(default_factory=default_state_dir)
     etcd_port: int = int(os.environ.get("GLOWPLUG_ETCD_PORT", "23790"))
+    # etcd also listens for peers; by default on the next port, so two clusters side by
+    # side need etcd ports at least two apart unless this is set.
+    etcd_peer_port: int = int(os.environ.get("GLOWPLUG_ETCD_PEER_PORT", "0"))
     apiserver_port: int = int(os.environ.get("GLOWPLUG_APISERVER_PORT", "6443"))
     # The host end of every pod's veth carries this address; pods reach the API server here.
     pod_cidr: str = os.environ.get("GLOWPLUG_POD_CIDR", "10.244.0.0/16")
@@ -136,6 +139,10 @@ class Config:
     # Base of the crash-loop back-off (the kubelet uses 10 s, doubling up to 5 min).
     backoff_base: float = float(os.environ.get("GLOWPLUG_AGENT_BACKOFF_BASE", "10"))
     real_node: RealNodeConfig = field(default_factory=RealNodeConfig)
+
+    def __post_init__(self) -> None:
+        if not self.etcd_peer_port:
+            self.etcd_peer_port = self.etcd_port + 1
 
 
 class Cluster:
@@ -549,9 +556,9 @@ class Cluster:
                         f"--data-dir={etcd_dir}",
                         f"--listen-client-urls={etcd_url}",
                         f"--advertise-client-urls={etcd_url}",
-                        f"--listen-peer-urls=http://127.0.0.1:{cfg.etcd_port + 1}",
-                        f"--initial-advertise-peer-urls=http://127.0.0.1:{cfg.etcd_port + 1}",
-                        f"--initial-cluster=glowplug-testbed=http://127.0.0.1:{cfg.etcd_port + 1}",
+                        f"--listen-peer-urls=http://127.0.0.1:{cfg.etcd_peer_port}",
+                        f"--initial-advertise-peer-urls=http://127.0.0.1:{cfg.etcd_peer_port}",
+                        f"--initial-cluster=glowplug-testbed=http://127.0.0.1:{cfg.etcd_peer_port}",
                         "--unsafe-no-fsync",
                         "--log-level=warn",
                     ],

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from openai import APIConnectionError, OpenAI
+from openai import APIConnectionError, APIStatusError, OpenAI
 
 from e2e.helmkit import (
     REAL_NODE_SCHEDULING,
@@ -43,10 +43,20 @@ from e2e.helmkit import (
     activator_cluster_ip,
     activator_service,
     api_key,
+    chart_podmonitor,
     e2e_engine,
     example_service,
     install_chart,
     wait_until,
+)
+from e2e.prometheus import (
+    AT_ZERO_FOR,
+    UP_FOR,
+    Prometheus,
+    PrometheusError,
+    install_prometheus,
+    podmonitor_scrape_configs,
+    run_dashboard_scenario,
 )
 
 EXTERNAL = os.environ.get("GLOWPLUG_E2E_KUBECONFIG")
@@ -501,3 +511,70 @@ def test_helm_cluster_wide_install(
             kube.helm("uninstall", release, "--namespace", release_ns, "--wait", check=False)
         assert_nothing_left(kube, namespaces, release)
         assert kube.get("clusterkopfpeering", "glowplug") is None
+
+
+def test_helm_prometheus_scrapes_the_chart(
+    kube: Kube, namespaces: tuple[str, str], real_node: bool, tmp_path: Path
+) -> None:
+    """A real Prometheus scrapes the operator and activator pods the chart installed,
+    found through the API server as the chart's PodMonitor describes them (the jobs
+    prometheus-operator would generate from it), loads the chart's recording rules, and
+    every dashboard panel's query returns data; GPU-hours used and saved agree with the
+    EmbeddingService's status within 2 %."""
+    if EXTERNAL:
+        pytest.skip("Prometheus runs on the host and scrapes pod IPs: the local test bed only")
+    if ENGINE != "sglang":
+        pytest.skip("the ledger's check needs a GPU service (the sglang stand-in)")
+    try:
+        binary = install_prometheus()
+    except PrometheusError as err:
+        pytest.skip(str(err))
+    with diagnose_on_failure(kube, namespaces):
+        release_ns, app_ns = namespaces
+        release, name = "gpm", "watched"
+        values = chart_values(real_node, watchNamespaces=[app_ns])
+        activators = Activators(kube, release_ns, release, via_service=real_node)
+        prom: Prometheus | None = None
+        try:
+            install_chart(kube, release, release_ns, values)
+            monitor = chart_podmonitor(kube, release, release_ns, values)
+            prom = Prometheus(
+                binary, tmp_path / "prometheus", podmonitor_scrape_configs(monitor, kube.kubeconfig)
+            )
+            svc = example_service(name, app_ns, idle_timeout="5s", real_node=real_node)
+            svc["spec"]["cache"] = {"enabled": True}
+            svc["spec"]["model"]["matryoshka"] = True  # a bad `dimensions` reaches the engine
+            kube.apply(svc)
+            wait_until(activators.refresh, 60, "ready activator endpoints")
+            wait_until(
+                lambda: name in [m.id for m in activators.client().models.list().data],
+                60,
+                f"{name} in /v1/models",
+            )
+
+            def send(text: str, **body: Any) -> int:
+                client = activators.client(timeout=WAKE_TIMEOUT)
+                try:
+                    client.embeddings.create(model=name, input=[text], **body)
+                except APIStatusError as err:
+                    return int(err.status_code)
+                return 200
+
+            run = run_dashboard_scenario(prom, app_ns, send, lambda: embsvc(kube, app_ns, name))
+            print(run.ledger)
+            assert not run.empty, run.empty
+            check = run.ledger
+            assert run.status["gpuSeconds"] > UP_FOR / 2
+            assert check.unseen_baseline < 0.1 * check.saved_status, check
+            assert check.saved_status > AT_ZERO_FOR / 2, check  # as of now, not ledgerTime
+            assert check.used_prometheus == pytest.approx(check.used_status, rel=0.02), check
+            assert check.saved_prometheus == pytest.approx(check.saved_status, rel=0.02), check
+            kube.kubectl(
+                "delete", "embeddingservice", name, "-n", app_ns, "--wait", "--timeout=120s"
+            )
+        finally:
+            if prom is not None:
+                prom.stop()
+            activators.close()
+            kube.helm("uninstall", release, "--namespace", release_ns, "--wait", check=False)
+        assert_nothing_left(kube, namespaces, release)

@@ -8,7 +8,16 @@ from dataclasses import dataclass
 import pytest
 
 from glowplug.kube.timefmt import format_time, parse_time
-from glowplug.operator.ledger import Ledger, PodHold, integrate, saved_percent
+from glowplug.operator.ledger import (
+    Ledger,
+    PodHold,
+    Rates,
+    integrate,
+    saved_percent,
+    spec_baseline_gpus,
+    totals_at,
+    written_rates,
+)
 
 T0 = 1_780_000_000.0  # an arbitrary real epoch, so checkpoints round-trip as RFC 3339
 
@@ -198,3 +207,79 @@ def test_clock_going_backwards_charges_nothing() -> None:
     assert ledger.as_of == T0 + 10
     ledger.advance(T0 + 12, [], 1.0)  # "a" gone: charged from as_of
     assert ledger.gpu_seconds == pytest.approx(2)
+
+
+# --- reading status at any later instant (totals_at) -------------------------------------
+
+
+def service(status: dict[str, object], baseline_replicas: int = 1, gpus: int = 1) -> dict:
+    return {
+        "metadata": {"creationTimestamp": format_time(T0)},
+        "spec": {"resources": {"gpus": gpus}, "cost": {"baselineReplicas": baseline_replicas}},
+        "status": status,
+    }
+
+
+def test_checkpoint_states_the_rates_from_its_time_on() -> None:
+    ledger = Ledger(as_of=T0)
+    ledger.advance(T0 + 10, [PodHold("a", T0, 2), PodHold("b", T0 + 5, 1)], 1.0)
+    cp = ledger.checkpoint()
+    assert (cp["gpusHeld"], cp["baselineGpus"]) == (3.0, 3.0)
+    ledger.advance(T0 + 20, [], 2.0)
+    cp = ledger.checkpoint()
+    assert (cp["gpusHeld"], cp["baselineGpus"]) == (0.0, 2.0)
+
+
+def test_status_at_a_later_time_equals_the_ledger_advanced_to_it() -> None:
+    # The scenario's last checkpoint is the one the last pod's end triggered (t=200).
+    # From then on nothing is written; the ledger in memory keeps advancing.
+    ledger = Ledger(as_of=T0)
+    replay(ledger, SCENARIO, range(1, 201), 1.0)
+    obj = service(ledger.checkpoint())
+    replay(ledger, SCENARIO, range(201, 3601), 1.0)
+    later = totals_at(obj, T0 + 3600)
+    assert later.gpu_seconds == pytest.approx(ledger.gpu_seconds)
+    assert later.baseline_gpu_seconds == pytest.approx(ledger.baseline_gpu_seconds)
+    held, base = exact(SCENARIO, 3600, 1.0)
+    assert later.saved_gpu_seconds == pytest.approx(base - held, abs=1e-3)
+    assert later.saved_percent == saved_percent(held, base)
+
+
+def test_while_pods_hold_gpus_the_totals_grow_at_their_gpus() -> None:
+    ledger = Ledger(as_of=T0)
+    ledger.advance(T0 + 10, [PodHold("a", T0, 2)], 1.0)
+    obj = service(ledger.checkpoint())
+    ledger.advance(T0 + 17, [PodHold("a", T0, 2)], 1.0)  # no checkpoint in between
+    assert totals_at(obj, T0 + 17).gpu_seconds == pytest.approx(ledger.gpu_seconds)
+    assert totals_at(obj, T0 + 17).baseline_gpu_seconds == pytest.approx(34)
+
+
+def test_before_its_time_status_says_what_it_checkpointed() -> None:
+    ledger = Ledger(as_of=T0)
+    ledger.advance(T0 + 10, [PodHold("a", T0, 1)], 1.0)
+    totals = totals_at(service(ledger.checkpoint()), T0 + 5)
+    assert (totals.gpu_seconds, totals.baseline_gpu_seconds) == (10, 10)
+
+
+def test_a_service_never_checkpointed_counts_its_baseline_from_creation() -> None:
+    obj = service({}, baseline_replicas=2, gpus=2)
+    assert written_rates(obj) == Rates(0.0, 4.0)
+    assert totals_at(obj, T0 + 100).baseline_gpu_seconds == pytest.approx(400)
+    assert totals_at(obj, T0 + 100).gpu_seconds == 0
+    # and it is what the ledger restored for it counts
+    ledger = Ledger.restore(obj["status"], created=T0, now=T0 + 100)
+    ledger.advance(T0 + 100, [], spec_baseline_gpus(obj))
+    assert ledger.baseline_gpu_seconds == pytest.approx(400)
+
+
+def test_a_checkpoint_without_rates_states_none() -> None:
+    old = service({"gpuSeconds": 5, "baselineGpuSeconds": 9, "ledgerTime": format_time(T0)})
+    assert written_rates(old) is None
+    with pytest.raises(ValueError, match="gpusHeld"):
+        totals_at(old, T0 + 1)
+
+
+def test_spec_baseline_gpus_defaults_and_garbage() -> None:
+    assert spec_baseline_gpus({}) == 1
+    assert spec_baseline_gpus(service({}, baseline_replicas=0)) == 0
+    assert spec_baseline_gpus({"spec": {"cost": {"baselineReplicas": "x"}, "resources": []}}) == 1

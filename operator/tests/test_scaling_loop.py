@@ -15,6 +15,7 @@ import pytest
 from glowplug.kube.timefmt import format_time, parse_time
 from glowplug.operator.activity import Snapshot
 from glowplug.operator.autoscaler import ActivatorLoad
+from glowplug.operator.ledger import totals_at
 from glowplug.operator.serviceloop import Options, ServiceLoop, pod_gpus, pod_hold
 
 T0 = 1_780_000_000.0
@@ -297,11 +298,15 @@ async def test_ledger_survives_a_restart() -> None:
 
 async def test_an_idle_service_reads_nothing_at_its_first_tick() -> None:
     """The ledger is restored from the body kopf hands over: no GET per service at a
-    start-up (500 services at zero made 1,500 reads after their reconcile)."""
+    start-up (500 services at zero made 1,500 reads after their reconcile). The
+    checkpoint states its rates, as every checkpoint does (one written before the rate
+    fields existed is rewritten once, and that write checks the API first)."""
     api, load, clock = make(0)
     api.obj["status"] = {
         "gpuSeconds": 7.0,
         "baselineGpuSeconds": 9.0,
+        "gpusHeld": 0,
+        "baselineGpus": 1,
         "ledgerTime": format_time(T0 - 100),
         "lastRequestTime": format_time(T0),
     }
@@ -774,3 +779,92 @@ async def test_checkpoints_only_while_gpus_are_held() -> None:
     assert gone > held  # the pod set changed: one checkpoint says so
     await run_until(loop, api, clock, T0 + 90)
     assert api.writes == gone
+
+
+async def test_status_at_zero_stays_exact_without_writes() -> None:
+    # The ledger writes nothing at zero, yet status + rate x elapsed is what it counts.
+    clock = Clock(T0)
+    api = CountingAPI(embsvc(1), clock)
+    loop = ServiceLoop(api, None, Options(checkpoint_every=5.0), clock=clock)
+    api.pods = [a_pod("p1", T0, ready=True)]
+    await run_until(loop, api, clock, T0 + 30)
+    api.pods = []
+    api.obj["spec"]["replicas"] = 0
+    await run_until(loop, api, clock, T0 + 35)
+    gone = api.writes
+    await run_until(loop, api, clock, T0 + 600)
+    assert api.writes == gone
+    assert loop.ledger is not None
+    now = totals_at(api.obj, loop.ledger.as_of)
+    assert now.gpu_seconds == pytest.approx(loop.ledger.gpu_seconds)
+    assert now.baseline_gpu_seconds == pytest.approx(loop.ledger.baseline_gpu_seconds)
+    assert api.obj["status"]["baselineGpuSeconds"] < 0.1 * now.baseline_gpu_seconds
+
+
+async def test_a_baseline_edit_at_zero_is_one_checkpoint() -> None:
+    clock = Clock(T0)
+    api = CountingAPI(embsvc(0), clock)
+    loop = ServiceLoop(api, LoadDouble(), Options(checkpoint_every=5.0), clock=clock)
+    await run_until(loop, api, clock, T0 + 10)
+    settled = api.writes
+    assert "ledgerTime" not in api.obj["status"]  # never held: nothing to checkpoint
+    api.obj["spec"]["cost"]["baselineReplicas"] = 3
+    await run_until(loop, api, clock, T0 + 60)
+    assert api.writes == settled + 1
+    assert api.obj["status"]["baselineGpus"] == 3
+    assert loop.ledger is not None
+    totals = totals_at(api.obj, loop.ledger.as_of)
+    assert totals.baseline_gpu_seconds == pytest.approx(loop.ledger.baseline_gpu_seconds)
+
+
+async def test_a_checkpoint_without_rates_is_rewritten_once_after_a_restart() -> None:
+    clock = Clock(T0 + 100)
+    obj = embsvc(0)
+    obj["status"] = {"gpuSeconds": 5.0, "baselineGpuSeconds": 50.0, "ledgerTime": format_time(T0)}
+    api = CountingAPI(obj, clock)
+    loop = ServiceLoop(api, LoadDouble(), Options(checkpoint_every=5.0), clock=clock)
+    await run_until(loop, api, clock, T0 + 110)
+    ledger_writes = api.writes
+    await run_until(loop, api, clock, T0 + 200)
+    assert api.writes == ledger_writes
+    assert api.obj["status"]["gpusHeld"] == 0 and api.obj["status"]["baselineGpus"] == 1
+    assert totals_at(api.obj, T0 + 200).baseline_gpu_seconds == pytest.approx(50 + 200)
+
+
+def sample(name: str, labels: dict[str, str]) -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(name, labels)
+    assert value is not None, (name, labels)
+    return value
+
+
+async def test_counters_are_exact_at_each_scrape_while_the_loop_rests() -> None:
+    # The loop rests at zero (no tick), yet every scrape's baseline counter has grown by
+    # baselineGpus x elapsed; the next tick adds only the rest, never twice.
+    clock = Clock(T0)
+    obj = embsvc(1)
+    obj["metadata"]["namespace"] = "t-rest-scrape"
+    obj["spec"]["resources"]["gpuType"] = "L4"
+    api = ClusterAPIDouble(obj, clock)
+    loop = ServiceLoop(api, None, Options(checkpoint_every=5.0), clock=clock)
+    labels = {"namespace": "t-rest-scrape", "service": "svc", "gpu_type": "L4"}
+    try:
+        api.pods = [a_pod("p1", T0, ready=True)]
+        await run_until(loop, api, clock, T0 + 20)
+        api.pods = []
+        api.obj["spec"]["replicas"] = 0
+        await run_until(loop, api, clock, T0 + 22)
+        used = sample("glowplug_gpu_seconds_total", labels)
+        base = sample("glowplug_baseline_gpu_seconds_total", labels)
+        clock.t = T0 + 322  # five minutes without a tick
+        assert sample("glowplug_gpu_seconds_total", labels) == pytest.approx(used)
+        later = sample("glowplug_baseline_gpu_seconds_total", labels)
+        assert later == pytest.approx(base + 300)
+        await loop.tick(copy.deepcopy(api.obj))  # the tick after the rest adds nothing more
+        assert sample("glowplug_baseline_gpu_seconds_total", labels) == pytest.approx(later)
+        assert loop.ledger is not None
+        # since this series began (T0): everything the ledger counted
+        assert later == pytest.approx(loop.ledger.baseline_gpu_seconds)
+    finally:
+        loop.series.remove()

@@ -34,7 +34,7 @@ from glowplug.operator import prewarm
 from glowplug.operator.activity import LoadSource
 from glowplug.operator.autoscaler import ScalerState, ServiceLoad, decide
 from glowplug.operator.idlepolicy import IdlePolicy
-from glowplug.operator.ledger import Ledger, PodHold
+from glowplug.operator.ledger import Ledger, PodHold, Rates, spec_baseline_gpus, written_rates
 from glowplug.operator.serviceapi import ServiceAPI
 from glowplug.operator.waketracker import WakeTracker
 from glowplug.outage import Outage, is_unreachable
@@ -140,6 +140,7 @@ class ServiceLoop:
         # write checked it against the API; None once checked.
         self.restored_from: tuple[Any, ...] | None = None
         self.last_pods: frozenset[str] = frozenset()
+        self.last_rates: Rates | None = None  # the rates status states (ledger.py)
         self.persisted_activity: float | None = None
         self.prev_replicas: int | None = None
         self.wake_start: float | None = None
@@ -172,7 +173,7 @@ class ServiceLoop:
                 self.series.remove()  # gpuType changed: the old series end here
                 self.series = None
             if self.series is None:
-                self.series = _series(svc)
+                self.series = _series(svc, self.clock)
             self.series.price(svc.cost.gpu_hourly_price)
         spec_replicas = _raw_int(body, "spec", "replicas", default=0)
         generation = _raw_int(body, "metadata", "generation", default=0)
@@ -214,20 +215,22 @@ class ServiceLoop:
             self.ledger = _restore(body, now)
             self.restored_from = _checkpoint_fields(body)
             self.last_checkpoint = now
+            self.last_rates = written_rates(body)
         holds = [h for h in (pod_hold(p) for p in pods) if h is not None]
-        gpus = _raw_int(body, "spec", "resources", "gpus", default=1)
-        baseline = _raw_int(body, "spec", "cost", "baselineReplicas", default=1) * gpus
-        delta = self.ledger.advance(now, holds, float(baseline))
+        baseline = spec_baseline_gpus(body)
+        delta = self.ledger.advance(now, holds, baseline)
         if self.series is not None:
-            self.series.gpu.inc(delta.gpu_seconds)
-            self.series.baseline.inc(delta.baseline_gpu_seconds)
+            self.series.accrue(delta, self.ledger.as_of, self.ledger.rates)
         pod_set = frozenset(h.uid for h in holds)
         # While GPUs are held the totals move: checkpoint every checkpoint_every. With no
         # pod, only the baseline moves, and a restart recomputes it from ledgerTime: an
-        # idle service writes nothing (DESIGN.md invariant 6).
+        # idle service writes nothing (DESIGN.md invariant 6). A checkpoint states the
+        # rates it grows at from then on, so a change of rates (a pod, a spec edit of the
+        # baseline) is due at once: status + rate x elapsed stays exact at zero.
         due = bool(holds) and now - self.last_checkpoint >= self.options.checkpoint_every
+        moved = pod_set != self.last_pods or self.ledger.rates != self.last_rates
         # Never twice at one instant; right after a restore, status holds a checkpoint.
-        if (pod_set != self.last_pods or due) and now > self.last_checkpoint:
+        if (moved or due) and now > self.last_checkpoint:
             try:
                 if self.restored_from is not None:
                     await self._verify_restore(namespace, name, body, now, holds, baseline)
@@ -240,6 +243,7 @@ class ServiceLoop:
                     log.warning("%s/%s: ledger checkpoint failed: %s", namespace, name, err)
             else:
                 self.last_pods = pod_set
+                self.last_rates = self.ledger.rates
                 self.last_checkpoint = now
 
         # 2. wake failures and wake duration
@@ -291,7 +295,7 @@ class ServiceLoop:
         body: Mapping[str, Any],
         now: float,
         holds: Sequence[PodHold],
-        baseline: int,
+        baseline: float,
     ) -> None:
         """Before the first checkpoint: continue from the latest one in the API.
 
@@ -306,7 +310,8 @@ class ServiceLoop:
             return
         log.info("%s/%s: a newer ledger checkpoint in status: continuing from it", namespace, name)
         self.ledger = _restore(fresh, now)
-        self.ledger.advance(now, holds, float(baseline))
+        self.last_rates = written_rates(fresh)
+        self.ledger.advance(now, holds, baseline)
 
     def _resting(self, spec_replicas: int, pods: Sequence[Mapping[str, Any]]) -> bool:
         load = self.load
@@ -530,10 +535,10 @@ def _key(body: Mapping[str, Any]) -> str:
     return f"{meta.get('namespace')}/{meta.get('name')}"
 
 
-def _series(svc: EmbeddingService) -> Any:
+def _series(svc: EmbeddingService, clock: Callable[[], float]) -> Any:
     from glowplug.operator.servicemetrics import ServiceSeries
 
-    return ServiceSeries(svc)
+    return ServiceSeries(svc, clock)
 
 
 __all__ = [
