@@ -319,6 +319,8 @@ STATUS_FIELDS = {
     "wake",
     "lastWake",
     "gpuSeconds",
+    "gpusHeld",
+    "baselineGpus",
     "baselineGpuSeconds",
     "wakeStartedTime",
     "gpuHours",
