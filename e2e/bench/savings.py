@@ -8,10 +8,16 @@ ones, and the embedding cache, on two replayed traces.
    daily cycle; day 1 is the warm-up, day 2 is measured; totals over all services.
    Ticks every 10 s (the operator ticks every second; at this many service-days the
    1 s tick takes minutes, and the difference is a few seconds per wake).
-3. The cache on the Zipf trace: every request's query texts go through the real
+3. A periodic trickle: one request every 10 minutes (+-20 s) all day, the case
+   pre-warm is for (day 1 warm-up, day 2 measured).
+4. The cache on the Zipf trace: every request's query texts go through the real
    ``MemoryCache`` (keys from ``cache.entry_key``, 1024-dimension vectors, the default
    256Mi per service, TTL 24h); requests whose inputs all hit are answered without the
    engine and leave the trace, and the trace is simulated again.
+
+Every auto policy runs twice: with its pre-warm plan (``autoIdleTimeout.prewarm``, the
+default) and keep-alive only. "waited" counts requests that waited for a cold start;
+"pre" the wakes auto started ahead of a predicted arrival.
 
 Prints tables, writes ``e2e/bench/results/savings-<UTC time>.json`` and the two
 frontier charts (fixed timeouts as a line, auto as points) to ``docs/images/``.
@@ -46,6 +52,8 @@ DEFAULT_AUTO = AutoIdle()
 # For the seed-day comparison with fixed 5m: an upper bound a little above it.
 SEED_TUNED = AutoIdle(min=30.0, max=390.0, wake_penalty=300.0)
 ZIPF_FEWER_WAKES = AutoIdle(min=30.0, max=600.0, wake_penalty=600.0)
+PERIOD = 600.0
+PERIODIC_FIXED = (60.0, 300.0, 900.0)
 VECTOR_BYTES = 1024 * 4
 CACHE_MAX_BYTES = 256 << 20
 CACHE_TTL = 86400.0
@@ -58,6 +66,7 @@ class Row:
     wakes: int
     waited: int  # requests that waited for a wake
     saved_percent: float
+    prewarms: int = 0  # wakes auto started ahead of a predicted arrival
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -83,11 +92,18 @@ def _row(name: str, results: Sequence[SimResult]) -> Row:
         wakes=sum(r.wakes for r in results),
         waited=sum(r.added_latency.count for r in results),
         saved_percent=100 * (1 - gpu / base) if base else 0.0,
+        prewarms=sum(r.prewarms for r in results),
     )
 
 
 def _auto_name(a: AutoIdle) -> str:
-    return f"auto [{_short(a.min)}, {_short(a.max)}] penalty {_short(a.wake_penalty)}"
+    mode = "pre-warm" if a.prewarm else "keep-alive"
+    return f"auto {mode} [{_short(a.min)}, {_short(a.max)}] penalty {_short(a.wake_penalty)}"
+
+
+def _both(*policies: AutoIdle) -> list[AutoIdle]:
+    """Each auto policy with its pre-warm plan and keep-alive only."""
+    return [replace(a, prewarm=pw) for a in policies for pw in (True, False)]
 
 
 def seed_day(wake_delay: float) -> dict[str, list[Row]]:
@@ -99,7 +115,7 @@ def seed_day(wake_delay: float) -> dict[str, list[Row]]:
         _row(_short(t), [simulate(day, replace(cold_cfg, scaling=_scaling(t)))]) for t in SEED_FIXED
     ]
     auto = []
-    for a in (DEFAULT_AUTO, SEED_TUNED):
+    for a in _both(DEFAULT_AUTO, SEED_TUNED):
         auto.append(
             _row(f"{_auto_name(a)}, cold", [simulate(day, replace(cold_cfg, scaling=_scaling(a)))])
         )
@@ -178,7 +194,7 @@ def zipf(wake_delay: float) -> dict[str, Any]:
         fixed.append(_row(_short(t), _zipf_sim(plain, t, wake_delay)))
         print(f"  zipf fixed {_short(t)}: {fixed[-1]}", flush=True)
     auto = []
-    for a in (DEFAULT_AUTO, ZIPF_FEWER_WAKES):
+    for a in _both(DEFAULT_AUTO, ZIPF_FEWER_WAKES):
         auto.append(_row(_auto_name(a), _zipf_sim(plain, a, wake_delay)))
         print(f"  zipf {auto[-1]}", flush=True)
     kept, figures = cache_replay(traces)
@@ -188,7 +204,7 @@ def zipf(wake_delay: float) -> dict[str, Any]:
             name = _short(idle)
             without = next(r for r in fixed if r.name == name)
         else:
-            name, without = "auto", auto[0]
+            name, without = "auto", auto[0]  # DEFAULT_AUTO with pre-warm
         with_cache = _row(f"{name} + cache", _zipf_sim(kept, idle, wake_delay))
         cache_rows.append(
             {
@@ -203,21 +219,47 @@ def zipf(wake_delay: float) -> dict[str, Any]:
     return {"fixed": fixed, "auto": auto, "cache": figures, "cache_runs": cache_rows}
 
 
+def periodic(wake_delay: float) -> dict[str, list[Row]]:
+    """One request every PERIOD seconds (+-20 s, alternating), two days, day 2 measured."""
+    trace = [
+        (i * PERIOD + (20.0 if i % 2 else -20.0), 2.0) for i in range(1, int(2 * DAY / PERIOD))
+    ]
+    cfg = SimConfig(scaling=ScalingSpec(), wake_delay=wake_delay, horizon=2 * DAY, measure_from=DAY)
+    fixed = [
+        _row(_short(t), [simulate(trace, replace(cfg, scaling=_scaling(t)))])
+        for t in PERIODIC_FIXED
+    ]
+    auto = [
+        _row(_auto_name(a), [simulate(trace, replace(cfg, scaling=_scaling(a)))])
+        for a in _both(DEFAULT_AUTO)
+    ]
+    return {"fixed": fixed, "auto": auto}
+
+
 def table(rows: Sequence[Row]) -> str:
-    lines = [f"{'policy':<42} {'GPU-h':>8} {'saved':>6} {'wakes':>6} {'waited':>7}"]
+    lines = [f"{'policy':<52} {'GPU-h':>8} {'saved':>6} {'wakes':>6} {'pre':>5} {'waited':>7}"]
     lines += [
-        f"{r.name:<42} {r.gpu_hours:8.3f} {r.saved_percent:5.1f}% {r.wakes:6d} {r.waited:7d}"
+        f"{r.name:<52} {r.gpu_hours:8.3f} {r.saved_percent:5.1f}% {r.wakes:6d} {r.prewarms:5d}"
+        f" {r.waited:7d}"
         for r in rows
     ]
     return "\n".join(lines)
 
 
-def chart(path: Path, title: str, fixed: Sequence[Row], auto: Sequence[Row]) -> None:
+def chart(
+    path: Path, title: str, fixed: Sequence[Row], auto: Sequence[Row], waited: bool = False
+) -> None:
+    """GPU-hours against wakes, or (``waited``) against requests that waited for a cold
+    start: with pre-warm a wake no longer means a wait."""
     colors = (pngplot.ORANGE, pngplot.GREEN, pngplot.RED, pngplot.BLACK)
+
+    def y(r: Row) -> float:
+        return float(r.waited if waited else r.wakes)
+
     series = [
         pngplot.Series(
             "FIXED IDLE TIMEOUT",
-            [pngplot.Point(r.gpu_hours, r.wakes, r.name) for r in fixed],
+            [pngplot.Point(r.gpu_hours, y(r), r.name) for r in fixed],
             pngplot.BLUE,
             True,
         )
@@ -227,12 +269,12 @@ def chart(path: Path, title: str, fixed: Sequence[Row], auto: Sequence[Row]) -> 
         series.append(
             pngplot.Series(
                 f"{label}: {r.name.replace('auto ', '')}",
-                [pngplot.Point(r.gpu_hours, r.wakes, label)],
+                [pngplot.Point(r.gpu_hours, y(r), label)],
                 colors[i % len(colors)],
                 False,
             )
         )
-    pngplot.frontier(path, title, series)
+    pngplot.frontier(path, title, series, y_label="WAITED FOR A WAKE" if waited else "WAKES")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     chart(IMAGES / "frontier-seed-day.png", "SEED DAY: GPU-HOURS AND WAKES", seed["fixed"], [
         r for r in seed["auto"] if r.name.endswith("warm")
     ])  # fmt: skip
+    trickle = periodic(args.wake_delay)
+    print("periodic trickle (a request every 10 min +-20 s), day 2 of 2 measured:")
+    print(table(trickle["fixed"] + trickle["auto"]))
+    out["periodic"] = {k: [r.as_dict() for r in v] for k, v in trickle.items()}
+    chart(IMAGES / "frontier-periodic.png", "PERIODIC TRICKLE: GPU-HOURS AND COLD WAITS",
+          trickle["fixed"], trickle["auto"], waited=True)  # fmt: skip
     if not args.skip_zipf:
         print("zipf trace (40 services, day 2 of 2 measured), running...", flush=True)
         z = zipf(args.wake_delay)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from e2e.cluster import Cluster
 from e2e.prometheus import (
@@ -39,6 +40,21 @@ pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "glowplug"
 NAME = "watched"
+# Requests carry an API key, so the "GPU-hours by API key" panel has data too.
+KEY = "gp-e2e-prometheus-0123456789"
+
+
+def key_secret(namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "dashboard",
+            "namespace": namespace,
+            "labels": {"glowplug.dev/api-key": ""},
+        },
+        "stringData": {"key": KEY},
+    }
 
 
 def service() -> dict[str, Any]:
@@ -85,7 +101,9 @@ def activator(
 def embed(url: str, **body: Any) -> int:
     data = json.dumps({"model": NAME, **body}).encode()
     req = urllib.request.Request(
-        f"{url}/v1/embeddings", data=data, headers={"Content-Type": "application/json"}
+        f"{url}/v1/embeddings",
+        data=data,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"},
     )
     try:
         with urllib.request.urlopen(req, timeout=180) as resp:
@@ -117,8 +135,12 @@ def test_every_panel_returns_data_and_gpu_hours_match_status(
     )
     path = f"/apis/glowplug.dev/v1alpha1/namespaces/{namespace}/embeddingservices/{NAME}"
     try:
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(key_secret(namespace)))
         apply(cluster, namespace, service())
         wait_for(lambda: activator.stats(NAME) != {}, 30, what=f"{NAME} routed")
+        wait_for(
+            lambda: "computedInputs" in activator.stats(NAME), 30, what="the key Secret watched"
+        )
         run = run_dashboard_scenario(
             prom,
             namespace,

@@ -48,6 +48,9 @@ WAKE_PHASE_DURATION = "glowplug_wake_phase_duration_seconds"
 WAKES_TOTAL = "glowplug_wakes_total"  # counter {namespace, service, outcome=ready|failed}
 SERVICE_INFO = "glowplug_service_info"  # gauge {namespace, service, model, engine, gpu_type}
 AUTOSCALER_STATS_ERRORS = "glowplug_autoscaler_stats_errors_total"  # counter {activator}
+# GPU_SECONDS_TOTAL split by API key (operator/attribution.py); key: "namespace/name" of
+# the key's Secret, or "unattributed". Only services called with API keys have series.
+GPU_SECONDS_ATTRIBUTED_TOTAL = "glowplug_gpu_seconds_attributed_total"  # {namespace, service, key}
 
 ALL_METRICS = (
     REQUESTS_TOTAL,
@@ -78,6 +81,7 @@ ALL_METRICS = (
     WAKES_TOTAL,
     SERVICE_INFO,
     AUTOSCALER_STATS_ERRORS,
+    GPU_SECONDS_ATTRIBUTED_TOTAL,
 )
 
 # Explicit buckets: prometheus-client's defaults stop at 10 s, and a GPU cold start

@@ -130,6 +130,65 @@ async def test_a_key_without_wake_cannot_wake_but_can_use_a_warm_service() -> No
         assert (await call(s, h.url, KEY_A))[0] == 200
 
 
+async def test_a_key_without_wake_gets_cached_answers_at_zero() -> None:
+    """Issue 14: a fully cached request needs no wake, so a key that may not wake is
+    answered from the cache at zero; a request with a miss is still refused."""
+    keys = KeyStore("required", OWN)
+    keys.apply(secret("no-wake", KEY_A, wake="false"))
+    keys.apply(secret("waker", KEY_B))
+    cached = {"enabled": True}
+    async with (
+        harness(keys=keys) as h,
+        engines(1, text_vectors=True) as (e,),
+        aiohttp.ClientSession() as s,
+    ):
+        h.services.apply_service(service_obj(replicas=0, cache=cached))
+        h.scaler.on_wake = [e.address]
+        # The waker computes "hi" (a wake); then the service goes back to zero.
+        assert (await call(s, h.url, KEY_B))[0] == 200
+        assert h.scaler.writes == 1 and e.requests == 1
+        h.services.set_endpoints("ns1", "emb", [])
+        h.scaler.replicas.clear()
+        h.services.apply_service(service_obj(replicas=0, cache=cached))
+        status, body, headers = await call(s, h.url, KEY_A)
+        assert status == 200, body
+        assert headers["X-Glowplug-Cache"] == "hit"
+        assert h.scaler.writes == 1 and e.requests == 1  # no wake, no engine
+        # A miss would need the engine, so a wake: still refused, and nothing woken.
+        async with s.post(
+            f"{h.url}/v1/embeddings",
+            json={"model": "emb", "input": ["hi", "new text"]},
+            headers={"Authorization": f"Bearer {KEY_A}"},
+        ) as r:
+            assert r.status == 403
+            assert (await r.json())["error"]["code"] == "wake_not_allowed"
+        assert h.scaler.writes == 1 and e.requests == 1
+        metrics = h.metrics.render().decode()
+        assert (
+            'glowplug_api_key_rejected_total{key="glowplug-system/no-wake",'
+            'reason="wake_not_allowed"} 1.0'
+        ) in metrics
+        # What the engine computed per key, for the operator's attribution: the waker's
+        # one miss; the cached answer and the refused request computed nothing.
+        async with s.get(f"{h.url}/stats") as r:
+            entry = (await r.json())["services"]["ns1/emb"]
+        assert entry["computedInputs"] == {"glowplug-system/waker": 1}
+        # Warm now: a request with one hit and two misses computes two for no-wake.
+        h.services.set_endpoints("ns1", "emb", [e.address])
+        async with s.post(
+            f"{h.url}/v1/embeddings",
+            json={"model": "emb", "input": ["hi", "x", "y"]},
+            headers={"Authorization": f"Bearer {KEY_A}"},
+        ) as r:
+            assert r.status == 200
+        async with s.get(f"{h.url}/stats") as r:
+            entry = (await r.json())["services"]["ns1/emb"]
+        assert entry["computedInputs"] == {
+            "glowplug-system/waker": 1,
+            "glowplug-system/no-wake": 2,
+        }
+
+
 async def test_rate_and_concurrency_limits_answer_429_with_retry_after() -> None:
     keys = KeyStore("required", OWN)
     keys.apply(secret("slow", KEY_A, requestsPerSecond="0.5"))

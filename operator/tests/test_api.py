@@ -76,6 +76,7 @@ READ_BACK = {
     "scaling.autoIdleTimeout.min": lambda s: format_duration(_auto(s).min),
     "scaling.autoIdleTimeout.max": lambda s: format_duration(_auto(s).max),
     "scaling.autoIdleTimeout.wakePenalty": lambda s: format_duration(_auto(s).wake_penalty),
+    "scaling.autoIdleTimeout.prewarm": lambda s: _auto(s).prewarm,
     "cache.enabled": lambda s: s.cache.enabled,
     "cache.ttl": lambda s: format_duration(s.cache.ttl),
     "cache.maxBytes": lambda s: f"{s.cache.max_bytes >> 20}Mi",

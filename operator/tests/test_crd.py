@@ -319,13 +319,13 @@ STATUS_FIELDS = {
     "wake",
     "lastWake",
     "gpuSeconds",
-    "gpusHeld",
-    "baselineGpus",
     "baselineGpuSeconds",
     "wakeStartedTime",
     "gpuHours",
     "savedPercent",
     "ledgerTime",
+    "gpusHeld",
+    "baselineGpus",
 }
 
 

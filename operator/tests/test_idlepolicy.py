@@ -11,9 +11,22 @@ import pytest
 from glowplug.api import SpecError, parse
 from glowplug.api.spec import AutoIdle, ScalingSpec
 from glowplug.operator.autoscaler import ScalerState, ServiceLoad, decide
-from glowplug.operator.idlepolicy import EDGES, MIN_GAPS, IdlePolicy, _bin
+from glowplug.operator.idlepolicy import (
+    EDGES,
+    MIN_GAPS,
+    PREWARM_MIN_GAPS,
+    IdlePolicy,
+    Plan,
+    _bin,
+    choose,
+    keep_alive_cost,
+    prewarm_cost,
+)
+from glowplug.operator.simulate import SimConfig, simulate
 
-BOUNDS = AutoIdle(min=30.0, max=600.0, wake_penalty=300.0)
+# Keep-alive only: the tests of the pre-warm plan are further down (PREWARM).
+BOUNDS = AutoIdle(min=30.0, max=600.0, wake_penalty=300.0, prewarm=False)
+PREWARM = replace(BOUNDS, prewarm=True)
 
 
 def raw(**scaling: object) -> dict[str, object]:
@@ -127,3 +140,136 @@ def test_decide_learns_gaps_and_scales_to_zero_at_the_learned_timeout() -> None:
         ScalerState(last_activity=finished),
     )
     assert d.replicas == 1 and d.idle_timeout == 300.0
+
+
+# --- pre-warm ahead of predicted arrivals (the hybrid histogram policy) -----------------
+
+
+def periodic(gap: float, n: int, jitter: float = 0.0) -> IdlePolicy:
+    p = IdlePolicy()
+    for i in range(n):
+        g = gap + (jitter if i % 2 else -jitter)
+        p.observe(g, 1000.0 + (gap + 5.0) * i, PREWARM)
+    return p
+
+
+def test_costs_of_the_two_plans() -> None:
+    items = [(100.0, 1.0), (500.0, 2.0)]
+    # keep-alive 200: the 100 s gap stays warm (100), the 500 s ones wake (200 + 30 + 300).
+    assert keep_alive_cost(items, 200.0, 330.0) == 100.0 + 2 * (200.0 + 330.0)
+    # pre-warm: zero after 30 s, up again at 450, ready at 480, down at 550.
+    cost = prewarm_cost(items, 30.0, 450.0, 550.0, 30.0, 300.0)
+    assert cost == (30.0 + 330.0) + 2 * (30.0 + (500.0 - 450.0))
+    # a gap inside the wake pays the part of the penalty it waited for
+    late = prewarm_cost([(470.0, 1.0)], 30.0, 450.0, 550.0, 30.0, 300.0)
+    assert late == 30.0 + 30.0 + 300.0 * (480.0 - 470.0) / 30.0
+    # a gap beyond the window: the window's GPU time and a cold wake
+    missed = prewarm_cost([(900.0, 1.0)], 30.0, 450.0, 550.0, 30.0, 300.0)
+    assert missed == 30.0 + 100.0 + 330.0
+
+
+def test_regular_gaps_get_a_prewarm_plan_around_the_next_arrival() -> None:
+    p = periodic(600.0, 12, jitter=10.0)
+    plan = p.plan(PREWARM, 30.0, 20000.0)
+    assert plan.prewarm and plan.keep_alive == PREWARM.min
+    assert plan.after is not None and plan.until is not None
+    # Ready (after + wake) before the earliest gap seen, held past the longest one.
+    assert plan.after + 30.0 < 590.0 < 610.0 < plan.until
+    assert plan.floor_at(100.0, 100.0 + plan.after - 1) == 0
+    assert plan.floor_at(100.0, 100.0 + plan.after) == 1
+    assert plan.floor_at(100.0, 100.0 + plan.until) == 0
+    # The same gaps, keep-alive only: 10 minutes idle cost more than a wake, so it drops
+    # the replica at min and every request waits for a cold start.
+    assert p.plan(BOUNDS, 30.0, 20000.0) == Plan(keep_alive=BOUNDS.min)
+
+
+def test_spread_gaps_fall_back_to_keep_alive() -> None:
+    # Exponential gaps (Poisson arrivals, mean 5 min): nothing to predict.
+    p = IdlePolicy()
+    gaps = [30.0 + 300.0 * (-__import__("math").log(1 - (i + 0.5) / 40)) for i in range(40)]
+    for i, g in enumerate(gaps[::7] + gaps):
+        p.observe(g, 1000.0 + 10 * i, PREWARM)
+    plan = p.plan(PREWARM, 30.0, 2000.0)
+    assert not plan.prewarm, plan
+    assert plan.keep_alive == p.plan(BOUNDS, 30.0, 2000.0).keep_alive
+
+
+def test_prewarm_needs_enough_gaps_and_a_wake_to_hide() -> None:
+    few = periodic(600.0, PREWARM_MIN_GAPS - 1)
+    assert not few.plan(PREWARM, 30.0, 20000.0).prewarm
+    enough = periodic(600.0, PREWARM_MIN_GAPS)
+    assert enough.plan(PREWARM, 30.0, 20000.0).prewarm
+    assert not enough.plan(PREWARM, 0.0, 20000.0).prewarm  # no wake measured yet
+    # Gaps so short that the pre-warm would start before min: keep-alive.
+    short = choose({_bin(45.0): 20.0}, 20, PREWARM, 30.0)
+    assert not short.prewarm
+
+
+def test_plan_survives_status_and_a_restart() -> None:
+    p = periodic(600.0, 12, jitter=10.0)
+    plan = p.plan(PREWARM, 30.0, 20000.0)
+    doc = json.loads(json.dumps(p.to_status(plan.keep_alive, plan)))
+    assert doc["prewarm"] == {"afterSeconds": round(plan.after or 0, 1),
+                              "untilSeconds": round(plan.until or 0, 1)}  # fmt: skip
+    assert IdlePolicy.from_status(doc).plan(PREWARM, 30.0, 20000.0) == plan
+    assert p.to_status(600.0)["prewarm"] is None
+
+
+def test_decide_prewarms_ahead_of_the_predicted_arrival() -> None:
+    scaling = ScalingSpec(idle_timeout=PREWARM.max, auto_idle=PREWARM, scale_down_delay=0.0)
+    state = ScalerState(wake_seconds=30.0, idle=periodic(600.0, 12, jitter=10.0))
+    t = 20000.0
+    decide(t, 1, scaling, ServiceLoad(in_flight=1), state)
+    finished = t + 1.0
+    d = decide(finished, 1, scaling, ServiceLoad(last_request_finished=finished), state)
+    plan = d.plan
+    assert plan is not None and plan.after is not None and plan.until is not None
+    assert d.prewarm_at == finished + plan.after and d.replicas == 1
+    d = decide(finished + 31.0, 1, scaling, ServiceLoad(last_request_finished=finished), state)
+    assert d.replicas == 0 and d.reason == "scale to zero: idle"
+    d = decide(
+        finished + plan.after, 0, scaling, ServiceLoad(last_request_finished=finished), state
+    )
+    assert d.replicas == 1 and d.reason == "scale up: predicted arrival"
+    assert d.prewarm_at is None
+    d = decide(
+        finished + plan.until - 1, 1, scaling, ServiceLoad(last_request_finished=finished), state
+    )
+    assert d.replicas == 1
+    d = decide(
+        finished + plan.until, 1, scaling, ServiceLoad(last_request_finished=finished), state
+    )
+    assert d.replicas == 0  # nobody came: the window closes
+    # A floor from spec.minReplicas is no prediction.
+    floor = replace(scaling, min_replicas=1)
+    d = decide(
+        finished + plan.after, 0, floor, ServiceLoad(last_request_finished=finished),
+        ScalerState(wake_seconds=30.0, idle=periodic(600.0, 12, jitter=10.0),
+                    last_activity=finished),
+    )  # fmt: skip
+    assert d.reason == "scale up: floor"
+
+
+def test_simulator_periodic_trickle_is_warmed_ahead() -> None:
+    """A job that embeds every 10 minutes (+-20 s): keep-alive-only auto drops the
+    replica and wakes for each request; with pre-warm most requests find it ready, at a
+    fraction of the GPU time of keeping it up (15m)."""
+    trace = [(i * 600.0 + (15.0 if i % 3 else -15.0), 2.0) for i in range(1, 144)]
+    base = SimConfig(scaling=ScalingSpec(max_replicas=1), wake_delay=30.0, horizon=86400.0)
+
+    def run(auto: AutoIdle | None, fixed: float = 0.0) -> tuple[float, int, int, int]:
+        sc = replace(
+            base.scaling,
+            idle_timeout=auto.max if auto else fixed,
+            auto_idle=auto,
+        )
+        r = simulate(trace, replace(base, scaling=sc))
+        return r.gpu_seconds, r.wakes, r.prewarms, r.added_latency.count
+
+    _, _, ka_pre, ka_waited = run(BOUNDS)
+    pw_gpu, _, pw_pre, pw_waited = run(PREWARM)
+    kept_gpu, _, _, kept_waited = run(None, 900.0)
+    assert ka_pre == 0 and pw_pre > 100
+    assert pw_waited < ka_waited / 10, (pw_waited, ka_waited)
+    assert pw_gpu < kept_gpu / 2, (pw_gpu, kept_gpu)
+    assert kept_waited <= pw_waited

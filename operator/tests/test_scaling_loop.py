@@ -734,6 +734,38 @@ async def test_a_prewarm_service_rests_only_to_the_next_minute() -> None:
     assert loop.rest_seconds(clock.t) <= 60.2
 
 
+async def test_a_learned_prewarm_plan_rests_until_it_and_scales_up_ahead() -> None:
+    """idleTimeout: auto resumed from status with a pre-warm plan: at zero the loop rests
+    only until the predicted pre-warm, then raises a replica with nobody asking."""
+    from glowplug.api.spec import AutoIdle
+    from glowplug.operator.idlepolicy import IdlePolicy
+
+    learned = IdlePolicy()
+    for i in range(12):  # a request every 10 minutes, yesterday
+        learned.observe(600.0 + (10 if i % 2 else -10), T0 - 86400 + 610 * i, AutoIdle())
+    plan = learned.plan(AutoIdle(), 30.0, T0)
+    assert plan.after is not None
+    api, load, clock = make(0, idleTimeout="auto")
+    finished = T0 - 300.0  # the last request finished 5 minutes ago
+    api.obj["status"] = {
+        "idlePolicy": learned.to_status(plan.keep_alive, plan),
+        "lastWakeSeconds": 30.0,
+        "lastRequestTime": format_time(finished),
+    }
+    load.loads = [ActivatorLoad(last_request_finished=finished)]
+    loop = ServiceLoop(api, load, Options(), clock=clock)
+    await run_until(loop, api, clock, T0 + 2)
+    assert loop.at_rest and api.obj["spec"]["replicas"] == 0
+    wake_at = finished + plan.after
+    assert loop.rest_seconds(clock.t) == pytest.approx(wake_at - clock.t)
+    await run_until(loop, api, clock, wake_at + 1)
+    assert api.obj["spec"]["replicas"] == 1  # pre-warmed ahead of the predicted request
+    assert api.obj["status"]["idlePolicy"]["prewarm"] == {
+        "afterSeconds": round(plan.after, 1),
+        "untilSeconds": round(plan.until or 0, 1),
+    }
+
+
 class FailingOnceAPI(ClusterAPIDouble):
     """The double, failing the first status write (an API server timing out)."""
 

@@ -38,6 +38,17 @@ KEY_LABEL = "glowplug.dev/api-key"
 AUTH_MODES = ("off", "auto", "required")
 
 
+def wake_not_allowed(svc: EmbeddingService) -> oai.APIError:
+    """The refusal for a key without ``wake`` whose request would start a wake."""
+    return oai.APIError(
+        403,
+        f"model {svc.model.served_name!r} is scaled to zero and this API key may not wake it",
+        type="permission_error",
+        param="model",
+        code="wake_not_allowed",
+    )
+
+
 class KeySecretError(ValueError):
     """A key Secret does not parse; the message names the Secret and the field."""
 
@@ -218,13 +229,7 @@ class KeyStore:
                 code="model_not_allowed",
             )
         if wakes and not key.wake:
-            raise oai.APIError(
-                403,
-                f"model {name!r} is scaled to zero and this API key may not wake it",
-                type="permission_error",
-                param="model",
-                code="wake_not_allowed",
-            )
+            raise wake_not_allowed(svc)
         if key.max_concurrent is not None and key.inflight >= key.max_concurrent:
             raise oai.APIError(
                 429,

@@ -9,6 +9,7 @@ no logging on success.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import socket
@@ -19,10 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glowplug.activator import openai as oai
-from glowplug.activator.apikeys import ApiKey, KeyStore
+from glowplug.activator.apikeys import ApiKey, KeyStore, wake_not_allowed
 from glowplug.activator.cache import MemoryCache
 from glowplug.activator.coldstart import cold_start_headers
-from glowplug.activator.embeddingcache import EmbeddingCache
+from glowplug.activator.embeddingcache import EmbeddingCache, Forward
 from glowplug.activator.forwarder import (
     BrokenResponse,
     ConnectFailed,
@@ -98,7 +99,7 @@ class Activator:
         if shared is not None and shared.on_error is None:
             shared.on_error = metrics.cache_shared_errors.inc
         # /stats: full reads and changes after a cursor (glowplug.kube.stats).
-        self.feed = StatsFeed(services, self.config.name)
+        self.feed = StatsFeed(services, self.config.name, keyed=lambda: self.keys.active)
         services.on_delete(self.feed.touch)
         self.synced = asyncio.Event()  # the sources have listed everything once
         self.draining = False
@@ -239,7 +240,10 @@ class Activator:
             key = self.keys.authenticate(request.headers.get("authorization"))
             req, route, payload = self._admit(request)
             if key is not None:
-                self.keys.admit(key, route.spec, wakes=_would_wake(route))
+                # A request the cache may answer whole needs no wake: its wake right is
+                # checked when (and only if) its misses go to the engine (_serve_for_key).
+                wakes = _would_wake(route) and not _cacheable(route, req)
+                self.keys.admit(key, route.spec, wakes=wakes)
         except oai.APIError as err:
             if self.keys.active:
                 self.metrics.key(key.ref if key else None).rejected(
@@ -247,9 +251,11 @@ class Activator:
                 ).inc()
             return _error(err)
         if key is None:
-            return await self._answer(req, route, payload, t0)
+            return await self._answer(req, route, payload, t0, self._serve)
         try:
-            resp = await self._answer(req, route, payload, t0)
+            resp = await self._answer(
+                req, route, payload, t0, functools.partial(self._serve_for_key, key)
+            )
         finally:
             self.keys.release(key)
         km = self.metrics.key(key.ref)
@@ -259,12 +265,37 @@ class Activator:
         return resp
 
     async def _answer(
-        self, req: oai.EmbeddingRequest, route: Route, payloads: list[bytes], t0: float
+        self,
+        req: oai.EmbeddingRequest,
+        route: Route,
+        payloads: list[bytes],
+        t0: float,
+        forward: Forward,
     ) -> Response:
-        """From the embedding cache where the service enables it, else from the engine."""
-        if route.spec.cache.enabled and req.text_inputs:
-            return await self.cache.serve(req, route, t0, self._serve)
-        return await self._serve(req, route, payloads, t0)
+        """From the embedding cache where the service enables it, else from the engine
+        (``forward``: what sends inputs to the engine)."""
+        if _cacheable(route, req):
+            return await self.cache.serve(req, route, t0, forward)
+        return await forward(req, route, payloads, t0)
+
+    async def _serve_for_key(
+        self,
+        key: ApiKey,
+        req: oai.EmbeddingRequest,
+        route: Route,
+        payloads: list[bytes],
+        t0: float,
+    ) -> Response:
+        """The engine path for a keyed request: the wake right, checked now that inputs
+        must be computed (a fully cached request never gets here)."""
+        if not key.wake and _would_wake(route):
+            self.metrics.key(key.ref).rejected("wake_not_allowed").inc()
+            return _error(wake_not_allowed(route.spec))
+        resp = await self._serve(req, route, payloads, t0)
+        if resp.status == 200:
+            route.computed[key.ref] = route.computed.get(key.ref, 0) + req.n_inputs
+            self.feed.touch(f"{route.spec.namespace}/{route.spec.name}")  # /stats changed
+        return resp
 
     def _admit(self, request: Request) -> tuple[oai.EmbeddingRequest, Route, list[bytes]]:
         if request.method != "POST":
@@ -576,6 +607,11 @@ class Activator:
 _MODELS_PATHS = ("/v1/models", "/models")
 _INTERNAL_PATHS = ("/stats", "/metrics")
 _PROBE_PATHS = ("/healthz", "/readyz")
+
+
+def _cacheable(route: Route, req: oai.EmbeddingRequest) -> bool:
+    """Whether the embedding cache looks this request up (and may answer it whole)."""
+    return route.spec.cache.enabled and req.text_inputs
 
 
 def _would_wake(route: Route) -> bool:

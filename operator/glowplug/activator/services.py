@@ -35,6 +35,10 @@ class Route:
     # The most inputs the engine takes per request (TEI's --max-client-batch-size);
     # None: no limit. Larger requests are split (openai.upstream_bodies).
     max_batch: int | None = None
+    # Inputs the engine computed for each API key ("namespace/name" of its Secret):
+    # cache misses and uncached requests, cumulative while this activator routes the
+    # service. The operator splits GPU-seconds by them (operator/attribution.py).
+    computed: dict[str, int] = field(default_factory=dict)
 
 
 def max_batch(svc: EmbeddingService) -> int | None:

@@ -22,8 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from glowplug.activator.holdqueue import ServiceState
-from glowplug.activator.services import Services
+from glowplug.activator.services import Route, Services
 from glowplug.kube.stats import ServiceStats, document, parse_since
 
 # A sweep of every service at most this often (only while someone reads /stats).
@@ -31,34 +30,47 @@ SWEEP_EVERY = 5.0
 # While a ``since`` request waits, the busy services are looked at this often.
 RECHECK_EVERY = 0.5
 
-Signature = tuple[int, int, bool, float | None, float | None]
-IDLE: Signature = (0, 0, False, None, None)
+# The last field: inputs computed per API key, sorted (None: no API keys in use).
+Computed = tuple[tuple[str, int], ...] | None
+Signature = tuple[int, int, bool, float | None, float | None, Computed]
+IDLE: Signature = (0, 0, False, None, None, None)
 
 
-def signature(state: ServiceState) -> Signature:
+def signature(route: Route, keyed: bool = False) -> Signature:
+    """``keyed``: API keys are in use, so the service reports ``computedInputs`` (empty
+    until a key's input was computed): the operator's attribution starts from it."""
+    state = route.state
+    computed = tuple(sorted(route.computed.items())) if keyed or route.computed else None
     return (
         state.inflight,
         state.queued,
         state.waking,
         state.last_finished,
         state.first_response_after_wake,
+        computed,
     )
 
 
 def _stats(key: str, sig: Signature) -> ServiceStats:
     namespace, _sep, name = key.partition("/")
-    return ServiceStats(namespace, name, sig[0], sig[1], sig[2], sig[3], sig[4])
+    computed = None if sig[5] is None else dict(sig[5])
+    return ServiceStats(namespace, name, sig[0], sig[1], sig[2], sig[3], sig[4], computed)
 
 
 class StatsFeed:
     """The activator's side of ``/stats``: full reads, and changes after a cursor."""
 
     def __init__(
-        self, services: Services, activator: str, clock: Callable[[], float] = time.monotonic
+        self,
+        services: Services,
+        activator: str,
+        clock: Callable[[], float] = time.monotonic,
+        keyed: Callable[[], bool] = lambda: False,
     ) -> None:
         self.services = services
         self.activator = activator
         self.clock = clock
+        self.keyed = keyed  # whether API keys are in use (computedInputs reported)
         self.epoch = uuid.uuid4().hex[:16]  # this process: a restart forces a full read
         self.cursor = 0
         self.published: dict[str, Signature] = {}  # what was last published (not IDLE)
@@ -98,9 +110,10 @@ class StatsFeed:
         else:
             keys = self.dirty | self.busy
         self.dirty = set()
+        keyed = self.keyed()
         for key in keys:
             route = routes.get(key)
-            sig = IDLE if route is None else signature(route.state)
+            sig = IDLE if route is None else signature(route, keyed)
             if sig == self.published.get(key, IDLE):
                 continue
             self.cursor += 1

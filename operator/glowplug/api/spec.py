@@ -64,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "scaling.autoIdleTimeout.min": "30s",
     "scaling.autoIdleTimeout.max": "10m",
     "scaling.autoIdleTimeout.wakePenalty": "5m",
+    "scaling.autoIdleTimeout.prewarm": True,
     "replicas": 0,
     "cost.gpuHourlyPrice": 0.80,
     "cost.baselineReplicas": 1,
@@ -178,6 +179,9 @@ class AutoIdle:
     min: float = 30.0
     max: float = 600.0
     wake_penalty: float = 300.0  # GPU-seconds one cold start is worth avoiding
+    # Scale to zero early and wake ahead of predicted arrivals when the learned gaps are
+    # predictable enough to pay for it (idlepolicy.py); False: keep-alive only.
+    prewarm: bool = True
 
 
 @dataclass(frozen=True)
@@ -474,6 +478,7 @@ def parse(obj: Mapping[str, Any]) -> EmbeddingService:
         wake_penalty=r.duration(
             ai, "wakePenalty", ai_path, d["scaling.autoIdleTimeout.wakePenalty"]
         ),
+        prewarm=r.get(ai, "prewarm", ai_path, bool, d["scaling.autoIdleTimeout.prewarm"]),
     )
     if auto_bounds.min > auto_bounds.max:
         r.errors.append(f"{ai_path}.min: must be <= {ai_path}.max")

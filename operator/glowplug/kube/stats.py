@@ -7,7 +7,13 @@ A full read, ``GET /stats``::
      "full": true,
      "services": {"<namespace>/<name>": {"namespace", "name", "inFlight", "queued",
                                          "waking", "lastRequestFinished": <unix float|null>,
-                                         "firstResponseAfterWake": <unix float|null>}}}
+                                         "firstResponseAfterWake": <unix float|null>,
+                                         "computedInputs": {"<key>": <int>}}}}
+
+``computedInputs`` (only while API keys are in use on that activator, ``{}`` until a
+key's input was computed): per API key ("namespace/name" of its Secret), the inputs the
+engine computed for it (cache misses), cumulative since this activator began routing
+the service; the operator splits GPU-seconds by their increase (operator/attribution.py).
 
 Keyed by metadata.name, not servedName. Every routed service appears, idle or not; a
 service that does not appear has no load (zeros, no times).
@@ -44,13 +50,14 @@ class ServiceStats:
     waking: bool = False
     last_request_finished: float | None = None
     first_response_after_wake: float | None = None
+    computed_inputs: Mapping[str, int] | None = None  # None: no API keys in use
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "namespace": self.namespace,
             "name": self.name,
             "inFlight": self.in_flight,
@@ -59,6 +66,9 @@ class ServiceStats:
             "lastRequestFinished": self.last_request_finished,
             "firstResponseAfterWake": self.first_response_after_wake,
         }
+        if self.computed_inputs is not None:
+            out["computedInputs"] = dict(self.computed_inputs)
+        return out
 
     @classmethod
     def from_json(cls, key: str, entry: Any) -> ServiceStats:
@@ -68,6 +78,9 @@ class ServiceStats:
         namespace, _sep, name = key.partition("/")
         finished = entry.get("lastRequestFinished")
         first = entry.get("firstResponseAfterWake")
+        computed = entry.get("computedInputs")
+        if computed is not None and not isinstance(computed, Mapping):
+            raise ValueError(f"stats: {key}: computedInputs: not an object")
         try:
             return cls(
                 namespace=str(entry.get("namespace") or namespace),
@@ -77,6 +90,9 @@ class ServiceStats:
                 waking=bool(entry.get("waking")),
                 last_request_finished=None if finished is None else float(finished),
                 first_response_after_wake=None if first is None else float(first),
+                computed_inputs=None
+                if computed is None
+                else {str(k): _count(v) for k, v in computed.items()},
             )
         except (TypeError, ValueError) as err:
             raise ValueError(f"stats: {key}: {err}") from None
@@ -158,3 +174,9 @@ def parse(payload: Any) -> dict[str, ServiceStats]:
     if not isinstance(payload, Mapping) or not isinstance(payload.get("services"), Mapping):
         raise ValueError("stats: no 'services' object")
     return {str(k): ServiceStats.from_json(str(k), v) for k, v in payload["services"].items()}
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"computedInputs: {value!r} is not a count")
+    return value

@@ -144,6 +144,9 @@ class Snapshot:
     per_service: Mapping[str, list[ActivatorLoad]]
     unreadable: int
     activators: int
+    # Per service, each readable activator's (URL, inputs computed per API key): what
+    # attribution.py splits GPU-seconds by. Absent where no API keys are in use.
+    computed: Mapping[str, list[tuple[str, Mapping[str, int]]]] = field(default_factory=dict)
 
     def load(self, namespace: str, name: str) -> ServiceLoad:
         return ServiceLoad.combine(
@@ -164,6 +167,8 @@ class _Activator:
     epoch: str = ""
     cursor: int = 0
     loads: dict[str, ActivatorLoad] = field(default_factory=dict)
+    # Per service, its computedInputs (only while it has API keys in use).
+    computed: dict[str, Mapping[str, int]] = field(default_factory=dict)
     readable: bool = False  # its last read succeeded
     read: bool = False  # read at least once
     task: asyncio.Task[None] | None = None  # its long poll, while following
@@ -306,6 +311,13 @@ class LoadReader:
         a.read = a.readable = True
         if reply.epoch and reply.epoch == a.epoch and reply.cursor < a.cursor:
             return  # an older answer than one applied already (a refresh overtook it)
+        if reply.full:
+            a.computed = {}
+        for key, s in reply.services.items():
+            if s.computed_inputs is None:
+                a.computed.pop(key, None)
+            else:
+                a.computed[key] = s.computed_inputs
         fresh = {key: _load(s) for key, s in reply.services.items()}
         if reply.full:
             old = a.loads
@@ -338,7 +350,12 @@ class LoadReader:
 
     def _make_snapshot(self) -> Snapshot:
         unreadable = self._unreadable + sum(1 for a in self._activators.values() if not a.readable)
-        return Snapshot(time.time(), self._per_service, unreadable, len(self._activators))
+        computed: dict[str, list[tuple[str, Mapping[str, int]]]] = {}
+        for a in self._activators.values():
+            if a.readable:
+                for key, counts in a.computed.items():
+                    computed.setdefault(key, []).append((a.url, counts))
+        return Snapshot(time.time(), self._per_service, unreadable, len(self._activators), computed)
 
     async def close(self) -> None:
         for a in self._activators.values():

@@ -15,6 +15,9 @@ Rules (DESIGN.md sections 3.4 and 5):
 - The last replica goes only when nothing is queued, in flight or waking on any
   activator, no activator is unreadable, and ``idleTimeout`` has passed since the last
   request finished. Unknown last activity counts as "now".
+- idleTimeout: auto with a pre-warm plan (idlepolicy.py): the idle timeout is the
+  plan's short keep-alive, and from ``after`` to ``until`` seconds into the idle gap the
+  floor is at least one replica (a predicted arrival), as if a pre-warm window were open.
 - An activator whose stats cannot be read counts as busy: no scale-down of any kind.
 """
 
@@ -26,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from glowplug.api.spec import ScalingSpec
-from glowplug.operator.idlepolicy import IdlePolicy
+from glowplug.operator.idlepolicy import IdlePolicy, Plan
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,10 @@ class Decision:
     recommendation: int  # the instantaneous recommendation (need and floor, clamped)
     last_activity: float  # to persist as status.lastRequestTime when it advanced
     idle_timeout: float  # the idle timeout in force (learned with idleTimeout: auto)
+    # idleTimeout: auto: the plan in force, and when it next raises replicas on its own
+    # (a predicted pre-warm still ahead; None: none), for a loop that sleeps at zero.
+    plan: Plan | None = None
+    prewarm_at: float | None = None
 
 
 def need(load: ServiceLoad, target_concurrency: int) -> int:
@@ -144,10 +151,20 @@ def decide(
         ended = not state.busy and state.last_activity > before
         if ended and state.idle.observe(state.last_activity - before, now, auto):
             state.learned += 1
-        idle_timeout = state.idle.timeout(auto, state.wake_seconds, now)
+        plan = state.idle.plan(auto, state.wake_seconds, now)
+        idle_timeout = plan.keep_alive
+    else:
+        plan = None
     state.busy = load.busy
 
-    floor = max(scaling.min_replicas, prewarm_floor)
+    predicted = 0
+    prewarm_at: float | None = None
+    if plan is not None and plan.after is not None and not load.busy:
+        # In absolute time: the moment decide() reported as prewarm_at is the one it acts on.
+        predicted = plan.floor_at(state.last_activity, now)
+        if now < state.last_activity + plan.after:
+            prewarm_at = state.last_activity + plan.after
+    floor = max(scaling.min_replicas, prewarm_floor, predicted)
     rec = min(scaling.max_replicas, max(need(load, scaling.target_concurrency), floor))
     if load.unreadable:
         rec = max(rec, min(current, scaling.max_replicas))
@@ -163,18 +180,21 @@ def decide(
     idle_for = now - state.last_activity
     idle = not load.busy and idle_for >= idle_timeout
 
+    def out(replicas: int, reason: str) -> Decision:
+        return Decision(replicas, reason, rec, last, idle_timeout, plan, prewarm_at)
+
+    last = state.last_activity
     if rec > current:
-        reason = "scale up: backlog" if rec > floor else "scale up: floor"
-        return Decision(rec, reason, rec, state.last_activity, idle_timeout)
+        if rec > floor:
+            return out(rec, "scale up: backlog")
+        by_prediction = predicted > max(scaling.min_replicas, prewarm_floor)
+        return out(rec, "scale up: predicted arrival" if by_prediction else "scale up: floor")
     if current > scaling.max_replicas:
         # maxReplicas lowered: obey at once, keep at least what is needed.
-        return Decision(
-            scaling.max_replicas, "above maxReplicas", rec, state.last_activity, idle_timeout
-        )
+        return out(scaling.max_replicas, "above maxReplicas")
     target = min(current, max(stable, 1)) if current >= 1 else 0
     if target == 1 and rec == 0 and stable <= 1:
         target = 0 if idle else 1
     if target < current:
-        reason = "scale to zero: idle" if target == 0 else "scale down: demand lower"
-        return Decision(target, reason, rec, state.last_activity, idle_timeout)
-    return Decision(current, "steady", rec, state.last_activity, idle_timeout)
+        return out(target, "scale to zero: idle" if target == 0 else "scale down: demand lower")
+    return out(current, "steady")

@@ -129,9 +129,9 @@ class Ledger:
 def spec_baseline_gpus(obj: Mapping[str, Any]) -> float:
     """The always-on baseline's GPUs from an EmbeddingService's spec (raw, defaults
     applied): ``cost.baselineReplicas x resources.gpus``."""
-    spec = _map(obj, "spec")
-    cost = _map(spec, "cost")
-    resources = _map(spec, "resources")
+    spec = _section(obj, "spec")
+    cost = _section(spec, "cost")
+    resources = _section(spec, "resources")
     return _count(cost.get("baselineReplicas"), 1) * _count(resources.get("gpus"), 1)
 
 
@@ -143,7 +143,7 @@ def written_rates(obj: Mapping[str, Any]) -> Rates | None:
     checkpoint without the rate fields (written before they existed) states none: the
     loop writes a checkpoint to say them.
     """
-    status = _map(obj, "status")
+    status = _section(obj, "status")
     if status.get("ledgerTime") is None and not (
         _number(status.get("gpuSeconds")) or _number(status.get("baselineGpuSeconds"))
     ):
@@ -181,13 +181,13 @@ def totals_at(obj: Mapping[str, Any], t: float) -> Totals:
     Raises ValueError when status states no rates (a checkpoint from an operator older
     than the rate fields, until the current one rewrites it).
     """
-    status = _map(obj, "status")
+    status = _section(obj, "status")
     rates = written_rates(obj)
     if rates is None:
         raise ValueError("status has a ledger checkpoint without gpusHeld/baselineGpus")
     since = timefmt.parse_time(status.get("ledgerTime"))
     if since is None:
-        meta = _map(obj, "metadata")
+        meta = _section(obj, "metadata")
         since = timefmt.parse_time(meta.get("creationTimestamp"))
         if since is None:
             raise ValueError("neither status.ledgerTime nor metadata.creationTimestamp")
@@ -248,15 +248,15 @@ def _count(value: Any, default: int) -> int:
         return default
 
 
-def _map(obj: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    """``obj[key]`` when it is an object, else an empty one (raw API bodies)."""
-    value = obj.get(key)
-    return value if isinstance(value, Mapping) else {}
-
-
 def _number(value: Any) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
         return 0.0
     return number if math.isfinite(number) and number >= 0 else 0.0
+
+
+def _section(obj: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """``obj[key]`` when it is an object, else empty (a malformed object reads as unset)."""
+    value = obj.get(key)
+    return value if isinstance(value, Mapping) else {}

@@ -12,7 +12,9 @@ Each tick (``daemon.py`` runs it about once a second, or rests it while nothing 
    follows it through its phases (``waketracker``: status.wake, Events, node failures);
 3. reads every activator's ``/stats`` (one shared snapshot for all services) and
    applies ``autoscaler.decide``; each change of ``spec.replicas`` is a compare-and-swap
-   write through the scale subresource.
+   write through the scale subresource;
+4. splits the tick's GPU-seconds by API key (``attribution.py``, from the activators'
+   ``computedInputs``) into ``glowplug_gpu_seconds_attributed_total``.
 
 After the tick, ``at_rest`` says whether the loop may sleep until an event.
 """
@@ -32,7 +34,8 @@ from glowplug.kube.timefmt import format_time, parse_time
 from glowplug.operator import conditions as cond
 from glowplug.operator import prewarm
 from glowplug.operator.activity import LoadSource
-from glowplug.operator.autoscaler import ScalerState, ServiceLoad, decide
+from glowplug.operator.attribution import Attribution, Reading
+from glowplug.operator.autoscaler import Decision, ScalerState, ServiceLoad, decide
 from glowplug.operator.idlepolicy import IdlePolicy
 from glowplug.operator.ledger import Ledger, PodHold, Rates, spec_baseline_gpus, written_rates
 from glowplug.operator.serviceapi import ServiceAPI
@@ -157,6 +160,9 @@ class ServiceLoop:
         self.tick_failed = False
         self.load: ServiceLoad | None = None  # the last load read (None: not read)
         self.prewarm = False  # the spec has pre-warm windows
+        self.prewarm_at: float | None = None  # idleTimeout: auto's next predicted pre-warm
+        self.attribution = Attribution()  # GPU-seconds by API key (attribution.py)
+        self.readings: list[Reading] = []  # this tick's computedInputs from /stats
 
     async def tick(self, body: Mapping[str, Any]) -> None:
         self.tick_failed = False  # an API call of this tick failed (logged as an outage)
@@ -279,9 +285,14 @@ class ServiceLoop:
             self.wake.end_failed(self.series, self.wake_start, now, failure or node_failure, patch)
 
         # 3. the autoscaler
+        self.readings = []
         if svc is not None and svc.scaling.autoscale and self.reader is not None:
             await self._autoscale(now, svc, status, spec_replicas, patch)
         self.prev_replicas = spec_replicas
+        # 4. this tick's GPU-seconds split by API key
+        attributed = self.attribution.advance(delta.gpu_seconds, self.readings, bool(holds))
+        if attributed and self.series is not None:
+            self.series.attribute(attributed)
 
         if patch:
             await self._write_status(namespace, name, patch, spec_replicas, ready, body)
@@ -326,10 +337,14 @@ class ServiceLoop:
 
     def rest_seconds(self, now: float) -> float:
         """How long the daemon may sleep at rest when no event comes: to the next minute
-        (pre-warm schedules are cron, minute-granular), else ``REST_MAX``."""
+        (pre-warm schedules are cron, minute-granular), else ``REST_MAX``; never past
+        idleTimeout: auto's predicted pre-warm."""
+        rest = REST_MAX
         if self.prewarm:
-            return max(0.05, 60.0 - now % 60.0 + 0.2)
-        return REST_MAX
+            rest = max(0.05, 60.0 - now % 60.0 + 0.2)
+        if self.prewarm_at is not None:  # idleTimeout: auto predicted the next arrival
+            rest = min(rest, max(0.05, self.prewarm_at - now))
+        return rest
 
     def _failure(self, failure: WakeFailure | None, body: Mapping[str, Any]) -> dict[str, Any]:
         if failure is not None and failure.reason != self.reported:
@@ -387,6 +402,7 @@ class ServiceLoop:
         snapshot = await self.reader.snapshot()
         load = snapshot.load(svc.namespace, svc.name)
         self.load = load
+        self.readings = list(snapshot.computed.get(f"{svc.namespace}/{svc.name}", ()))
         self.wake.first_response(self.series, now, load.first_response, patch)
         if self.scaler is None:
             self.persisted_activity = parse_time(status.get("lastRequestTime"))
@@ -396,7 +412,8 @@ class ServiceLoop:
         self.scaler.wake_seconds = _float(status.get("lastWakeSeconds"))
         floor = prewarm.floor(svc.scaling.prewarm, now)
         decision = decide(now, spec_replicas, svc.scaling, load, self.scaler, floor)
-        self._persist_idle_policy(svc, status, decision.idle_timeout, patch)
+        self._persist_idle_policy(svc, status, decision, patch)
+        self.prewarm_at = decision.prewarm_at
         activity = decision.last_activity
         persisted = self.persisted_activity
         # Busy only because an activator cannot be read is no use of the service: kept in
@@ -439,17 +456,22 @@ class ServiceLoop:
         self,
         svc: EmbeddingService,
         status: Mapping[str, Any],
-        timeout: float,
+        decision: Decision,
         patch: dict[str, Any],
     ) -> None:
-        """Write status.idlePolicy when auto learned a gap or its timeout changed."""
+        """Write status.idlePolicy when auto learned a gap or its plan changed."""
         state = self.scaler
         if state is None or svc.scaling.auto_idle is None:
             return
         stored = status.get("idlePolicy")
-        old = stored.get("idleTimeoutSeconds") if isinstance(stored, Mapping) else None
-        if state.learned or old != round(timeout, 1):
-            patch["idlePolicy"] = state.idle.to_status(timeout)
+        doc = state.idle.to_status(decision.idle_timeout, decision.plan)
+        old = (
+            (stored.get("idleTimeoutSeconds"), stored.get("prewarm"))
+            if isinstance(stored, Mapping)
+            else None
+        )
+        if state.learned or old != (doc["idleTimeoutSeconds"], doc["prewarm"]):
+            patch["idlePolicy"] = doc
             state.learned = 0
 
     async def _write_status(

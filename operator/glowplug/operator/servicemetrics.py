@@ -75,6 +75,12 @@ WAKE_PHASE_DURATION = Histogram(
     ("namespace", "service", "phase"),
     buckets=m.WAKE_PHASE_BUCKETS,
 )
+GPU_SECONDS_ATTRIBUTED = Counter(
+    m.GPU_SECONDS_ATTRIBUTED_TOTAL,
+    "GPU-seconds split by each API key's share of the inputs computed for it"
+    " (docs/cost-model.md, Attribution)",
+    ("namespace", "service", "key"),
+)
 WAKES = Counter(
     m.WAKES_TOTAL, "Wakes by outcome (ready or failed)", ("namespace", "service", "outcome")
 )
@@ -108,6 +114,12 @@ class ServiceSeries:
         WAKE_DURATION.labels(svc.namespace, svc.name)
         for phase in m.WAKE_PHASE_LABELS:
             WAKE_PHASE_DURATION.labels(svc.namespace, svc.name, phase)
+        self.keys: set[str] = set()  # attributed keys: their children go with the service
+
+    def attribute(self, seconds_by_key: dict[str, float]) -> None:
+        for key, seconds in seconds_by_key.items():
+            self.keys.add(key)
+            GPU_SECONDS_ATTRIBUTED.labels(self.namespace, self.name, key).inc(seconds)
 
     def accrue(self, delta: Delta, as_of: float, rates: Rates | None) -> None:
         """What one advance of the ledger accounted, up to ``as_of``; ``rates`` from then on."""
@@ -162,6 +174,7 @@ class ServiceSeries:
             (WAKES, (self.namespace, self.name, "failed")),
             (WAKE_DURATION, (self.namespace, self.name)),
             *((WAKE_PHASE_DURATION, (self.namespace, self.name, p)) for p in m.WAKE_PHASE_LABELS),
+            *((GPU_SECONDS_ATTRIBUTED, (self.namespace, self.name, k)) for k in self.keys),
         ):
             with contextlib.suppress(KeyError):
                 collector.remove(*labels)

@@ -30,8 +30,10 @@ Examples:
       --auto-max 6m30s
 
 ``--idle-timeout auto`` runs the learned idle timeout (``idlepolicy.py``) through the
-same ``decide``; ``--warm-up-seed`` replays another seed day first, unmeasured, so that
-it starts from what it learned "yesterday".
+same ``decide``, with its pre-warm plan unless ``--no-auto-prewarm`` (the ``pre`` column
+counts the wakes it started ahead of a predicted arrival; they are among ``wakes``);
+``--warm-up-seed`` replays another seed day first, unmeasured, so that it starts from
+what it learned "yesterday".
 """
 
 from __future__ import annotations
@@ -100,10 +102,14 @@ class SimResult:
     added_latency: Latency
     auto: bool = False  # idleTimeout: auto (learned); idle_timeout is then the upper bound
     mean_idle_timeout: float = 0.0  # the learned timeout, averaged over the ticks
+    prewarms: int = 0  # wakes auto started ahead of a predicted arrival (of ``wakes``)
+    auto_prewarm: bool = False  # auto with its pre-warm plan allowed
 
     @property
     def label(self) -> str:
-        return "auto" if self.auto else _short(self.idle_timeout)
+        if self.auto:
+            return "auto" if self.auto_prewarm else "auto-ka"
+        return _short(self.idle_timeout)
 
     @property
     def saved_percent(self) -> float:
@@ -201,6 +207,8 @@ def simulate(trace: Trace, config: SimConfig) -> SimResult:
 
     floors: dict[int, int] = {}
     timeout_sum, ticks = 0.0, 0
+    prewarms = 0
+    wake_at: float | None = None  # a predicted pre-warm ahead (idleTimeout: auto)
 
     def prewarm_floor(now: float) -> int:
         # Windows open and close on whole minutes: one evaluation per minute.
@@ -223,11 +231,12 @@ def simulate(trace: Trace, config: SimConfig) -> SimResult:
         peak = max(peak, len(pods))
 
     # At zero with nothing to do, ticks change nothing: jump to the tick at or after the
-    # next arrival (only without floors, which could raise replicas on their own).
+    # next arrival or predicted pre-warm (only without floors, which could raise replicas
+    # on their own).
     can_skip = not scaling.prewarm and scaling.min_replicas == 0
     while True:
         if can_skip and not pods and not queue and not inflight and i < len(arrivals):
-            ahead = arrivals[i][0]
+            ahead = arrivals[i][0] if wake_at is None else min(arrivals[i][0], wake_at)
             if ahead > next_tick:
                 steps = math.ceil((ahead - next_tick) / config.tick)
                 next_tick += steps * config.tick
@@ -273,6 +282,14 @@ def simulate(trace: Trace, config: SimConfig) -> SimResult:
             decision = decide(t, len(pods), scaling, load, state, prewarm_floor(t))
             timeout_sum += decision.idle_timeout
             ticks += 1
+            wake_at = decision.prewarm_at
+            if (
+                not pods
+                and decision.replicas
+                and decision.reason == "scale up: predicted arrival"
+                and t >= config.measure_from
+            ):
+                prewarms += 1
             set_replicas(decision.replicas, t)
             next_tick += config.tick
     waits.sort()
@@ -302,6 +319,8 @@ def simulate(trace: Trace, config: SimConfig) -> SimResult:
         added_latency=latency,
         auto=scaling.auto_idle is not None,
         mean_idle_timeout=timeout_sum / ticks if ticks else scaling.idle_timeout,
+        prewarms=prewarms,
+        auto_prewarm=scaling.auto_idle is not None and scaling.auto_idle.prewarm,
     )
 
 
@@ -353,6 +372,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--auto-min", type=_duration, default=30.0, help="auto: default 30s")
     parser.add_argument("--auto-max", type=_duration, default=600.0, help="auto: default 10m")
     parser.add_argument("--wake-penalty", type=_duration, default=300.0, help="auto: default 5m")
+    parser.add_argument(
+        "--auto-prewarm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="auto: pre-warm ahead of predicted arrivals (default on; --no-auto-prewarm:"
+        " keep-alive only)",
+    )
     parser.add_argument(
         "--warm-up-seed",
         type=int,
@@ -417,7 +443,12 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     idle_timeouts = args.idle_timeout or [parse_duration(x) for x in DEFAULT_IDLE_TIMEOUTS]
-    auto = AutoIdle(min=args.auto_min, max=args.auto_max, wake_penalty=args.wake_penalty)
+    auto = AutoIdle(
+        min=args.auto_min,
+        max=args.auto_max,
+        wake_penalty=args.wake_penalty,
+        prewarm=args.auto_prewarm,
+    )
     base = SimConfig(
         measure_from=measure_from,
         scaling=ScalingSpec(
@@ -470,7 +501,7 @@ def format_table(results: Sequence[SimResult], price: float, wake_delay: float) 
         f"{wake_delay:g} s, oracle {first.oracle_gpu_seconds / 3600:.3f} GPU-h, "
         f"${price:.2f}/GPU-h",
         f"{'idle':>6} {'GPU-h':>7} {'base-h':>7} {'saved':>6} {'bound-h':>7} {'/bound':>6} "
-        f"{'gaps':>4} {'wakes':>5} {'woken':>5} {'mean s':>7} {'p50 s':>6} {'p99 s':>6} "
+        f"{'gaps':>4} {'wakes':>5} {'pre':>4} {'woken':>5} {'mean s':>7} {'p50 s':>6} {'p99 s':>6} "
         f"{'max s':>6} {'$ used':>7} {'$ base':>7}",
     ]
     for r in results:
@@ -479,8 +510,8 @@ def format_table(results: Sequence[SimResult], price: float, wake_delay: float) 
             f"{r.label:>6} {r.gpu_seconds / 3600:7.3f} "
             f"{r.baseline_gpu_seconds / 3600:7.3f} {r.saved_percent:5.1f}% "
             f"{r.bound_gpu_seconds / 3600:7.3f} {r.vs_bound:6.3f} {r.quiet_gaps:4d} "
-            f"{r.wakes:5d} {lat.count:5d} {lat.mean:7.2f} {lat.p50:6.2f} {lat.p99:6.2f} "
-            f"{lat.max:6.2f} {r.gpu_seconds / 3600 * price:7.2f} "
+            f"{r.wakes:5d} {r.prewarms:4d} {lat.count:5d} {lat.mean:7.2f} {lat.p50:6.2f} "
+            f"{lat.p99:6.2f} {lat.max:6.2f} {r.gpu_seconds / 3600 * price:7.2f} "
             f"{r.baseline_gpu_seconds / 3600 * price:7.2f}"
         )
     return "\n".join(lines)
