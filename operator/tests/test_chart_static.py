@@ -390,6 +390,18 @@ def test_monitors_carry_additional_labels() -> None:
     assert svc["spec"]["ports"][0]["name"] == "metrics"
 
 
+def test_monitors_honor_the_series_namespace_label() -> None:
+    # prometheus-operator adds the scraped pod's namespace as a target label; glowplug's
+    # series carry the EmbeddingService's. Seen on the test bed without honorLabels: the
+    # service's namespace became exported_namespace (test_helm_prometheus_scrapes_the_chart).
+    docs = render("metrics.serviceMonitor.enabled=true", "metrics.podMonitor.enabled=true")
+    [svc_monitor] = of_kind(docs, "ServiceMonitor")
+    [pod_monitor] = of_kind(docs, "PodMonitor")
+    endpoints = svc_monitor["spec"]["endpoints"] + pod_monitor["spec"]["podMetricsEndpoints"]
+    assert len(endpoints) == 4
+    assert all(ep["honorLabels"] is True for ep in endpoints), endpoints
+
+
 def test_prometheus_rule_is_the_rules_file() -> None:
     [rule] = of_kind(render("metrics.prometheusRule.enabled=true"), "PrometheusRule")
     source = yaml.safe_load((CHART / "rules" / "glowplug.rules.yaml").read_text())
