@@ -124,7 +124,15 @@ def start_prometheus(kube: Kube, clock: Clock, on_testbed: bool) -> str | None:
     import shutil
 
     from e2e.helmkit import chart_podmonitor
-    from e2e.prometheus import Prometheus, PrometheusError, install_prometheus, stop_detached
+    from e2e.prometheus import (
+        PodDiscovery,
+        Prometheus,
+        PrometheusError,
+        install_prometheus,
+        podmonitor_namespaces,
+        podmonitor_scrape_configs,
+        stop_detached,
+    )
 
     if stop_detached(PROMETHEUS_DIR):
         clock.say("stopped the previous demo's Prometheus")
@@ -132,12 +140,13 @@ def start_prometheus(kube: Kube, clock: Clock, on_testbed: bool) -> str | None:
     try:
         binary = install_prometheus()
         monitor = chart_podmonitor(kube, RELEASE, RELEASE_NS, {})
-        from e2e.prometheus import podmonitor_scrape_configs
-
+        pods = PodDiscovery(
+            kube.kubeconfig, podmonitor_namespaces(monitor), PROMETHEUS_DIR, detach=True
+        )
         prom = Prometheus(
             binary,
             PROMETHEUS_DIR,
-            podmonitor_scrape_configs(monitor, kube.kubeconfig),
+            podmonitor_scrape_configs(monitor, pods.targets),
             port=PROMETHEUS_PORT,
             detach=True,
         )
@@ -359,7 +368,8 @@ def main() -> int:
             f" --prometheus {prometheus_url} --namespace {APP_NS} --out panels.png",
             flush=True,
         )
-        print(f"  stop Prometheus: kill {pid}  (data in {PROMETHEUS_DIR})", flush=True)
+        sd = (PROMETHEUS_DIR / "poddiscovery.pid").read_text().strip()
+        print(f"  stop Prometheus: kill {pid} {sd}  (data in {PROMETHEUS_DIR})", flush=True)
     print(f"Remove glowplug: helm uninstall {RELEASE} -n {RELEASE_NS}")
     if on_testbed:
         print("Tear the local cluster down: make cluster-down", flush=True)

@@ -4,7 +4,8 @@ end-to-end suites make against what it scraped.
 
 Used by ``e2e/tests/test_prometheus_cluster.py`` (host processes, static targets),
 ``e2e/tests/test_e2e_helm.py`` (the chart's pods, found through the API server the way
-the chart's PodMonitor asks prometheus-operator to find them), ``make demo
+the chart's PodMonitor asks prometheus-operator to find them; ``e2e/poddiscovery.py``
+stands in for the Kubernetes discovery Debian's build lacks), ``make demo
 PROMETHEUS=1`` (left running) and ``e2e/bench/panels.py`` (the picture in docs/).
 """
 
@@ -73,24 +74,35 @@ def _meta_label(name: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_]", "_", name)
 
 
-def podmonitor_scrape_configs(monitor: Mapping[str, Any], kubeconfig: Path) -> list[dict[str, Any]]:
+def podmonitor_namespaces(monitor: Mapping[str, Any]) -> list[str]:
+    """The namespaces a PodMonitor selects pods in (its own when none is named)."""
+    spec = monitor["spec"]
+    names = (spec.get("namespaceSelector") or {}).get("matchNames")
+    return list(names or [monitor["metadata"]["namespace"]])
+
+
+def podmonitor_scrape_configs(monitor: Mapping[str, Any], targets: Path) -> list[dict[str, Any]]:
     """The scrape jobs prometheus-operator generates for a PodMonitor, for the fields the
     chart's PodMonitor uses (selector.matchLabels, namespaceSelector.matchNames, and per
-    endpoint port, path, interval, scrapeTimeout, honorLabels), with the Kubernetes
-    service discovery reading the API server through ``kubeconfig``.
+    endpoint port, path, interval, scrapeTimeout, honorLabels).
 
-    The shape (job ``podMonitor/<ns>/<name>/<i>``, a keep per selector label on
-    ``__meta_kubernetes_pod_label_*`` and ``..._labelpresent_*``, a keep on the container
-    port name, then the target labels namespace, container, pod, job ``<ns>/<name>`` and
-    endpoint, ``honor_labels`` from the endpoint) follows prometheus-operator's
-    pkg/prometheus/promcfg.go and its golden tests (promcfg_test.go). The target label
-    ``namespace`` is the *pod's* namespace: without honorLabels it renames the metrics'
-    own ``namespace`` label (the EmbeddingService's) to ``exported_namespace``.
+    The relabelling (job ``podMonitor/<ns>/<name>/<i>``, a drop of Failed and Succeeded
+    pods, a keep per selector label on ``__meta_kubernetes_pod_label_*`` and
+    ``..._labelpresent_*``, a keep on the container port name, then the target labels
+    namespace, container, pod, job ``<ns>/<name>`` and endpoint, ``honor_labels`` from
+    the endpoint) follows prometheus-operator's pkg/prometheus/promcfg.go and its golden
+    tests. The target label ``namespace`` is the *pod's* namespace: without honorLabels
+    it renames the metrics' own ``namespace`` label (the EmbeddingService's) to
+    ``exported_namespace``.
+
+    Where prometheus-operator writes ``kubernetes_sd_configs`` (role pod, the monitor's
+    namespaces), these jobs read ``targets``, the file ``e2e/poddiscovery.py`` (a test
+    double of that discovery: Debian's Prometheus is built without it) keeps current
+    with the same meta labels.
     """
     meta = monitor["metadata"]
     spec = monitor["spec"]
     ns, name = meta["namespace"], meta["name"]
-    names = (spec.get("namespaceSelector") or {}).get("matchNames") or [ns]
     keeps = []
     for key, value in sorted(((spec.get("selector") or {}).get("matchLabels") or {}).items()):
         label = _meta_label(key)
@@ -108,6 +120,11 @@ def podmonitor_scrape_configs(monitor: Mapping[str, Any], kubeconfig: Path) -> l
     for i, ep in enumerate(spec.get("podMetricsEndpoints") or []):
         relabel = [
             {"source_labels": ["job"], "target_label": "__tmp_prometheus_job_name"},
+            {
+                "action": "drop",
+                "source_labels": ["__meta_kubernetes_pod_phase"],
+                "regex": "(Failed|Succeeded)",
+            },
             *keeps,
             {
                 "action": "keep",
@@ -126,9 +143,7 @@ def podmonitor_scrape_configs(monitor: Mapping[str, Any], kubeconfig: Path) -> l
         job: dict[str, Any] = {
             "job_name": f"podMonitor/{ns}/{name}/{i}",
             "honor_labels": bool(ep.get("honorLabels", False)),
-            "kubernetes_sd_configs": [
-                {"role": "pod", "kubeconfig_file": str(kubeconfig), "namespaces": {"names": names}}
-            ],
+            "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "1s"}],
             "metrics_path": ep.get("path", "/metrics"),
             "relabel_configs": relabel,
         }
@@ -138,6 +153,40 @@ def podmonitor_scrape_configs(monitor: Mapping[str, Any], kubeconfig: Path) -> l
             job["scrape_timeout"] = ep["scrapeTimeout"]
         jobs.append(job)
     return jobs
+
+
+class PodDiscovery:
+    """``python -m e2e.poddiscovery`` as a child process (``detach``: left running)."""
+
+    def __init__(
+        self, kubeconfig: Path, namespaces: Sequence[str], workdir: Path, *, detach: bool = False
+    ) -> None:
+        import sys
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.targets = workdir / "targets.json"
+        self.targets.write_text("[]")
+        self.log_path = workdir / "poddiscovery.log"
+        self.pid_path = workdir / "poddiscovery.pid"
+        argv = [sys.executable, "-m", "e2e.poddiscovery", "--kubeconfig", str(kubeconfig),
+                "--out", str(self.targets)]  # fmt: skip
+        for ns in namespaces:
+            argv += ["--namespace", ns]
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=detach
+            )
+        self.pid_path.write_text(f"{self.proc.pid}\n")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.pid_path.unlink(missing_ok=True)
 
 
 # --- the server -----------------------------------------------------------------------------
@@ -217,26 +266,29 @@ class Prometheus:
 
 
 def stop_detached(workdir: Path) -> bool:
-    """Stop a detached Prometheus left in ``workdir`` (by its pid file); True if one ran."""
-    pid_path = workdir / "prometheus.pid"
-    try:
-        pid = int(pid_path.read_text().strip())
-    except (OSError, ValueError):
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+    """Stop a detached Prometheus and pod discovery left in ``workdir`` (by their pid
+    files, checked against their command lines); True if one ran."""
+    stopped = False
+    for pid_name, marker in (
+        ("prometheus.pid", str(workdir / "prometheus.yml")),
+        ("poddiscovery.pid", str(workdir / "targets.json")),
+    ):
+        pid_path = workdir / pid_name
+        try:
+            pid = int(pid_path.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            pid_path.unlink(missing_ok=True)
+            continue
         pid_path.unlink(missing_ok=True)
-        return False
-    if str(workdir / "prometheus.yml").encode() not in cmdline:
-        pid_path.unlink(missing_ok=True)  # the pid was reused by something else
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    pid_path.unlink(missing_ok=True)
-    return True
+        if marker.encode() not in cmdline:
+            continue  # the pid was reused by something else
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stopped = True
+    return stopped
 
 
 def api_get(url: str, path: str, **params: str) -> Any:
@@ -384,18 +436,21 @@ def run_dashboard_scenario(
     1m recording rules evaluated. Raises ``Timeout`` or ``PrometheusError``; the caller
     asserts on the result.
     """
-    from e2e.helmkit import wait_until
+    from e2e.helmkit import Timeout, wait_until
 
     sel = f'namespace="{namespace}"'
     started = time.time()
     # The ledger's counters exist at 0 before the first wake, and Prometheus has seen
     # them so (as for any service that existed before its traffic): increase() then
     # counts from 0, not from the first value it happened to scrape.
-    wait_until(
-        lambda: prom.query(f"glowplug_gpu_seconds_total{{{sel}}} == 0"),
-        90,
-        "the GPU-seconds counter scraped at 0",
-    )
+    try:
+        wait_until(
+            lambda: prom.query(f"glowplug_gpu_seconds_total{{{sel}}} == 0"),
+            90,
+            "the GPU-seconds counter scraped at 0",
+        )
+    except Timeout as err:
+        raise PrometheusError(f"{err}; Prometheus has {scraped_state(prom)}") from err
     say("the ledger's counters are scraped at 0; waking the service")
     expect(embed("hello"), 200, "the first request (wakes it)")
     expect(embed("hello", dimensions=10**6), 400, "a bad dimensions (the engine refuses)")
@@ -429,6 +484,16 @@ def run_dashboard_scenario(
     at = time.time() - 1.0
     obj = read()
     return DashboardRun(empty, compare_ledger(prom, namespace, obj, at, window), obj["status"])
+
+
+def scraped_state(prom: Prometheus) -> str:
+    """What Prometheus scraped, for an error message: targets and the ledger's series."""
+    targets = [
+        (t["labels"].get("job"), t["scrapeUrl"], t["health"], t.get("lastError"))
+        for t in prom.get("/api/v1/targets")["activeTargets"]
+    ]
+    series = [r["metric"] for r in prom.query("glowplug_gpu_seconds_total")]
+    return f"targets {targets}, glowplug_gpu_seconds_total series {series}"
 
 
 def expect(got: int, want: int, what: str) -> None:

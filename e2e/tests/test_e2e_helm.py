@@ -52,9 +52,11 @@ from e2e.helmkit import (
 from e2e.prometheus import (
     AT_ZERO_FOR,
     UP_FOR,
+    PodDiscovery,
     Prometheus,
     PrometheusError,
     install_prometheus,
+    podmonitor_namespaces,
     podmonitor_scrape_configs,
     run_dashboard_scenario,
 )
@@ -518,9 +520,10 @@ def test_helm_prometheus_scrapes_the_chart(
 ) -> None:
     """A real Prometheus scrapes the operator and activator pods the chart installed,
     found through the API server as the chart's PodMonitor describes them (the jobs
-    prometheus-operator would generate from it), loads the chart's recording rules, and
-    every dashboard panel's query returns data; GPU-hours used and saved agree with the
-    EmbeddingService's status within 2 %."""
+    prometheus-operator would generate from it; the pod discovery is e2e/poddiscovery.py,
+    a TEST DOUBLE of Prometheus' Kubernetes discovery, which Debian's build lacks), loads
+    the chart's recording rules, and every dashboard panel's query returns data; GPU-hours
+    used and saved agree with the EmbeddingService's status within 2 %."""
     if EXTERNAL:
         pytest.skip("Prometheus runs on the host and scrapes pod IPs: the local test bed only")
     if ENGINE != "sglang":
@@ -535,15 +538,21 @@ def test_helm_prometheus_scrapes_the_chart(
         values = chart_values(real_node, watchNamespaces=[app_ns])
         activators = Activators(kube, release_ns, release, via_service=real_node)
         prom: Prometheus | None = None
+        pods: PodDiscovery | None = None
         try:
             install_chart(kube, release, release_ns, values)
             monitor = chart_podmonitor(kube, release, release_ns, values)
+            pods = PodDiscovery(kube.kubeconfig, podmonitor_namespaces(monitor), tmp_path / "sd")
             prom = Prometheus(
-                binary, tmp_path / "prometheus", podmonitor_scrape_configs(monitor, kube.kubeconfig)
+                binary, tmp_path / "prometheus", podmonitor_scrape_configs(monitor, pods.targets)
             )
             svc = example_service(name, app_ns, idle_timeout="5s", real_node=real_node)
             svc["spec"]["cache"] = {"enabled": True}
-            svc["spec"]["model"]["matryoshka"] = True  # a bad `dimensions` reaches the engine
+            # As in test_prometheus_cluster: no fixed `dimensions` (the activator would
+            # refuse a bad one itself, a rejection), matryoshka so that it reaches the engine,
+            # whose 400 is the error the "Errors by code" panel shows.
+            svc["spec"]["model"].pop("dimensions", None)
+            svc["spec"]["model"]["matryoshka"] = True
             kube.apply(svc)
             wait_until(activators.refresh, 60, "ready activator endpoints")
             wait_until(
@@ -575,6 +584,8 @@ def test_helm_prometheus_scrapes_the_chart(
         finally:
             if prom is not None:
                 prom.stop()
+            if pods is not None:
+                pods.stop()
             activators.close()
             kube.helm("uninstall", release, "--namespace", release_ns, "--wait", check=False)
         assert_nothing_left(kube, namespaces, release)

@@ -342,6 +342,48 @@ async def test_a_deployment_status_change_our_status_does_not_show_costs_nothing
     assert status(kube)["phase"] == "Waking"
 
 
+async def test_a_resumed_operator_applies_nothing_that_is_already_there(
+    kube: FakeKube, events: Recorder
+) -> None:
+    """A restart or failover: the watches list the Deployment and Service the previous
+    replica applied; when they hold what would be applied, nothing is sent again."""
+    first = handlers.Reconciler(kube, emit=events)  # type: ignore[arg-type]
+    body = kube.put(embsvc(replicas=0))
+    await first.on_embsvc_event("ADDED", body)
+    applied = len(kube.applied)
+    assert applied == 2
+    # The API server's view: what was applied, with a default it fills in.
+    dep = copy.deepcopy(kube.deployments[("ns", "small")])
+    dep["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"
+    service = copy.deepcopy(kube.services[("ns", "small")])
+    service["spec"]["clusterIP"] = "10.96.0.12"
+    second = handlers.Reconciler(kube, emit=events)  # type: ignore[arg-type]
+    await second.on_deployment_event("ADDED", dep)
+    await second.on_service_event("ADDED", service)
+    await second.on_embsvc_event("ADDED", copy.deepcopy(kube.embsvcs[("ns", "small")]))
+    assert len(kube.applied) == applied
+    assert second.states[("ns", "small")].applied_generation is not None
+    # Without the watch bodies first it reads both, and still applies nothing.
+    third = handlers.Reconciler(kube, emit=events)  # type: ignore[arg-type]
+    await third.on_embsvc_event("ADDED", copy.deepcopy(kube.embsvcs[("ns", "small")]))
+    assert len(kube.applied) == applied
+    # A spec changed while no operator ran: applied.
+    fourth = handlers.Reconciler(kube, emit=events)  # type: ignore[arg-type]
+    changed = kube.put(
+        {
+            **kube.embsvcs[("ns", "small")],
+            "spec": {**kube.embsvcs[("ns", "small")]["spec"], "replicas": 1},
+        }
+    )
+    await fourth.on_deployment_event("ADDED", dep)
+    await fourth.on_embsvc_event("MODIFIED", changed)
+    assert [m["kind"] for m in kube.applied[applied:]] == ["Deployment"]
+    assert kube.deployments[("ns", "small")]["spec"]["replicas"] == 1
+    for r in (first, second, third, fourth):
+        for key in list(r.states):
+            r.forget(key)
+
+
 async def test_api_error_is_retried(
     kube: FakeKube, reconciler: handlers.Reconciler, monkeypatch: pytest.MonkeyPatch
 ) -> None:
