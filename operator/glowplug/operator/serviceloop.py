@@ -377,6 +377,8 @@ class ServiceLoop:
                 self.wake_start = stamped
             elif self.prev_replicas == 0:
                 self.wake_start = now  # we saw replicas leave zero
+            if self.wake_start is not None and self.series is not None:
+                self.series.wake_began()
         if self.wake_start is None:
             if stamped is not None and ready > 0:
                 patch["wakeStartedTime"] = None  # stale stamp: clear it
