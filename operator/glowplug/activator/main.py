@@ -154,7 +154,7 @@ async def serve(args: argparse.Namespace) -> int:
     from glowplug.activator.services import Services
     from glowplug.activator.waker import KubeScaler, Waker
     from glowplug.activator.watch import KubeSource
-    from glowplug.kubeclient import new_api_client
+    from glowplug.kube.client import new_api_client
 
     metrics = Metrics(per_service_histograms=args.per_service_histograms)
     services = Services(metrics)

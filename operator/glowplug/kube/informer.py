@@ -26,9 +26,9 @@ from typing import Any
 
 import aiohttp
 
+from glowplug.kube.client import CONNECT_TIMEOUT, WATCH_TIMEOUT
 from glowplug.kube.labels import SERVICE_LABEL
-from glowplug.kubeclient import CONNECT_TIMEOUT, WATCH_TIMEOUT
-from glowplug.outage import UNAVAILABLE_STATUSES, Outage, Unavailable, is_unreachable
+from glowplug.kube.outage import UNAVAILABLE_STATUSES, Outage, Unavailable, is_unreachable
 
 log = logging.getLogger(__name__)
 

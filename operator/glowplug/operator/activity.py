@@ -35,8 +35,8 @@ import aiohttp
 
 from glowplug.kube import stats
 from glowplug.kube.informer import Informer
+from glowplug.kube.outage import Outage, is_unreachable
 from glowplug.operator.autoscaler import ActivatorLoad, ServiceLoad
-from glowplug.outage import Outage, is_unreachable
 
 log = logging.getLogger(__name__)
 

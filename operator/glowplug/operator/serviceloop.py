@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from glowplug.api.spec import EmbeddingService, SpecError, parse
+from glowplug.kube.outage import Outage, is_unreachable
 from glowplug.kube.podstate import WakeFailure, creating, is_ready, service_failure
 from glowplug.kube.timefmt import format_time, parse_time
 from glowplug.operator import conditions as cond
@@ -40,7 +41,6 @@ from glowplug.operator.idlepolicy import IdlePolicy
 from glowplug.operator.ledger import Ledger, PodHold, Rates, spec_baseline_gpus, written_rates
 from glowplug.operator.serviceapi import ServiceAPI
 from glowplug.operator.waketracker import WakeTracker
-from glowplug.outage import Outage, is_unreachable
 
 log = logging.getLogger(__name__)
 
