@@ -142,6 +142,9 @@ class ReplicaRecorder:
 
     def __enter__(self) -> ReplicaRecorder:
         self._thread.start()
+        # The state before the test acts is a sample too: on a loaded machine the first
+        # kubectl round trip took longer than the wake it should precede ([1, 5, 3, 0]).
+        wait_for(lambda: bool(self.samples), 60, what="the first replicas sample")
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -927,3 +927,34 @@ async def test_wake_histograms_appear_when_the_service_first_wakes() -> None:
         REGISTRY.get_sample_value(f"{m.WAKE_PHASE_DURATION}_count", {**labels, "phase": "node"})
         == 0
     )
+
+
+def test_a_stopped_series_stops_extrapolating_the_baseline() -> None:
+    """A loop paused by a peer stops its counters where its ledger last accounted: the
+    replica taking over counts from the checkpoint on (two operator replicas in the Helm
+    suite had counted the baseline at zero twice)."""
+    from prometheus_client import REGISTRY
+
+    from glowplug import metrics as m
+    from glowplug.api import parse
+    from glowplug.operator.ledger import Delta, Rates
+    from glowplug.operator.servicemetrics import LEDGER_SYNC, ServiceSeries
+
+    obj = embsvc(0)
+    obj["metadata"]["namespace"] = "t-stopped-series"
+    svc = parse(obj)
+    clock = Clock(T0)
+    series = ServiceSeries(svc, clock)
+    labels = {"namespace": "t-stopped-series", "service": "svc", "gpu_type": series.gpu_type}
+
+    def baseline() -> float | None:
+        LEDGER_SYNC.collect()
+        return REGISTRY.get_sample_value(m.BASELINE_GPU_SECONDS_TOTAL, labels)
+
+    series.accrue(Delta(0.0, 0.0), T0, Rates(0.0, 1.0))
+    clock.t = T0 + 10
+    assert baseline() == 10.0  # at zero the rate carries the counter
+    series.stop()
+    clock.t = T0 + 100
+    assert baseline() == 10.0
+    series.remove()

@@ -213,8 +213,11 @@ class Daemons:
         finally:
             self.pokes.forget(*key)
             self.outage.forget(ref)
-            if loop.series is not None and _deleted(stopped):
-                loop.series.remove()
+            if loop.series is not None:
+                if _deleted(stopped):
+                    loop.series.remove()
+                else:
+                    loop.series.stop()
 
 
 async def rest(stopped: Any, poke: asyncio.Event, seconds: float) -> None:

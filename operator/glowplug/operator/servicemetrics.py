@@ -171,6 +171,16 @@ class ServiceSeries:
         """One wake's time in one phase (``glowplug.metrics.WAKE_PHASE_LABELS``)."""
         WAKE_PHASE_DURATION.labels(self.namespace, self.name, phase).observe(seconds)
 
+    def stop(self) -> None:
+        """The service's loop stopped without the service going (this replica paused by
+        a peer, or shutting down): the counters stay where the ledger last accounted and
+        stop extrapolating. The replica that takes over accounts from status' checkpoint
+        on; a standby whose series kept accruing the baseline would count it twice (seen
+        in the Helm suite with two operator replicas: saved 291 GPU-s against 83)."""
+        LEDGER_SYNC.series.discard(self)
+        with self._lock:
+            self._rates = None
+
     def remove(self) -> None:
         """Drop every child of this service (it was deleted)."""
         LEDGER_SYNC.series.discard(self)
