@@ -39,6 +39,8 @@ from typing import Any
 
 from e2e.cluster import Cluster, audit, ensure_binaries
 from e2e.tests.helpers import GLOWPLUG, free_port, wait_for
+from glowplug.metrics import AUTOSCALER_TICKS as TICKS
+from glowplug.metrics import AUTOSCALER_TIMERS as TIMERS
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "e2e" / "bench" / "results"
@@ -208,12 +210,29 @@ def component(req: audit.Request) -> str:
     return "operator"  # glowplug-operator/... and kopf/...
 
 
-def measure_idle(tail: audit.AuditTail, procs: dict[str, Proc], window: float) -> dict[str, Any]:
+def counter(metrics_url: str, name: str) -> float | None:
+    """One unlabelled sample from a /metrics page (None: not there, or unreadable)."""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=30) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def measure_idle(
+    tail: audit.AuditTail, procs: dict[str, Proc], window: float, op_metrics: str = ""
+) -> dict[str, Any]:
     tail.read()  # discard what came before the window
     cpu0 = {k: p.cpu_seconds() for k, p in procs.items()}
+    ticks0 = counter(op_metrics, TICKS) if op_metrics else None
     t0 = time.monotonic()
     time.sleep(window)
     seconds = time.monotonic() - t0
+    ticks1 = counter(op_metrics, TICKS) if op_metrics else None
     reqs = [r for r in tail.read() if ours(r)]
     out: dict[str, Any] = {
         "window_s": round(seconds, 1),
@@ -227,6 +246,11 @@ def measure_idle(tail: audit.AuditTail, procs: dict[str, Proc], window: float) -
             "rss_mib": round(p.rss_mib(), 1),
             "api_requests_per_s": round(len(mine) / seconds, 2),
         }
+    if ticks0 is not None and ticks1 is not None:
+        out["operator"]["ticks_per_s"] = round((ticks1 - ticks0) / seconds, 2)
+    timers = counter(op_metrics, TIMERS) if op_metrics else None
+    if timers is not None:
+        out["operator"]["timers_pending"] = timers
     return out
 
 
@@ -328,7 +352,8 @@ def main() -> None:
         time.sleep(20)
 
         say(f"idle window {args.window:.0f} s (all {args.n} at zero)")
-        idle = measure_idle(tail, procs, args.window)
+        op_url = f"http://127.0.0.1:{op_metrics}/metrics"
+        idle = measure_idle(tail, procs, args.window, op_url)
         sizes: dict[str, Any] = {}
         for what, url in (
             ("activator", f"{act_url}/metrics"),
@@ -361,7 +386,7 @@ def main() -> None:
         say(f"trickle: {len(trickle)} services get a request every 5 s; waking them (60 s)")
         time.sleep(60)
         say(f"trickle window {args.window:.0f} s")
-        busy = measure_idle(tail, procs, args.window)
+        busy = measure_idle(tail, procs, args.window, op_url)
         rest = [n for n in names if n not in trickle]
         say(f"request-to-scale-write: {args.samples} services")
         latency = scale_write_latency(cluster, tail, act_url, rng.sample(rest, args.samples))
@@ -406,6 +431,8 @@ def print_table(r: dict[str, Any]) -> None:
             f"{c:<9} idle: {idle[c]['cpu_core_share'] * 100:.1f} % core, "
             f"{idle[c]['rss_mib']} MiB, {idle[c]['api_requests_per_s']} req/s"
         )
+    ticks = [w["operator"].get("ticks_per_s") for w in (idle, busy)]
+    print(f"operator ticks/s: idle {ticks[0]}, trickle {ticks[1]} (None: not counted)")
     for c, m in r["metrics"].items():
         print(f"/metrics {c:<9} {m['bytes']} bytes in {m['fetch_s']} s")
     fo = r["failover"]

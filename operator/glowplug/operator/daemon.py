@@ -119,7 +119,6 @@ class Daemons:
     slices: Informer | None = None  # the activators' EndpointSlices (--activator-service)
     pokes: Pokes = field(default_factory=Pokes)
     timers: Timers | None = None  # every loop's next due time (made in startup)
-    ticks: int = 0  # ticks run, every service (benchmarks: ticks per second)
     load_task: asyncio.Task[None] | None = None
     closing: bool = False  # cleanup began: the clients are being closed under the loops
     outage: Outage = field(default_factory=lambda: Outage(log))  # shared by every loop
@@ -132,7 +131,10 @@ class Daemons:
 
         opts = self.options
         if self.timers is None:
+            from glowplug.operator.servicemetrics import TIMERS
+
             self.timers = Timers(self.pokes.poke)
+            TIMERS.set_function(self.timers.pending)
             self.timers.start()
         self.api_client = await new_api_client("operator")
         # One watch of every engine pod instead of a LIST per service per tick.
@@ -200,12 +202,14 @@ class Daemons:
         ref = f"{key[0]}/{key[1]}"
         poke = self.pokes.event(*key)
         min_gap = self.options.interval / 4
+        from glowplug.operator.servicemetrics import TICKS
+
         try:
             while not stopped:
                 started = time.monotonic()
                 poke.clear()  # a poke during the tick makes the next one come at once
                 answered = getattr(self.api, "answered", 0)
-                self.ticks += 1
+                TICKS.inc()
                 try:
                     await loop.tick(body)
                     # The outage ends at a real answer, not at a tick served from caches.

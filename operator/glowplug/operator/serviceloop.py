@@ -270,6 +270,8 @@ class ServiceLoop:
                 self.last_pods = pod_set
                 self.last_rates = self.ledger.rates
                 self.last_checkpoint = now
+        elif moved:
+            self.retry = True  # the rates changed at the restore's instant: next interval
 
         # 2. wake failures and wake duration
         ready = sum(1 for p in pods if is_ready(p))
