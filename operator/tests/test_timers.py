@@ -12,12 +12,14 @@ totals) with a fraction of the ticks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
-from test_scaling_loop import T0, Clock, ClusterAPIDouble, a_pod, make, run_until
+from test_scaling_loop import T0, Clock, ClusterAPIDouble, a_pod, embsvc, make, run_until
 
 from glowplug.operator.autoscaler import ActivatorLoad
 from glowplug.operator.serviceloop import Options, ServiceLoop
@@ -195,3 +197,82 @@ async def test_a_wake_waiting_for_a_node_polls_its_events_and_times_out() -> Non
     assert "NodeWaitTimeout" in reasons
     assert api.event_reads >= 15  # polled about once a second while waiting
     assert len(ticks) <= 45
+
+
+# --- the daemon: ticks on its timer and on pokes, never otherwise ------------------------
+
+
+class StoppedDouble:
+    """A test double of kopf's daemon stopper: falsy until set, ``wait(timeout)``."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.reason = None
+
+    def __bool__(self) -> bool:
+        return self.event.is_set()
+
+    def wait(self, timeout: float | None = None) -> Awaitable[None]:
+        return self._wait(timeout)
+
+    async def _wait(self, seconds: float | None) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.event.wait(), seconds)
+
+
+def ticks_so_far() -> float:
+    from prometheus_client import REGISTRY
+
+    from glowplug.metrics import AUTOSCALER_TICKS
+
+    return REGISTRY.get_sample_value(AUTOSCALER_TICKS) or 0.0
+
+
+async def run_daemon(
+    obj: dict[str, Any], pods: list[dict[str, Any]], seconds: float, poke_at: float | None
+) -> tuple[float, float]:
+    """Run one service's daemon against the API double for ``seconds`` (real time),
+    poking it once at ``poke_at``; returns (ticks before the poke, ticks in all)."""
+    from glowplug.operator.daemon import Daemons
+
+    daemons = Daemons(Options(interval=0.1, checkpoint_every=0.5))
+    api = ClusterAPIDouble(obj, time.time)
+    api.pods = pods
+    daemons.api = api
+    daemons.timers = Timers(daemons.pokes.poke)
+    daemons.timers.start()
+    stopped = StoppedDouble()
+    start = ticks_so_far()
+    task = asyncio.create_task(daemons.daemon(body=api.obj, stopped=stopped))
+    before = 0.0
+    try:
+        if poke_at is not None:
+            await asyncio.sleep(poke_at)
+            before = ticks_so_far() - start
+            daemons.pokes.poke("ns", "svc")
+            await asyncio.sleep(seconds - poke_at)
+        else:
+            await asyncio.sleep(seconds)
+            before = ticks_so_far() - start
+        return before, ticks_so_far() - start
+    finally:
+        stopped.event.set()
+        await asyncio.wait_for(task, 5)
+        assert daemons.timers.pending() == 0  # its timer went with it
+        await daemons.timers.close()
+
+
+async def test_the_daemon_of_an_idle_service_at_zero_ticks_only_when_poked() -> None:
+    obj = embsvc(0)
+    before, total = await run_daemon(obj, [], 1.5, poke_at=1.0)
+    assert before == 1  # the first tick, then no timer: nothing for a second
+    assert total == 2  # the poke
+
+
+async def test_the_daemon_of_a_held_gpu_ticks_at_its_checkpoints() -> None:
+    """interval 0.1 s, checkpoints every 0.5 s: about 5 ticks in 2 s (the loop that
+    ticked every interval made 20)."""
+    obj = embsvc(1, minReplicas=1)
+    obj["spec"]["scaling"]["autoscale"] = False
+    before, _ = await run_daemon(obj, [a_pod("a", time.time() - 5, ready=True)], 2.0, None)
+    assert 2 <= before <= 10, before
