@@ -37,7 +37,7 @@ rules:
 _FIRST_STAGES = ("ResponseStarted", "ResponseComplete", "Panic")
 
 # User agents of glowplug's processes: its kubernetes_asyncio clients name themselves
-# (glowplug.kubeclient.USER_AGENT_PREFIX) and kopf's own client sends "kopf/<version>".
+# (glowplug.kube.client.USER_AGENT_PREFIX) and kopf's own client sends "kopf/<version>".
 GLOWPLUG_AGENTS = ("glowplug", "kopf/")
 
 

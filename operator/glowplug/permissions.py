@@ -124,7 +124,13 @@ OPERATOR_SCANNING: tuple[Need, ...] = (
 )
 
 ACTIVATOR: tuple[Need, ...] = (
-    _need("glowplug.dev", "embeddingservices", "list watch", "watched", "watch.py list/watch"),
+    _need(
+        "glowplug.dev",
+        "embeddingservices",
+        "list watch",
+        "watched",
+        "watch.py informer (kube/informer.py)",
+    ),
     _need(
         "glowplug.dev",
         "embeddingservices/scale",
@@ -139,12 +145,18 @@ ACTIVATOR: tuple[Need, ...] = (
         "watched",
         "waker.py: status.wakeStartedTime",
     ),
-    _need("discovery.k8s.io", "endpointslices", "list watch", "watched", "watch.py list/watch"),
-    _need("", "pods", "list watch", "watched", "watch.py list/watch (wake failures)"),
+    _need(
+        "discovery.k8s.io",
+        "endpointslices",
+        "list watch",
+        "watched",
+        "watch.py informer (kube/informer.py)",
+    ),
+    _need("", "pods", "list watch", "watched", "watch.py informer (wake failures)"),
 )
 # auth.enabled: API key Secrets, in the release namespace (and in namespaced mode each
 # watched namespace), never cluster-wide.
-ACTIVATOR_KEYS = _need("", "secrets", "list watch", "release", "watch.py key_kind")
+ACTIVATOR_KEYS = _need("", "secrets", "list watch", "release", "watch.py Secret informer")
 
 # What neither component may do anywhere (checked in every namespace the test creates).
 FORBIDDEN: tuple[tuple[str, str, str], ...] = (

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from activator_fakes import harness, service_obj
 from aiohttp import web
 
 from glowplug.operator.activity import (
@@ -192,3 +194,44 @@ async def test_discovery_failure_counts_as_busy() -> None:
     snap = await reader.snapshot()
     assert snap.load("ns", "svc").busy
     await reader.close()
+
+
+async def test_re_reads_in_one_turn_share_one_round() -> None:
+    """Loops that scale to zero in one turn each re-read right before the write: against
+    a real activator they cost one request, not one each; a later call is a new round."""
+    async with harness() as h:
+        for i in range(300):
+            h.services.apply_service(service_obj(f"s{i}"))
+        h.services.set_endpoints("ns1", "s3", ["127.0.0.1:9"])
+        held = h.services.routes["ns1/s3"].state.try_acquire()  # one request in flight
+        assert held is not None
+        reader = LoadReader(StaticDiscovery([h.url]), timeout=5.0)
+        try:
+            snaps = await asyncio.gather(*(reader.refresh() for _ in range(50)))
+            assert reader.reads == 1
+            assert all(s is snaps[0] for s in snaps)
+            assert snaps[0].load("ns1", "s3").busy and snaps[0].load("ns1", "s3").in_flight == 1
+            assert not snaps[0].load("ns1", "s4").busy
+            h.services.routes["ns1/s3"].state.release(held)
+            held = None
+            later = await reader.refresh()  # sent after the release: sees it
+            assert reader.reads == 2
+            assert not later.load("ns1", "s3").busy
+        finally:
+            await reader.close()
+            if held is not None:
+                h.services.routes["ns1/s3"].state.release(held)
+
+
+async def test_a_shared_re_read_of_an_unreadable_activator_is_busy_for_all(
+    servers: list[StatsServerDouble],
+) -> None:
+    good, bad = servers
+    bad.status = 500
+    reader = LoadReader(StaticDiscovery([good.url, bad.url]), timeout=2.0)
+    try:
+        snaps = await asyncio.gather(reader.refresh(), reader.refresh())
+        assert (good.calls, bad.calls) == (1, 1)
+        assert all(s.load("ns", "a").busy and s.load("ns", "b").busy for s in snaps)
+    finally:
+        await reader.close()

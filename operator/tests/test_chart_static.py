@@ -629,6 +629,58 @@ def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_promtool_evaluates_the_latency_panels_in_both_histogram_modes(tmp_path: Path) -> None:
+    """The request-latency panel with one namespace selected: per-service histograms
+    (activator.metrics.perServiceHistograms) give that namespace's p50; aggregated ones
+    (the default, no namespace label) give every service's p50 instead of no data."""
+    dashboard = json.loads((CHART / "dashboards" / "glowplug.json").read_text())
+    [panel] = [p for p in dashboard["panels"] if p["title"] == "Request latency"]
+    [p50] = [t["expr"] for t in panel["targets"] if t["expr"].startswith("histogram_quantile(0.5,")]
+    expr = (
+        p50.replace("$namespace", "team-a")
+        .replace("$service", ".*")
+        .replace("$__rate_interval", "5m")
+    )
+    name = "glowplug_request_duration_seconds_bucket"
+
+    def near(value: float) -> dict[str, Any]:  # promtool compares floats exactly
+        check = f"abs(({expr}) - {value!r}) < bool 1e-9"
+        return {"expr": check, "eval_time": "1h", "exp_samples": [{"value": 1}]}
+
+    def series(labels: str, per_minute: dict[str, int]) -> list[dict[str, str]]:
+        return [
+            {"series": f'{name}{{{labels}le="{le}",path="warm"}}', "values": f"0+{n}x120"}
+            for le, n in per_minute.items()
+        ]
+
+    test = {
+        "evaluation_interval": "1m",
+        "tests": [
+            {  # aggregated: 6 of 10 requests per minute under 50 ms -> p50 = 0.05 * 5/6
+                "interval": "1m",
+                "input_series": series("", {"0.05": 6, "0.1": 10, "+Inf": 10}),
+                "promql_expr_test": [near(0.05 * 5 / 6)],
+            },
+            {  # per service: team-a all in (0.05, 0.1] -> 0.075; team-b all under 0.05
+                "interval": "1m",
+                "input_series": [
+                    *series(
+                        'namespace="team-a",service="emb",', {"0.05": 0, "0.1": 10, "+Inf": 10}
+                    ),
+                    *series(
+                        'namespace="team-b",service="emb",', {"0.05": 10, "0.1": 10, "+Inf": 10}
+                    ),
+                ],
+                "promql_expr_test": [near(0.075)],
+            },
+        ],
+    }
+    path = tmp_path / "latency.test.yaml"
+    path.write_text(yaml.safe_dump(test))
+    out = run(promtool(), "test", "rules", str(path))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def test_promtool_evaluates_the_savings_panels(tmp_path: Path) -> None:
     """The stat panels on the synthetic day of glowplug.rules.test.yaml: a quarter of the
     always-on GPU time at $0.96/h, 240 inputs embedded in the hour."""
@@ -663,6 +715,26 @@ def test_promtool_evaluates_the_savings_panels(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(test))
     out = run(promtool(), "test", "rules", str(path))
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_per_service_histograms_value_renders_the_flag() -> None:
+    import argparse
+
+    from glowplug.activator import main
+
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    main.add_arguments(parser)
+    [c] = pod_specs(render())["gp-glowplug-activator"]["containers"]
+    assert "--per-service-histograms" not in c["args"]
+    assert parser.parse_args(c["args"][1:]).per_service_histograms is False
+    docs = render("activator.metrics.perServiceHistograms=true")
+    [c] = pod_specs(docs)["gp-glowplug-activator"]["containers"]
+    assert "--per-service-histograms" in c["args"]
+    assert parser.parse_args(c["args"][1:]).per_service_histograms is True
+    out = run(
+        helm(), "template", "gp", str(CHART), "--set", "activator.metrics.perServiceHistogram=true"
+    )
+    assert out.returncode != 0 and "perServiceHistogram" in out.stderr
 
 
 def test_activator_cache_values_render_flags_and_the_password_secret() -> None:

@@ -36,8 +36,8 @@ PROMQL_WORDS = {
     "sum", "max", "min", "avg", "count", "by", "without", "on", "ignoring", "group_left",
     "group_right", "rate", "increase", "irate", "histogram_quantile", "label_values", "and",
     "or", "unless", "bool", "offset", "topk", "bottomk", "abs", "clamp_min", "clamp_max",
-    "vector", "scalar", "time", "le", "namespace", "service", "code", "reason", "outcome",
-    "state", "gpu_type", "path", "inf", "nan",
+    "vector", "scalar", "time", "label_replace", "le", "namespace", "service", "code",
+    "reason", "outcome", "state", "gpu_type", "path", "inf", "nan",
 }  # fmt: skip
 IDENT = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
 
@@ -102,9 +102,11 @@ def test_histograms_are_histograms_in_the_code() -> None:
 
     from glowplug.activator.metrics import Metrics
 
-    for attr in vars(Metrics()).values():
-        if isinstance(attr, Histogram):
-            assert attr._name in HISTOGRAMS
+    for attr in Metrics().histograms.collectors():
+        assert isinstance(attr, Histogram)
+        assert attr._name in HISTOGRAMS
+    for name, (kind, _labels) in Metrics().families().items():
+        assert (kind == "histogram") == (name in HISTOGRAMS), name
 
 
 def test_dashboard_identity_is_stable() -> None:
@@ -209,11 +211,15 @@ def exported_collectors() -> dict[str, tuple[str, tuple[str, ...]]]:
     from glowplug.operator import handlers, servicemetrics
 
     collectors = [
-        *vars(Metrics()).values(),
         *vars(servicemetrics).values(),
         *vars(handlers).values(),
     ]
-    out: dict[str, tuple[str, tuple[str, ...]]] = {}
+    # The activator's per-service families are not prometheus_client collectors; its
+    # histograms carry namespace and service only with per_service_histograms, and the
+    # dashboard's queries must work both ways: the labels of both modes are allowed.
+    out: dict[str, tuple[str, tuple[str, ...]]] = dict(Metrics().families())
+    for name, (kind, labels) in Metrics(per_service_histograms=True).families().items():
+        out[name] = (kind, tuple(dict.fromkeys((*out[name][1], *labels))))
     for c in collectors:
         name, kind = getattr(c, "_name", None), getattr(c, "_type", None)
         if isinstance(name, str) and isinstance(kind, str) and name.startswith(m.PREFIX):

@@ -900,3 +900,30 @@ async def test_counters_are_exact_at_each_scrape_while_the_loop_rests() -> None:
         assert later == pytest.approx(loop.ledger.baseline_gpu_seconds)
     finally:
         loop.series.remove()
+
+
+async def test_wake_histograms_appear_when_the_service_first_wakes() -> None:
+    """An idle service exports its counters only; a wake creates the wake histograms at
+    zero before observing into them (issue 12: 10,000 idle services, bounded series)."""
+    from prometheus_client import REGISTRY
+
+    from glowplug import metrics as m
+
+    api, load, clock = make(0)
+    api.obj["metadata"]["namespace"] = "t-wake-series"
+    labels = {"namespace": "t-wake-series", "service": "svc"}
+    loop = ServiceLoop(api, load, Options(), clock=clock)
+    await run_until(loop, api, clock, T0 + 5)
+    assert REGISTRY.get_sample_value(m.WAKES_TOTAL, {**labels, "outcome": "ready"}) == 0
+    assert REGISTRY.get_sample_value(f"{m.WAKE_DURATION}_count", labels) is None
+    assert (
+        REGISTRY.get_sample_value(f"{m.WAKE_PHASE_DURATION}_count", {**labels, "phase": "node"})
+        is None
+    )
+    await wake(api, load, clock, loop)
+    await run_until(loop, api, clock, clock.t + 2)
+    assert REGISTRY.get_sample_value(f"{m.WAKE_DURATION}_count", labels) == 0
+    assert (
+        REGISTRY.get_sample_value(f"{m.WAKE_PHASE_DURATION}_count", {**labels, "phase": "node"})
+        == 0
+    )

@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 from kubernetes_asyncio import client
 
-from glowplug import kubeclient
-from glowplug.outage import Outage, is_unreachable
+from glowplug.kube import client as kubeclient
+from glowplug.kube.outage import Outage, is_unreachable
 
 
 async def test_a_call_without_its_own_timeout_times_out_on_a_silent_api_server(

@@ -7,7 +7,7 @@ a wake cannot succeed (if any).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +102,9 @@ class EndpointTracker:
         self._pod_owner: dict[str, str] = {}  # "namespace/pod" -> ref
         self._starting: dict[str, dict[str, list[str]]] = {}  # ref -> slice -> not ready yet
         self._probed: dict[str, set[str]] = {}  # ref -> starting addresses that answered
+        # What each informer key ("namespace/<glowplug.dev/service>") held last time.
+        self._slice_groups: dict[str, set[str]] = {}
+        self._pod_groups: dict[str, set[str]] = {}
 
     def apply_slice(self, obj: Mapping[str, Any]) -> str | None:
         """Record one slice; return the service ref it belongs to (None if unowned)."""
@@ -164,9 +167,6 @@ class EndpointTracker:
         if address in self.starting(ref):
             self._probed.setdefault(ref, set()).add(address)
 
-    def slice_refs(self) -> list[str]:
-        return list(self._slices)
-
     def apply_pod(self, obj: Mapping[str, Any]) -> str | None:
         meta = obj.get("metadata") or {}
         ns = meta.get("namespace", "")
@@ -203,23 +203,38 @@ class EndpointTracker:
             return None
         return pods[min(pods)]
 
-    def clear_slices(self, namespace: str | None = None) -> list[str]:
-        """Forget the slices of one namespace (None: all) before a re-list; return their refs."""
-        prefix = f"{namespace}/" if namespace is not None else ""
-        for by_ref in (self._starting, self._probed):
-            for r in [r for r in by_ref if r.startswith(prefix)]:
-                del by_ref[r]
-        return _clear(self._slices, self._slice_owner, namespace)
+    def replace_slices(self, group: str, objs: Iterable[Mapping[str, Any]]) -> set[str]:
+        """The slices labelled for one service, all of them now (a slice missing from
+        ``objs`` is gone); return the refs whose endpoints may have changed."""
+        return _replace(group, objs, self._slice_groups, self.apply_slice, self.delete_slice)
 
-    def clear_pods(self, namespace: str | None = None) -> list[str]:
-        return _clear(self._pods, self._pod_owner, namespace)
+    def replace_pods(self, group: str, objs: Iterable[Mapping[str, Any]]) -> set[str]:
+        """The pods labelled for one service, all of them now; return the refs touched."""
+        return _replace(group, objs, self._pod_groups, self.apply_pod, self.delete_pod)
 
 
-def _clear(by_ref: dict[str, Any], owner: dict[str, str], namespace: str | None) -> list[str]:
-    prefix = f"{namespace}/" if namespace is not None else ""
-    refs = [r for r in by_ref if r.startswith(prefix)]
-    for r in refs:
-        del by_ref[r]
-    for key in [k for k, r in owner.items() if r.startswith(prefix)]:
-        del owner[key]
+def _replace(
+    group: str,
+    objs: Iterable[Mapping[str, Any]],
+    groups: dict[str, set[str]],
+    apply: Callable[[Mapping[str, Any]], str | None],
+    delete: Callable[[Mapping[str, Any]], str | None],
+) -> set[str]:
+    refs: set[str] = set()
+    now: set[str] = set()
+    for obj in objs:
+        meta = obj.get("metadata") or {}
+        now.add(f"{meta.get('namespace', '')}/{meta.get('name', '')}")
+        ref = apply(obj)
+        if ref is not None:
+            refs.add(ref)
+    for key in groups.get(group, set()) - now:
+        ns, name = key.split("/", 1)
+        ref = delete({"metadata": {"namespace": ns, "name": name}})
+        if ref is not None:
+            refs.add(ref)
+    if now:
+        groups[group] = now
+    else:
+        groups.pop(group, None)
     return refs

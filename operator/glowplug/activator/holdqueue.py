@@ -95,6 +95,11 @@ class ServiceState:
         self.awaiting_first_response = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0  # monotonic time the timer fires at
+        # Called when a request takes a slot or joins the queue (after the count
+        # changed): /metrics reads the queue gauges only of services that had one.
+        self.on_activity: Callable[[], None] | None = None
+        # Called when has_ready flips (the /v1/models listing shows it).
+        self.on_ready_change: Callable[[], None] | None = None
 
     # --- what the request path calls --------------------------------------------------
 
@@ -122,6 +127,8 @@ class ServiceState:
         if b is not None:
             b.inflight += 1
             self.inflight += 1
+            if self.on_activity is not None:
+                self.on_activity()
         return b
 
     async def acquire(self, wait_s: float) -> Backend:
@@ -137,6 +144,8 @@ class ServiceState:
             raise QueueFull()
         fut: asyncio.Future[Backend] = asyncio.get_running_loop().create_future()
         self.waiters.append(fut)
+        if self.on_activity is not None:
+            self.on_activity()
         self.maybe_wake()
         try:
             async with asyncio.timeout(wait_s):
@@ -208,6 +217,8 @@ class ServiceState:
                 if self._on_ready is not None:
                     self._on_ready(self, time.monotonic() - started)
             self.replicas = max(self.replicas, 1)
+        if bool(self._ready) != had_ready and self.on_ready_change is not None:
+            self.on_ready_change()
         self._dispatch()
         self.maybe_wake()
 

@@ -106,6 +106,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="serve /stats and /metrics on this port only, not on --port (0: on --port)",
     )
     parser.add_argument(
+        "--per-service-histograms",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("GLOWPLUG_PER_SERVICE_HISTOGRAMS", "").lower() in ("1", "true"),
+        help="label the latency histograms per service (about 70 series per service);"
+        " default: aggregated over services, counters stay per service"
+        " ($GLOWPLUG_PER_SERVICE_HISTOGRAMS=true)",
+    )
+    parser.add_argument(
         "--static-config",
         metavar="FILE",
         help="read services and endpoints from this YAML file instead of the Kubernetes API",
@@ -146,9 +154,9 @@ async def serve(args: argparse.Namespace) -> int:
     from glowplug.activator.services import Services
     from glowplug.activator.waker import KubeScaler, Waker
     from glowplug.activator.watch import KubeSource
-    from glowplug.kubeclient import new_api_client
+    from glowplug.kube.client import new_api_client
 
-    metrics = Metrics()
+    metrics = Metrics(per_service_histograms=args.per_service_histograms)
     services = Services(metrics)
     cache = await _embedding_cache(args)
     prober = ReadinessProber(services.probed_ready)

@@ -57,6 +57,15 @@ class RoutingTable:
             self._unindex(old)
         return old
 
+    def refs_named(self, name: str) -> list[str]:
+        """The services a client's ``model: name`` could mean (its short name, or its
+        ``namespace/servedName``): whose listing id depends on ``name``'s holders."""
+        refs = list(self._by_short.get(name, ()))
+        full = self._by_key.get(name)
+        if full is not None and full not in refs:
+            refs.append(full)
+        return refs
+
     def _unindex(self, svc: EmbeddingService) -> None:
         ref = f"{svc.namespace}/{svc.name}"
         if self._by_key.get(svc.key) == ref:

@@ -199,37 +199,8 @@ class Activator:
         return Response(200, body, "text/plain; version=0.0.4; charset=utf-8")
 
     def models(self, key: ApiKey | None = None) -> Response:
-        """Every model, or those ``key`` may call."""
-        table = self.services.table
-        data = []
-        for svc in table:
-            if key is not None and not key.allows(svc):
-                continue
-            short = svc.model.served_name
-            try:
-                unique = table.resolve(short) is svc
-            except oai.APIError:
-                unique = False
-            route = self.services.routes.get(f"{svc.namespace}/{svc.name}")
-            data.append(
-                {
-                    "id": short if unique else svc.key,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": svc.namespace,
-                    "glowplug": {
-                        "namespace": svc.namespace,
-                        "name": svc.name,
-                        "servedName": short,
-                        "unambiguousName": svc.key,
-                        "model": svc.model.id,
-                        "matryoshka": svc.model.matryoshka,
-                        "dimensions": svc.model.dimensions,
-                        "ready": bool(route and route.state.has_ready),
-                    },
-                }
-            )
-        return _json({"object": "list", "data": data})
+        """Every model, or those ``key`` may call (cached until a service changes)."""
+        return Response(200, self.services.models.body(key), JSON)
 
     # --- the request path ---------------------------------------------------------------
 

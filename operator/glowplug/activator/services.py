@@ -16,6 +16,7 @@ from glowplug.activator.coldstart import WakeInfo, wake_info
 from glowplug.activator.endpoints import EndpointTracker, Failure, condition_failure
 from glowplug.activator.holdqueue import ServiceState
 from glowplug.activator.metrics import Metrics, ServiceMetrics
+from glowplug.activator.models import ModelList
 from glowplug.activator.readiness_probe import ReadinessProber
 from glowplug.activator.routing import RoutingTable
 from glowplug.api import EmbeddingService, SpecError, parse
@@ -52,6 +53,7 @@ class Services:
     ) -> None:
         self.metrics = metrics
         self.table = RoutingTable()
+        self.models = ModelList(self.table, self._has_ready)
         self.tracker = EndpointTracker()
         self.routes: dict[str, Route] = {}  # "namespace/name" -> Route
         self._on_wake = on_wake
@@ -77,6 +79,10 @@ class Services:
         for route in self.routes.values():
             route.state._on_wake = on_wake
 
+    def _has_ready(self, ref: str) -> bool:
+        route = self.routes.get(ref)
+        return bool(route and route.state.has_ready)
+
     # --- request path -------------------------------------------------------------------
 
     def resolve(self, model: str) -> Route:
@@ -95,7 +101,10 @@ class Services:
             log.warning("not routing %s: %s", ref, err)
             self.delete_service(obj)
             return
-        self.table.upsert(svc)
+        old = self.table.upsert(svc)
+        if old is None or _listed(old) != _listed(svc):
+            names = (svc.model.served_name, svc.key)
+            self.models.changed(ref, names + ((old.model.served_name, old.key) if old else ()))
         route = self.routes.get(ref)
         s = svc.scaling
         if route is None:
@@ -108,8 +117,10 @@ class Services:
                 on_wake=self._on_wake,
                 on_ready=self._on_ready,
             )
-            sm = self.metrics.service(svc.namespace, svc.name)
+            sm = self.metrics.service(svc.namespace, svc.name, cache=svc.cache.enabled)
             sm.bind_gauges(lambda: float(state.queued), lambda: float(state.inflight))
+            state.on_activity = sm.touch
+            state.on_ready_change = lambda: self.models.changed(ref)
             if self.cache_bytes is not None:
                 read, key = self.cache_bytes, ref
                 sm.bind_cache_bytes(lambda: float(read(key)))
@@ -121,6 +132,8 @@ class Services:
             state.set_endpoints(self.tracker.addresses(ref))
             return
         route.spec = svc
+        if svc.cache.enabled:
+            route.metrics.enable_cache()  # a no-op once enabled
         route.max_batch = max_batch(svc)
         route.condition = condition_failure(obj)
         route.wake = wake_info(obj)
@@ -132,27 +145,15 @@ class Services:
     def delete_service(self, obj: Mapping[str, Any]) -> None:
         meta = obj.get("metadata") or {}
         ns, name = meta.get("namespace", ""), meta.get("name", "")
-        self.table.remove(ns, name)
+        old = self.table.remove(ns, name)
+        if old is not None:
+            self.models.changed(f"{ns}/{name}", (old.model.served_name, old.key))
         route = self.routes.pop(f"{ns}/{name}", None)
         if route is not None:
             route.state.close()
             route.metrics.remove()
             for callback in self._on_delete:
                 callback(f"{ns}/{name}")
-
-    def resync_services(
-        self, objs: Iterable[Mapping[str, Any]], namespace: str | None = None
-    ) -> None:
-        """Replace what is known in ``namespace`` (None: everywhere) by a fresh list."""
-        seen = set()
-        for obj in objs:
-            meta = obj.get("metadata") or {}
-            seen.add(f"{meta.get('namespace', '')}/{meta.get('name', '')}")
-            self.apply_service(obj)
-        for ref in list(self.routes):
-            if ref not in seen and _in_scope(ref, namespace):
-                ns, name = ref.split("/", 1)
-                self.delete_service({"metadata": {"namespace": ns, "name": name}})
 
     # --- EndpointSlices -------------------------------------------------------------------
 
@@ -162,15 +163,9 @@ class Services:
     def delete_slice(self, obj: Mapping[str, Any]) -> None:
         self._endpoints_changed(self.tracker.delete_slice(obj))
 
-    def resync_slices(
-        self, objs: Iterable[Mapping[str, Any]], namespace: str | None = None
-    ) -> None:
-        refs = set(self.tracker.clear_slices(namespace))
-        for obj in objs:
-            ref = self.tracker.apply_slice(obj)
-            if ref is not None:
-                refs.add(ref)
-        for ref in refs:
+    def sync_slices(self, namespace: str, service: str, objs: Iterable[Mapping[str, Any]]) -> None:
+        """Every slice labelled for one service now (the informer's cache of it)."""
+        for ref in self.tracker.replace_slices(f"{namespace}/{service}", objs):
             self._endpoints_changed(ref)
 
     def set_endpoints(self, namespace: str, name: str, addresses: list[str]) -> None:
@@ -200,13 +195,9 @@ class Services:
     def delete_pod(self, obj: Mapping[str, Any]) -> None:
         self._update_failure(self.tracker.delete_pod(obj))
 
-    def resync_pods(self, objs: Iterable[Mapping[str, Any]], namespace: str | None = None) -> None:
-        refs = set(self.tracker.clear_pods(namespace))
-        for obj in objs:
-            ref = self.tracker.apply_pod(obj)
-            if ref is not None:
-                refs.add(ref)
-        for ref in refs:
+    def sync_pods(self, namespace: str, service: str, objs: Iterable[Mapping[str, Any]]) -> None:
+        """Every pod labelled for one service now (the informer's cache of it)."""
+        for ref in self.tracker.replace_pods(f"{namespace}/{service}", objs):
             self._update_failure(ref)
 
     def _update_failure(self, ref: str | None) -> None:
@@ -234,5 +225,7 @@ class Services:
         log.info("%s ready %.2fs after the wake", state.ref, seconds)
 
 
-def _in_scope(ref: str, namespace: str | None) -> bool:
-    return namespace is None or ref.startswith(f"{namespace}/")
+def _listed(svc: EmbeddingService) -> tuple[object, ...]:
+    """What /v1/models shows of a spec (a status-only update changes none of it)."""
+    m = svc.model
+    return (m.served_name, svc.key, m.id, m.matryoshka, m.dimensions)

@@ -104,7 +104,9 @@ class Waker:
 
     def _count(self, state: ServiceState, outcome: str) -> None:
         if self.metrics is not None:
-            self.metrics.wakes.labels(state.namespace, state.name, outcome).inc()
+            sm = self.metrics.find(state.namespace, state.name)
+            if sm is not None:
+                sm.wakes[outcome].inc()
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -10,7 +10,9 @@ the watch itself.
 
 Readers get the cached objects of one service (``items(namespace, service)``), and a
 callback hears which service changed, so per-service work runs on events instead of a
-LIST per service per tick (DESIGN.md invariant 6).
+LIST per service per tick (DESIGN.md invariant 6). The operator watches engine pods
+with it; the activator its EmbeddingServices, EndpointSlices, pods and API key Secrets
+(``glowplug.activator.watch``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from typing import Any
 
 import aiohttp
 
+from glowplug.kube.client import CONNECT_TIMEOUT, WATCH_TIMEOUT
 from glowplug.kube.labels import SERVICE_LABEL
-from glowplug.kubeclient import CONNECT_TIMEOUT, WATCH_TIMEOUT
-from glowplug.outage import Outage, is_unreachable
+from glowplug.kube.outage import UNAVAILABLE_STATUSES, Outage, Unavailable, is_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,9 @@ def scopes(namespaces: Sequence[str]) -> tuple[list[str | None], Callable[[str],
 
 
 class Informer:
-    """List+watch cache of the objects of one kind that carry ``label``."""
+    """List+watch cache of the objects of one kind that carry ``label`` (None: every
+    object of the kind), indexed by the label's value, or with ``by_name`` by the
+    object's own name (EmbeddingServices, API key Secrets: one object per key)."""
 
     def __init__(
         self,
@@ -68,13 +72,16 @@ class Informer:
         kind: str,
         path: Callable[[str | None], str],
         namespaces: Sequence[str] = (),
-        label: str = SERVICE_LABEL,
+        label: str | None = SERVICE_LABEL,
         on_change: OnChange | None = None,
+        *,
+        by_name: bool = False,
     ) -> None:
         self.api = api_client  # kubernetes_asyncio.client.ApiClient
         self.kind = kind
         self.path = path
         self.label = label
+        self.by_name = by_name or label is None
         self.on_change = on_change
         self.scopes, self.wanted = scopes(namespaces)
         self.objects: dict[Key, dict[str, dict[str, Any]]] = {}  # key -> name -> object
@@ -146,17 +153,19 @@ class Informer:
         items: list[dict[str, Any]] = []
         cont = ""
         while True:
-            query = [("labelSelector", self.label), ("limit", str(LIST_PAGE))]
+            query = [("limit", str(LIST_PAGE)), *self._selector()]
             if cont:
                 query.append(("continue", cont))
             resp = await self._get(self.path(ns), query, LIST_TIMEOUT)
             async with resp:
                 if resp.status == 410:
                     raise _Gone()  # the continue token expired mid-list
+                if resp.status in UNAVAILABLE_STATUSES:
+                    raise Unavailable(f"list {self.path(ns)}: HTTP {resp.status}")
                 if resp.status != 200:
                     raise RuntimeError(f"list {self.path(ns)}: HTTP {resp.status}")
                 doc = await resp.json()
-            items.extend(doc.get("items") or [])
+            items.extend(_trim(o) for o in doc.get("items") or [])
             meta = doc.get("metadata") or {}
             cont = str(meta.get("continue") or "")
             if not cont:
@@ -170,7 +179,7 @@ class Informer:
             ("watch", "true"),
             ("allowWatchBookmarks", "true"),
             ("timeoutSeconds", str(WATCH_TIMEOUT_SECONDS)),
-            ("labelSelector", self.label),
+            *self._selector(),
         ]
         if rv:
             query.append(("resourceVersion", rv))
@@ -178,6 +187,8 @@ class Informer:
         async with resp:
             if resp.status == 410:
                 raise _Gone()
+            if resp.status in UNAVAILABLE_STATUSES:
+                raise Unavailable(f"watch {self.path(ns)}: HTTP {resp.status}")
             if resp.status != 200:
                 raise RuntimeError(f"watch {self.path(ns)}: HTTP {resp.status}")
             buf = b""
@@ -189,15 +200,26 @@ class Informer:
                         rv = self._event(json.loads(line), rv)
         return rv
 
+    def _selector(self) -> list[tuple[str, str]]:
+        return [("labelSelector", self.label)] if self.label else []
+
     # --- the cache -----------------------------------------------------------------------
 
     def _key(self, obj: Mapping[str, Any]) -> tuple[Key, str] | None:
         meta = obj.get("metadata") or {}
         ns = str(meta.get("namespace") or "")
-        value = (meta.get("labels") or {}).get(self.label)
+        name = str(meta.get("name"))
+        labels = meta.get("labels") or {}
+        if self.label is None:
+            value: Any = name
+        elif self.by_name:
+            # Selected by the label's presence (an API key Secret's value may be empty).
+            value = name if self.label in labels else None
+        else:
+            value = labels.get(self.label)
         if not value or not self.wanted(ns):
             return None
-        return (ns, str(value)), str(meta.get("name"))
+        return (ns, name if self.by_name else str(value)), name
 
     def _event(self, event: Mapping[str, Any], rv: str) -> str:
         typ = event.get("type")
@@ -208,7 +230,7 @@ class Informer:
             raise RuntimeError(f"watch error: {obj.get('message')}")
         new_rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
         if typ in ("ADDED", "MODIFIED", "DELETED"):
-            self._apply(obj, deleted=typ == "DELETED")
+            self._apply(_trim(obj), deleted=typ == "DELETED")
         return new_rv  # BOOKMARK: only the resourceVersion moves
 
     def _apply(self, obj: dict[str, Any], *, deleted: bool) -> None:
@@ -248,6 +270,16 @@ class Informer:
     def _changed(self, key: Key) -> None:
         if self.on_change is not None:
             self.on_change(*key)
+
+
+def _trim(obj: dict[str, Any]) -> dict[str, Any]:
+    """Drop ``metadata.managedFields`` (server-side apply bookkeeping, often the largest
+    part of an object, read by nobody here): what client-go's informers trim with a
+    transform for the same reason. Kept for thousands of objects, it is memory."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+    return obj
 
 
 def pods(

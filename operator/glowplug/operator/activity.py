@@ -35,8 +35,8 @@ import aiohttp
 
 from glowplug.kube import stats
 from glowplug.kube.informer import Informer
+from glowplug.kube.outage import Outage, is_unreachable
 from glowplug.operator.autoscaler import ActivatorLoad, ServiceLoad
-from glowplug.outage import Outage, is_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,9 @@ class LoadReader:
     _following: bool = False
     _on_change: OnChange | None = None
     _outage: Outage = field(default_factory=lambda: Outage(log, "the activator list"))
+    # The refresh round the next callers join, before it is sent (see refresh).
+    _next_round: asyncio.Future[Snapshot] | None = None
+    _round_task: asyncio.Task[None] | None = None
     bytes_read: int = 0  # response bytes (benchmarks)
     reads: int = 0  # /stats requests answered (benchmarks)
 
@@ -210,7 +213,31 @@ class LoadReader:
             return self._snapshot
 
     async def refresh(self) -> Snapshot:
-        """Every activator's changes now (its cursor; a full read the first time)."""
+        """Every activator's changes now (its cursor; a full read the first time).
+
+        Calls made in the same event-loop turn share one round of reads: when many
+        services decide to scale to zero on one tick, each re-reads right before its
+        write, and they cost one request per activator, not one each. A call never joins
+        a round already sent (that could miss a request that arrived meanwhile)."""
+        if self._next_round is None:
+            self._next_round = asyncio.get_running_loop().create_future()
+            self._round_task = asyncio.create_task(self._run_round(self._next_round))
+        return await asyncio.shield(self._next_round)
+
+    async def _run_round(self, result: asyncio.Future[Snapshot]) -> None:
+        await asyncio.sleep(0)  # the other loops woken in this turn join
+        self._next_round = None  # from here on, a new call waits for the next round
+        try:
+            snap = await self._refresh_now()
+        except asyncio.CancelledError:
+            result.cancel()
+            raise
+        except Exception as err:  # handed to every waiter
+            result.set_exception(err)
+        else:
+            result.set_result(snap)
+
+    async def _refresh_now(self) -> Snapshot:
         if not await self._discover():
             return self._make_snapshot()
         await asyncio.gather(*(self._read(a, 0.0) for a in list(self._activators.values())))

@@ -34,12 +34,12 @@ from typing import Any
 
 from glowplug.api.spec import GROUP, PLURAL, VERSION
 from glowplug.kube.informer import Informer
+from glowplug.kube.outage import Outage, is_unreachable
 from glowplug.operator.activity import LoadReader, StaticDiscovery, watched_endpoint_slices
 from glowplug.operator.pokes import Pokes
 from glowplug.operator.serviceapi import GatedServiceAPI, RateGate, ServiceAPI
 from glowplug.operator.serviceloop import Options, ServiceLoop
 from glowplug.operator.timers import Timers
-from glowplug.outage import Outage, is_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class Daemons:
         logger: logging.Logger = kwargs.get("logger") or log
 
         from glowplug.kube import informer
-        from glowplug.kubeclient import new_api_client
+        from glowplug.kube.client import new_api_client
 
         opts = self.options
         if self.timers is None:

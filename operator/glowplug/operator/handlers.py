@@ -32,7 +32,7 @@ from prometheus_client import Gauge
 from glowplug import metrics
 from glowplug.api.spec import GROUP, PLURAL, VERSION, EmbeddingService, SpecError, parse
 from glowplug.kube import labels
-from glowplug.kubeclient import BOOKMARK_INTERVAL, CONNECT_TIMEOUT, READ_TIMEOUT, new_api_client
+from glowplug.kube.client import BOOKMARK_INTERVAL, CONNECT_TIMEOUT, READ_TIMEOUT, new_api_client
 from glowplug.operator import conditions as cond
 from glowplug.operator import render
 from glowplug.operator.kube import Kube

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from glowplug.api.spec import EmbeddingService, SpecError, parse
+from glowplug.kube.outage import Outage, is_unreachable
 from glowplug.kube.podstate import WakeFailure, creating, is_ready, service_failure
 from glowplug.kube.timefmt import format_time, parse_time
 from glowplug.operator import conditions as cond
@@ -48,7 +49,6 @@ from glowplug.operator.idlepolicy import IdlePolicy
 from glowplug.operator.ledger import Ledger, PodHold, Rates, spec_baseline_gpus, written_rates
 from glowplug.operator.serviceapi import ServiceAPI
 from glowplug.operator.waketracker import FIRST_RESPONSE_WAIT, WakeTracker
-from glowplug.outage import Outage, is_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -441,6 +441,8 @@ class ServiceLoop:
                 self.wake_start = stamped
             elif self.prev_replicas == 0:
                 self.wake_start = now  # we saw replicas leave zero
+            if self.wake_start is not None and self.series is not None:
+                self.series.wake_began()
         if self.wake_start is None:
             if stamped is not None and ready > 0:
                 patch["wakeStartedTime"] = None  # stale stamp: clear it

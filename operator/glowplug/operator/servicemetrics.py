@@ -113,9 +113,10 @@ class ServiceSeries:
         GPU_PRICE.labels(*ledger).set(svc.cost.gpu_hourly_price)
         for outcome in ("ready", "failed"):
             WAKES.labels(svc.namespace, svc.name, outcome)
-        WAKE_DURATION.labels(svc.namespace, svc.name)
-        for phase in m.WAKE_PHASE_LABELS:
-            WAKE_PHASE_DURATION.labels(svc.namespace, svc.name, phase)
+        # The wake histograms (about 90 series) appear when the service first wakes, at
+        # zero, before the wake's own observation: a service that never woke exports its
+        # counters only (10,000 idle services: about 60,000 series, not a million).
+        self.woke = False
         self.keys: set[str] = set()  # attributed keys: their children go with the service
 
     def attribute(self, seconds_by_key: dict[str, float]) -> None:
@@ -154,6 +155,14 @@ class ServiceSeries:
 
     def price(self, dollars_per_gpu_hour: float) -> None:
         GPU_PRICE.labels(self.namespace, self.name, self.gpu_type).set(dollars_per_gpu_hour)
+
+    def wake_began(self) -> None:
+        """Create the wake histograms' children at zero (a wake has begun)."""
+        if not self.woke:
+            self.woke = True
+            WAKE_DURATION.labels(self.namespace, self.name)
+            for phase in m.WAKE_PHASE_LABELS:
+                WAKE_PHASE_DURATION.labels(self.namespace, self.name, phase)
 
     def wake(self, outcome: str, seconds: float | None = None) -> None:
         WAKES.labels(self.namespace, self.name, outcome).inc()
