@@ -53,6 +53,8 @@ from typing import Any
 
 from e2e.cluster import Cluster, audit, ensure_binaries
 from e2e.tests.helpers import GLOWPLUG, free_port, wait_for
+from glowplug.metrics import AUTOSCALER_TICKS as TICKS
+from glowplug.metrics import AUTOSCALER_TIMERS as TIMERS
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "e2e" / "bench" / "results"
@@ -391,6 +393,19 @@ class Probe:
         }
 
 
+def counter(metrics_url: str, name: str) -> float | None:
+    """One unlabelled sample from a /metrics page (None: not there, or unreadable)."""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=300) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
 def measure_window(
     tail: audit.AuditTail,
     procs: dict[str, Proc],
@@ -399,7 +414,11 @@ def measure_window(
     probe_name: str,
     window: float,
     n: int,
+    op_metrics: str = "",
 ) -> dict[str, Any]:
+    """The window's figures; with ``op_metrics`` (the operator's /metrics URL) also its
+    service loops' ticks per second and the timers pending at the end."""
+    ticks0 = counter(op_metrics, TICKS) if op_metrics else None
     tail.read()  # discard what came before the window
     glowplug = {k: p.stat for k, p in procs.items()}
     everyone = {**glowplug, **testbed}
@@ -410,6 +429,7 @@ def measure_window(
     time.sleep(window)
     seconds = time.monotonic() - t0
     reqs = [r for r in tail.read() if ours(r)]
+    ticks1 = counter(op_metrics, TICKS) if op_metrics else None
     out: dict[str, Any] = {
         "window_s": round(seconds, 1),
         "loadavg_before": load0,
@@ -435,6 +455,9 @@ def measure_window(
         }
         for name, s in testbed.items()
     }
+    if "operator" in out and ticks0 is not None and ticks1 is not None:
+        out["operator"]["ticks_per_s"] = round((ticks1 - ticks0) / seconds, 2)
+        out["operator"]["timers_pending"] = counter(op_metrics, TIMERS)
     return out
 
 
@@ -700,6 +723,7 @@ def main() -> None:
         wait_for(lambda: _ok(f"{act_url}/readyz"), 600, what="activator ready")
         results["activator_ready_s"] = round(time.monotonic() - t_act, 1)
         op_metrics = free_port()
+        op_url = f"http://127.0.0.1:{op_metrics}/metrics"
         op_args = [
             str(GLOWPLUG), "operator", "--standalone", "--namespace", NAMESPACE,
             "--metrics-port", str(op_metrics), "--activator-url", act_url, "-q",
@@ -735,7 +759,9 @@ def main() -> None:
         say(f"idle window {args.window:.0f} s (all {args.n} at zero; load {loadavg()[0]})")
         phase(
             results, "idle",
-            lambda: measure_window(tail, procs, testbed, api, probe_name, args.window, args.n),
+            lambda: measure_window(
+                tail, procs, testbed, api, probe_name, args.window, args.n, op_url
+            ),
             save,
         )  # fmt: skip
         say("fetching /metrics (3 times each)")
@@ -781,7 +807,9 @@ def main() -> None:
         say(f"trickle window {args.window:.0f} s")
         busy = phase(
             results, "trickle",
-            lambda: measure_window(tail, procs, testbed, api, probe_name, args.window, args.n),
+            lambda: measure_window(
+                tail, procs, testbed, api, probe_name, args.window, args.n, op_url
+            ),
             save,
         )  # fmt: skip
         if isinstance(busy, dict) and "testbed" in busy:
@@ -856,6 +884,8 @@ def print_table(r: dict[str, Any]) -> None:
     for c, m in (idle.get("testbed") or {}).items():
         print(f"  test bed {c:<24} {m['cpu_core_share'] * 100:.1f} % core, {m['rss_mib']} MiB")
     print(f"API server probe (one GET)   {idle.get('apiserver_probe')}")
+    ticks = [(w.get("operator") or {}).get("ticks_per_s") for w in (idle, busy)]
+    print(f"operator ticks/s             idle {ticks[0]}, trickle {ticks[1]} (None: not counted)")
     for c, m in (r.get("metrics") or {}).items():
         print(f"/metrics {c:<9} {m.get('bytes')} bytes in {m.get('fetch_s_median')} s")
     fo = r.get("failover") or {}

@@ -48,6 +48,10 @@ WAKE_PHASE_DURATION = "glowplug_wake_phase_duration_seconds"
 WAKES_TOTAL = "glowplug_wakes_total"  # counter {namespace, service, outcome=ready|failed}
 SERVICE_INFO = "glowplug_service_info"  # gauge {namespace, service, model, engine, gpu_type}
 AUTOSCALER_STATS_ERRORS = "glowplug_autoscaler_stats_errors_total"  # counter {activator}
+# The service loops' ticks, all services (counter), and the timers pending (gauge): an
+# idle fleet at zero ticks not at all and holds no timer (operator/timers.py).
+AUTOSCALER_TICKS = "glowplug_autoscaler_ticks_total"
+AUTOSCALER_TIMERS = "glowplug_autoscaler_timers"
 # GPU_SECONDS_TOTAL split by API key (operator/attribution.py); key: "namespace/name" of
 # the key's Secret, or "unattributed". Only services called with API keys have series.
 GPU_SECONDS_ATTRIBUTED_TOTAL = "glowplug_gpu_seconds_attributed_total"  # {namespace, service, key}
@@ -81,6 +85,8 @@ ALL_METRICS = (
     WAKES_TOTAL,
     SERVICE_INFO,
     AUTOSCALER_STATS_ERRORS,
+    AUTOSCALER_TICKS,
+    AUTOSCALER_TIMERS,
     GPU_SECONDS_ATTRIBUTED_TOTAL,
 )
 

@@ -699,7 +699,7 @@ async def test_an_idle_service_at_zero_writes_nothing_and_rests() -> None:
     assert settled <= 1 and loop.at_rest
     await run_until(loop, api, clock, T0 + 120)
     assert api.writes == settled, "an idle service at zero wrote status or the ledger"
-    assert loop.rest_seconds(clock.t) > 60  # no pre-warm: nothing to wake for but events
+    assert loop.next_due is None  # no pre-warm, no pod: nothing to run for but events
 
 
 async def test_a_held_request_ends_the_rest() -> None:

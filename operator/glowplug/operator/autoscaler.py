@@ -112,6 +112,10 @@ class Decision:
     # (a predicted pre-warm still ahead; None: none), for a loop that sleeps at zero.
     plan: Plan | None = None
     prewarm_at: float | None = None
+    # When this decision may next differ with the load unchanged (the idle deadline, the
+    # scaleDownDelay window moving, a predicted pre-warm's edges); None: not before the
+    # load or the spec changes. The loop that rests between events sleeps until then.
+    next_at: float | None = None
 
 
 def need(load: ServiceLoad, target_concurrency: int) -> int:
@@ -180,10 +184,22 @@ def decide(
     idle_for = now - state.last_activity
     idle = not load.busy and idle_for >= idle_timeout
 
-    def out(replicas: int, reason: str) -> Decision:
-        return Decision(replicas, reason, rec, last, idle_timeout, plan, prewarm_at)
-
     last = state.last_activity
+    edges: list[float] = []
+    if len(history) > 1 and stable > rec:
+        edges.append(history[1][0] + scaling.scale_down_delay)  # the window's max may drop
+    if current >= 1 and not load.busy:
+        edges.append(last + idle_timeout)  # the last replica's idle deadline
+    if prewarm_at is not None:
+        edges.append(prewarm_at)
+    if plan is not None and plan.until is not None and predicted and not load.busy:
+        edges.append(last + plan.until)  # the predicted pre-warm ends
+    ahead = [t for t in edges if t > now]
+    next_at = min(ahead) if ahead else None
+
+    def out(replicas: int, reason: str) -> Decision:
+        return Decision(replicas, reason, rec, last, idle_timeout, plan, prewarm_at, next_at)
+
     if rec > current:
         if rec > floor:
             return out(rec, "scale up: backlog")

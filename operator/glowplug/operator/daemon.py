@@ -1,12 +1,16 @@
 """The per-service loops' kopf wiring: one daemon per EmbeddingService, shared watches.
 
-Each daemon runs a ``ServiceLoop``: a tick about once a second while the service holds
-pods, wakes or has load, and a rest otherwise, ended by a poke (``pokes``): its pods
-changed (one pod informer for all services, ``glowplug.kube.informer``), its object
-changed (kopf's event handler) or its load changed in the activators' ``/stats``
-(``LoadReader.follow``: a long poll of changes per activator), or by the next pre-warm
-minute. A service at rest makes no API
-request and no write.
+Each daemon runs a ``ServiceLoop`` and waits between its ticks for a poke (``pokes``):
+its pods changed (one pod informer for all services, ``glowplug.kube.informer``), its
+object changed (kopf's event handler), its load changed in the activators' ``/stats``
+(``LoadReader.follow``: a long poll of changes per activator), or its next due time
+came. The daemons hold no timer: each tick says when its loop is next due
+(``ServiceLoop.next_due``: idle deadline, scaleDownDelay, pre-warm edges, a wake's
+polls and timeouts, the ledger checkpoint while GPUs are held, the next tick while load
+is in flight) and one scheduler (``timers.Timers``: a heap, one task) pokes it then. A
+service with nothing pending has no timer; at zero and idle it makes no API request and
+no write. Two ticks of one service are at least ``--autoscale-interval`` / 4 apart, so a
+burst of events costs a few ticks, not one each.
 
 Why a kopf daemon: kopf stops daemons when peering tells this operator replica to
 stand by, and starts them again when it becomes active, so only one replica scales and
@@ -35,6 +39,7 @@ from glowplug.operator.activity import LoadReader, StaticDiscovery, watched_endp
 from glowplug.operator.pokes import Pokes
 from glowplug.operator.serviceapi import GatedServiceAPI, RateGate, ServiceAPI
 from glowplug.operator.serviceloop import Options, ServiceLoop
+from glowplug.operator.timers import Timers
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +118,7 @@ class Daemons:
     pods: Informer | None = None
     slices: Informer | None = None  # the activators' EndpointSlices (--activator-service)
     pokes: Pokes = field(default_factory=Pokes)
+    timers: Timers | None = None  # every loop's next due time (made in startup)
     load_task: asyncio.Task[None] | None = None
     closing: bool = False  # cleanup began: the clients are being closed under the loops
     outage: Outage = field(default_factory=lambda: Outage(log))  # shared by every loop
@@ -124,6 +130,12 @@ class Daemons:
         from glowplug.kube.client import new_api_client
 
         opts = self.options
+        if self.timers is None:
+            from glowplug.operator.servicemetrics import TIMERS
+
+            self.timers = Timers(self.pokes.poke)
+            TIMERS.set_function(self.timers.pending)
+            self.timers.start()
         self.api_client = await new_api_client("operator")
         # One watch of every engine pod instead of a LIST per service per tick.
         self.pods = informer.pods(self.api_client, opts.namespaces, self.pokes.poke)
@@ -163,6 +175,8 @@ class Daemons:
 
     async def cleanup(self, **_: Any) -> None:
         self.closing = True
+        if self.timers is not None:
+            await self.timers.close()
         if self.load_task is not None:
             self.load_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -180,22 +194,28 @@ class Daemons:
         body, stopped, logger = kwargs["body"], kwargs["stopped"], kwargs.get("logger") or log
         if self.api is None:
             await self.startup(logger=logger)
-        assert self.api is not None
+        assert self.api is not None and self.timers is not None
+        timers = self.timers
         loop = ServiceLoop(self.api, self.reader, self.options, outage=self.outage)
         meta = body.get("metadata") or {}
         key = (str(meta.get("namespace")), str(meta.get("name")))
         ref = f"{key[0]}/{key[1]}"
         poke = self.pokes.event(*key)
+        min_gap = self.options.interval / 4
+        from glowplug.operator.servicemetrics import TICKS
+
         try:
             while not stopped:
                 started = time.monotonic()
                 poke.clear()  # a poke during the tick makes the next one come at once
                 answered = getattr(self.api, "answered", 0)
+                TICKS.inc()
                 try:
                     await loop.tick(body)
                     # The outage ends at a real answer, not at a tick served from caches.
                     if not loop.tick_failed and getattr(self.api, "answered", 0) > answered:
                         self.outage.ok(ref)
+                    due = loop.next_due
                 except asyncio.CancelledError:
                     raise
                 except Exception as err:  # one bad tick must not end the loop
@@ -205,12 +225,16 @@ class Daemons:
                         self.outage.failed(err, ref)  # logged once for all services
                     else:
                         logger.warning("autoscaler tick failed: %s", err, exc_info=True)
-                elapsed = time.monotonic() - started
-                if loop.at_rest:
-                    await rest(stopped, poke, loop.rest_seconds(time.time()))
-                else:
-                    await stopped.wait(max(0.05, self.options.interval - elapsed))
+                    due = time.time() + self.options.interval  # try again
+                timers.schedule(*key, due)
+                await rest(stopped, poke, None)
+                # Events in a burst (a wake's pod updates, a busy service's load) share
+                # a tick: not sooner than min_gap after the last one began.
+                gap = min_gap - (time.monotonic() - started)
+                if gap > 0 and not stopped:
+                    await stopped.wait(gap)
         finally:
+            timers.cancel(*key)
             self.pokes.forget(*key)
             self.outage.forget(ref)
             if loop.series is not None:
@@ -220,8 +244,9 @@ class Daemons:
                     loop.series.stop()
 
 
-async def rest(stopped: Any, poke: asyncio.Event, seconds: float) -> None:
-    """Sleep until poked, stopped or ``seconds`` passed."""
+async def rest(stopped: Any, poke: asyncio.Event, seconds: float | None) -> None:
+    """Sleep until poked, stopped or ``seconds`` passed (None: no time limit; the
+    loop's timer is a poke from ``Timers``)."""
     if poke.is_set():
         return
     waits = {

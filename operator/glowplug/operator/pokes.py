@@ -4,7 +4,8 @@ Each service's loop rests while nothing happens (DESIGN.md invariant 6); a poke 
 the rest. Pokes come from the pod informer (its pods changed), from kopf's event
 handler (its object changed) and from the load reader's ``follow``
 (``activity.LoadReader``), which hears each activator's changes as they happen and
-pokes only the services whose figures changed.
+pokes only the services whose figures changed, and from the one scheduler of every
+loop's timers (``timers.Timers``) when a loop is due.
 """
 
 from __future__ import annotations

@@ -16,7 +16,15 @@ Each tick (``daemon.py`` runs it about once a second, or rests it while nothing 
 4. splits the tick's GPU-seconds by API key (``attribution.py``, from the activators'
    ``computedInputs``) into ``glowplug_gpu_seconds_attributed_total``.
 
-After the tick, ``at_rest`` says whether the loop may sleep until an event.
+After the tick, ``next_due`` says when the loop next needs to run if no event comes
+(a unix time, or None: not before an event), from the timers the tick found pending:
+the next ledger checkpoint while GPUs are held, the autoscaler's idle deadline,
+scaleDownDelay window and predicted pre-warm edges (``Decision.next_at``), the next
+minute while pre-warm windows are set, a wake's poll of pod Events while its pods wait
+for a node or a volume, the end of the wait for a wake's first response, and the next
+tick while load is in flight or a write must be retried. ``daemon.py`` hands it to the
+one scheduler (``timers.Timers``) that owns every service's timers. ``at_rest`` says the
+service is at zero with nothing going on.
 """
 
 from __future__ import annotations
@@ -33,22 +41,22 @@ from glowplug.kube.outage import Outage, is_unreachable
 from glowplug.kube.podstate import WakeFailure, creating, is_ready, service_failure
 from glowplug.kube.timefmt import format_time, parse_time
 from glowplug.operator import conditions as cond
-from glowplug.operator import prewarm
+from glowplug.operator import prewarm, wakephases
 from glowplug.operator.activity import LoadSource
 from glowplug.operator.attribution import Attribution, Reading
 from glowplug.operator.autoscaler import Decision, ScalerState, ServiceLoad, decide
 from glowplug.operator.idlepolicy import IdlePolicy
 from glowplug.operator.ledger import Ledger, PodHold, Rates, spec_baseline_gpus, written_rates
 from glowplug.operator.serviceapi import ServiceAPI
-from glowplug.operator.waketracker import WakeTracker
+from glowplug.operator.waketracker import FIRST_RESPONSE_WAIT, WakeTracker
 
 log = logging.getLogger(__name__)
 
 GPU_RESOURCE = "nvidia.com/gpu"
 LAST_REQUEST_PERSIST_EVERY = 5.0  # while busy, persist lastRequestTime this often
-# At rest with no event, tick anyway after this long (a safety net; such a tick makes no
-# API request).
-REST_MAX = 300.0
+# Pre-warm windows open and close on cron minutes: a service with windows runs just
+# after each minute starts (the minute's floor is then in force).
+MINUTE_SLACK = 0.2
 
 
 @dataclass
@@ -163,9 +171,19 @@ class ServiceLoop:
         self.prewarm_at: float | None = None  # idleTimeout: auto's next predicted pre-warm
         self.attribution = Attribution()  # GPU-seconds by API key (attribution.py)
         self.readings: list[Reading] = []  # this tick's computedInputs from /stats
+        # When the loop next needs to run with no event (unix time; None: only on an
+        # event), and what this tick found pending towards it.
+        self.next_due: float | None = None
+        self.retry = False  # a write of this tick failed: try again next interval
+        self.decision_at: float | None = None  # the autoscaler's Decision.next_at
+        self.scaling = False  # the autoscaler wanted another replica count
+        self.auto_idle = False  # idleTimeout: auto (its plan follows the hour)
 
     async def tick(self, body: Mapping[str, Any]) -> None:
         self.tick_failed = False  # an API call of this tick failed (logged as an outage)
+        self.retry = False
+        self.decision_at = None
+        self.scaling = False
         now = self.clock()
         meta = body.get("metadata") or {}
         status = dict(body.get("status") or {})
@@ -242,6 +260,7 @@ class ServiceLoop:
                     await self._verify_restore(namespace, name, body, now, holds, baseline)
                 await self.api.write_ledger(namespace, name, self.ledger.checkpoint())
             except Exception as err:  # kept in memory; the next checkpoint catches up
+                self.retry = True
                 if is_unreachable(err):
                     self.outage.failed(err, f"{namespace}/{name}")
                     self.tick_failed = True
@@ -251,6 +270,8 @@ class ServiceLoop:
                 self.last_pods = pod_set
                 self.last_rates = self.ledger.rates
                 self.last_checkpoint = now
+        elif moved:
+            self.retry = True  # the rates changed at the restore's instant: next interval
 
         # 2. wake failures and wake duration
         ready = sum(1 for p in pods if is_ready(p))
@@ -297,7 +318,9 @@ class ServiceLoop:
         if patch:
             await self._write_status(namespace, name, patch, spec_replicas, ready, body)
         self.prewarm = bool(svc is not None and svc.scaling.prewarm)
+        self.auto_idle = bool(svc is not None and svc.scaling.auto_idle is not None)
         self.at_rest = self._resting(spec_replicas, pods)
+        self.next_due = self._next_due(now, spec_replicas, bool(holds), pods, mounting)
 
     async def _verify_restore(
         self,
@@ -335,16 +358,57 @@ class ServiceLoop:
             and (load is None or not (load.in_flight or load.queued or load.waking))
         )
 
-    def rest_seconds(self, now: float) -> float:
-        """How long the daemon may sleep at rest when no event comes: to the next minute
-        (pre-warm schedules are cron, minute-granular), else ``REST_MAX``; never past
-        idleTimeout: auto's predicted pre-warm."""
-        rest = REST_MAX
+    def _next_due(
+        self,
+        now: float,
+        spec_replicas: int,
+        holding: bool,
+        pods: Sequence[Mapping[str, Any]],
+        mounting: Sequence[str],
+    ) -> float | None:
+        """When this loop next needs to run if no event comes (see the module docstring).
+
+        What an event brings is left to it: pods becoming ready, failing or going (the
+        pod informer), a scale write landing (the object's event), a request starting or
+        ending (the activators' changes).
+        """
+        soon = now + self.options.interval
+        if self.retry or self.tick_failed or self.clear_pending or self.scaling:
+            return soon  # a write to retry, or a change to see through
+        load = self.load
+        if load is not None and (
+            load.in_flight or load.queued or load.waking or (load.unreadable and spec_replicas)
+        ):
+            # Load in flight: each tick marks the service used (lastRequestTime, the idle
+            # gap's end). An unreadable activator counts as busy for a service with
+            # replicas (it must not go idle in the dark); at zero it changes nothing.
+            return soon
+        due: list[float] = []
+        if holding:
+            due.append(max(soon, self.last_checkpoint + self.options.checkpoint_every))
+        if mounting:
+            due.append(soon)  # its Events may say FailedMount: no pod change says so
+        if self.wake.waiting and wakephases.unscheduled(pods):
+            # Waiting for a node: the node autoscaler's Events and nodeWaitTimeout.
+            due.append(soon)
+        ready_at = self.wake.timeline_ready
+        if self.wake.timeline is not None and ready_at is not None:
+            due.append(max(soon, ready_at + FIRST_RESPONSE_WAIT + MINUTE_SLACK))
+        if self.decision_at is not None:
+            due.append(max(now + 0.05, self.decision_at))
         if self.prewarm:
-            rest = max(0.05, 60.0 - now % 60.0 + 0.2)
-        if self.prewarm_at is not None:  # idleTimeout: auto predicted the next arrival
-            rest = min(rest, max(0.05, self.prewarm_at - now))
-        return rest
+            due.append(now + 60.0 - now % 60.0 + MINUTE_SLACK)
+        if self.prewarm_at is not None and self.prewarm_at > now:
+            due.append(self.prewarm_at)
+        if self.auto_idle:
+            due.append(now + 3600.0 - now % 3600.0 + MINUTE_SLACK)  # the plan is per hour
+        return min(due) if due else None
+
+    def rest_seconds(self, now: float) -> float | None:
+        """Seconds from ``now`` to ``next_due`` (None: only an event runs the loop)."""
+        if self.next_due is None:
+            return None
+        return max(0.0, self.next_due - now)
 
     def _failure(self, failure: WakeFailure | None, body: Mapping[str, Any]) -> dict[str, Any]:
         if failure is not None and failure.reason != self.reported:
@@ -416,6 +480,7 @@ class ServiceLoop:
         decision = decide(now, spec_replicas, svc.scaling, load, self.scaler, floor)
         self._persist_idle_policy(svc, status, decision, patch)
         self.prewarm_at = decision.prewarm_at
+        self.decision_at = decision.next_at
         activity = decision.last_activity
         persisted = self.persisted_activity
         # Busy only because an activator cannot be read is no use of the service: kept in
@@ -430,6 +495,7 @@ class ServiceLoop:
             self.persisted_activity = activity
         if decision.replicas == spec_replicas:
             return
+        self.scaling = True  # run again soon: the write lands, is refused or waits
         if decision.replicas == 0 and self.wake.waiting:
             return  # a pending wake is never scaled away inside its wait (issue 11)
         if decision.replicas == 0:
@@ -523,6 +589,7 @@ class ServiceLoop:
             # Against kopf's body (its live watch view): a read only on a conflict.
             await self.api.update_status(namespace, name, mutate, body)
         except Exception as err:  # next tick writes again; the ledger stays in memory
+            self.retry = True
             if is_unreachable(err):
                 self.outage.failed(err, f"{namespace}/{name}")
                 self.tick_failed = True

@@ -87,6 +87,8 @@ WAKES = Counter(
 STATS_ERRORS = Counter(
     m.AUTOSCALER_STATS_ERRORS, "Activator /stats reads that failed", ("activator",)
 )
+TICKS = Counter(m.AUTOSCALER_TICKS, "Service loop ticks, all services")
+TIMERS = Gauge(m.AUTOSCALER_TIMERS, "Service loop timers pending (services with one)")
 
 
 class ServiceSeries:
