@@ -14,6 +14,7 @@ from glowplug.activator.endpoints import (
     condition_failure,
     pod_failure,
     ready_addresses,
+    starting_addresses,
 )
 from glowplug.activator.holdqueue import (
     HoldTimeout,
@@ -80,6 +81,8 @@ def test_only_ready_non_terminating_endpoints() -> None:
         ]
     )
     assert ready_addresses(s) == ["10.244.0.5:30000", "10.244.0.8:30000"]
+    # The readiness prober's candidates: not ready yet, not terminating.
+    assert starting_addresses(s) == ["10.244.0.6:30000"]
     tr = EndpointTracker()
     assert tr.apply_slice(s) == "ns1/emb"
     tr.apply_slice(_slice([{"addresses": ["10.244.0.9"]}], name="emb-y"))

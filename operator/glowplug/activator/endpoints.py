@@ -26,11 +26,11 @@ class Failure:
     message: str
 
 
-def ready_addresses(slice_obj: Mapping[str, Any]) -> list[str]:
-    """``ip:port`` of every ready, non-terminating endpoint in one EndpointSlice."""
-    ports = slice_obj.get("ports") or []
+def _addresses(slice_obj: Mapping[str, Any], ready: bool) -> list[str]:
+    """``ip:port`` of the non-terminating endpoints of one EndpointSlice that are ready
+    (``ready=True``) or not ready yet (``ready=False``)."""
     port = None
-    for p in ports:
+    for p in slice_obj.get("ports") or []:
         if p.get("name") == PORT_NAME or port is None:
             port = p.get("port")
     if port is None:
@@ -39,33 +39,23 @@ def ready_addresses(slice_obj: Mapping[str, Any]) -> list[str]:
     for ep in slice_obj.get("endpoints") or []:
         cond = ep.get("conditions") or {}
         # A nil `ready` means ready (EndpointSlice API semantics); terminating pods never.
-        if cond.get("ready") is False or cond.get("terminating") is True:
+        if (cond.get("ready") is not False) != ready or cond.get("terminating") is True:
             continue
         for addr in ep.get("addresses") or []:
             host = f"[{addr}]" if ":" in addr else addr
             out.append(f"{host}:{port}")
     return out
+
+
+def ready_addresses(slice_obj: Mapping[str, Any]) -> list[str]:
+    """``ip:port`` of every ready, non-terminating endpoint in one EndpointSlice."""
+    return _addresses(slice_obj, ready=True)
 
 
 def starting_addresses(slice_obj: Mapping[str, Any]) -> list[str]:
     """``ip:port`` of endpoints that are not ready yet and not terminating: pods starting
     up (the readiness prober's candidates)."""
-    ports = slice_obj.get("ports") or []
-    port = None
-    for p in ports:
-        if p.get("name") == PORT_NAME or port is None:
-            port = p.get("port")
-    if port is None:
-        return []
-    out = []
-    for ep in slice_obj.get("endpoints") or []:
-        cond = ep.get("conditions") or {}
-        if cond.get("ready") is not False or cond.get("terminating") is True:
-            continue
-        for addr in ep.get("addresses") or []:
-            host = f"[{addr}]" if ":" in addr else addr
-            out.append(f"{host}:{port}")
-    return out
+    return _addresses(slice_obj, ready=False)
 
 
 def pod_failure(pod: Mapping[str, Any]) -> Failure | None:
