@@ -179,14 +179,7 @@ class PodDiscovery:
         self.pid_path.write_text(f"{self.proc.pid}\n")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.pid_path.unlink(missing_ok=True)
+        _stop(self.proc, self.pid_path)
 
 
 # --- the server -----------------------------------------------------------------------------
@@ -255,14 +248,19 @@ class Prometheus:
         return query(self.url, expr, at)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.pid_path.unlink(missing_ok=True)
+        _stop(self.proc, self.pid_path)
+
+
+def _stop(proc: subprocess.Popen[bytes], pid_path: Path) -> None:
+    """Stop a process this module started (by its own handle) and forget its pid file."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    pid_path.unlink(missing_ok=True)
 
 
 def stop_detached(workdir: Path) -> bool:
