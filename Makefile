@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install lint test unit binaries node-deps testbed-images engine-envs real-engines cluster-up cluster-down operator activator bench bench-activator-scale bench-scale bench-stats demo clean
+.PHONY: help install lint test unit binaries node-deps testbed-images engine-envs real-engines cluster-up cluster-down operator activator bench bench-activator-scale bench-operator-metrics bench-scale bench-stats demo clean
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -67,6 +67,7 @@ bench: install real-engines ## benchmarks: activator overhead vs direct vs nginx
 	$(PY) -m e2e.bench.real_engine
 	$(PY) -m e2e.bench.savings
 	$(PY) -m e2e.bench.activator_scale
+	$(PY) -m e2e.bench.operator_metrics
 
 # --- shipping: chart, image, demo, kind ------------------------------------------------
 .PHONY: chart-crds chart-lint promtool crd-docs image kind-up kind-load deploy e2e-kind kind-down
@@ -115,6 +116,9 @@ clean: ## remove the virtualenv and caches in the repo
 
 bench-activator-scale: install ## one activator routing 0, 1,000 and 10,000 services: RSS, /metrics size and render time, /v1/models, /stats (reports only; ~1 min)
 	$(PY) -m e2e.bench.activator_scale $${BENCH_ACTIVATOR_ARGS:-}
+
+bench-operator-metrics: install ## the operator's /metrics with 1,000, 5,000 and 10,000 services: size, render time, vs prometheus_client (reports only; ~1 min)
+	$(PY) -m e2e.bench.operator_metrics $${BENCH_OPERATOR_METRICS_ARGS:-}
 
 bench-stats: install ## /stats as changes (long poll) vs a full read a second: bytes/s and CPU at N=$${N:-1000 5000}, idle and 1 % trickle (no cluster; reports only)
 	$(PY) -m e2e.bench.stats_feed --n $${N:-1000 5000} $${BENCH_STATS_ARGS:-}

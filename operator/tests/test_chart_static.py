@@ -525,20 +525,18 @@ def test_rendered_args_parse_with_the_real_commands(sets: tuple[str, ...]) -> No
 
 def test_promtool_check_metrics_on_the_exposition() -> None:
     """The activator's and the operator's /metrics pass `promtool check metrics` (lint)."""
-    from prometheus_client import REGISTRY, generate_latest
-
     from glowplug.activator.metrics import Metrics
-    from glowplug.operator import handlers, servicemetrics
+    from glowplug.operator import servicemetrics
 
     activator = Metrics()
     activator.service("search", "qwen3")
-    # Children in the operator's global collectors, removed again for the other tests.
-    handlers.REPLICAS.labels("t-promtool", "qwen3", "desired").set(1)
+    # Children in the operator's global tables, removed again for the other tests.
+    servicemetrics.REPLICAS.labels("t-promtool", "qwen3", "desired").set(1)
     servicemetrics.GPU_SECONDS.labels("t-promtool", "qwen3", "L4").inc(0)
     try:
-        expositions = (activator.render(), generate_latest(REGISTRY))
+        expositions = (activator.render(), servicemetrics.exposition())
     finally:
-        handlers.REPLICAS.remove("t-promtool", "qwen3", "desired")
+        servicemetrics.REPLICAS.remove("t-promtool", "qwen3", "desired")
         servicemetrics.GPU_SECONDS.remove("t-promtool", "qwen3", "L4")
     for exposition in expositions:
         out = subprocess.run(

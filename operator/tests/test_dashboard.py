@@ -220,6 +220,9 @@ def exported_collectors() -> dict[str, tuple[str, tuple[str, ...]]]:
     out: dict[str, tuple[str, tuple[str, ...]]] = dict(Metrics().families())
     for name, (kind, labels) in Metrics(per_service_histograms=True).families().items():
         out[name] = (kind, tuple(dict.fromkeys((*out[name][1], *labels))))
+    # The operator's per-service families are glowplug.exposition tables.
+    for table in servicemetrics.PER_SERVICE:
+        out[table.family.name] = (table.family.type, table.family.labels)
     for c in collectors:
         name, kind = getattr(c, "_name", None), getattr(c, "_type", None)
         if isinstance(name, str) and isinstance(kind, str) and name.startswith(m.PREFIX):

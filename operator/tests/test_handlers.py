@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from operator_metrics import scrape
 
 from glowplug.operator import conditions as cond
 from glowplug.operator import handlers
@@ -291,7 +292,9 @@ async def test_deployment_status_flows_to_embsvc_status(
     st = status(kube)
     assert (st["phase"], st["replicas"], st["readyReplicas"]) == ("Ready", 1, 1)
     assert cond.is_true(st["conditions"], cond.READY)
-    assert handlers.REPLICAS.labels("ns", "small", "ready")._value.get() == 1
+    assert (
+        scrape("glowplug_replicas", {"namespace": "ns", "service": "small", "state": "ready"}) == 1
+    )
 
 
 async def test_a_replayed_deployment_costs_no_status_read(

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
+from operator_metrics import scrape
 
 from glowplug.kube.timefmt import format_time, parse_time
 from glowplug.operator.activity import Snapshot
@@ -475,10 +476,8 @@ async def test_a_wakes_own_pods_failures_are_reported() -> None:
 
 
 async def test_wake_phases_timeline_events_and_histograms() -> None:
-    from prometheus_client import REGISTRY
-
     def phase_count(phase: str) -> float:
-        v = REGISTRY.get_sample_value(
+        v = scrape(
             "glowplug_wake_phase_duration_seconds_count",
             {"namespace": "ns", "service": "svc", "phase": phase},
         )
@@ -543,7 +542,7 @@ async def test_wake_phases_timeline_events_and_histograms() -> None:
     ]
     for phase in ("node", "image", "engine", "first_response"):
         assert phase_count(phase) == before[phase] + 1, phase
-    node_sum = REGISTRY.get_sample_value(
+    node_sum = scrape(
         "glowplug_wake_phase_duration_seconds_sum",
         {"namespace": "ns", "service": "svc", "phase": "node"},
     )
@@ -864,9 +863,7 @@ async def test_a_checkpoint_without_rates_is_rewritten_once_after_a_restart() ->
 
 
 def sample(name: str, labels: dict[str, str]) -> float:
-    from prometheus_client import REGISTRY
-
-    value = REGISTRY.get_sample_value(name, labels)
+    value = scrape(name, labels)
     assert value is not None, (name, labels)
     return value
 
@@ -905,8 +902,6 @@ async def test_counters_are_exact_at_each_scrape_while_the_loop_rests() -> None:
 async def test_wake_histograms_appear_when_the_service_first_wakes() -> None:
     """An idle service exports its counters only; a wake creates the wake histograms at
     zero before observing into them (issue 12: 10,000 idle services, bounded series)."""
-    from prometheus_client import REGISTRY
-
     from glowplug import metrics as m
 
     api, load, clock = make(0)
@@ -914,31 +909,23 @@ async def test_wake_histograms_appear_when_the_service_first_wakes() -> None:
     labels = {"namespace": "t-wake-series", "service": "svc"}
     loop = ServiceLoop(api, load, Options(), clock=clock)
     await run_until(loop, api, clock, T0 + 5)
-    assert REGISTRY.get_sample_value(m.WAKES_TOTAL, {**labels, "outcome": "ready"}) == 0
-    assert REGISTRY.get_sample_value(f"{m.WAKE_DURATION}_count", labels) is None
-    assert (
-        REGISTRY.get_sample_value(f"{m.WAKE_PHASE_DURATION}_count", {**labels, "phase": "node"})
-        is None
-    )
+    assert scrape(m.WAKES_TOTAL, {**labels, "outcome": "ready"}) == 0
+    assert scrape(f"{m.WAKE_DURATION}_count", labels) is None
+    assert scrape(f"{m.WAKE_PHASE_DURATION}_count", {**labels, "phase": "node"}) is None
     await wake(api, load, clock, loop)
     await run_until(loop, api, clock, clock.t + 2)
-    assert REGISTRY.get_sample_value(f"{m.WAKE_DURATION}_count", labels) == 0
-    assert (
-        REGISTRY.get_sample_value(f"{m.WAKE_PHASE_DURATION}_count", {**labels, "phase": "node"})
-        == 0
-    )
+    assert scrape(f"{m.WAKE_DURATION}_count", labels) == 0
+    assert scrape(f"{m.WAKE_PHASE_DURATION}_count", {**labels, "phase": "node"}) == 0
 
 
 def test_a_stopped_series_stops_extrapolating_the_baseline() -> None:
     """A loop paused by a peer stops its counters where its ledger last accounted: the
     replica taking over counts from the checkpoint on (two operator replicas in the Helm
     suite had counted the baseline at zero twice)."""
-    from prometheus_client import REGISTRY
-
     from glowplug import metrics as m
     from glowplug.api import parse
     from glowplug.operator.ledger import Delta, Rates
-    from glowplug.operator.servicemetrics import LEDGER_SYNC, ServiceSeries
+    from glowplug.operator.servicemetrics import ServiceSeries
 
     obj = embsvc(0)
     obj["metadata"]["namespace"] = "t-stopped-series"
@@ -948,8 +935,7 @@ def test_a_stopped_series_stops_extrapolating_the_baseline() -> None:
     labels = {"namespace": "t-stopped-series", "service": "svc", "gpu_type": series.gpu_type}
 
     def baseline() -> float | None:
-        LEDGER_SYNC.collect()
-        return REGISTRY.get_sample_value(m.BASELINE_GPU_SECONDS_TOTAL, labels)
+        return scrape(m.BASELINE_GPU_SECONDS_TOTAL, labels)
 
     series.accrue(Delta(0.0, 0.0), T0, Rates(0.0, 1.0))
     clock.t = T0 + 10

@@ -24,16 +24,15 @@ activators can live in one test process).
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.registry import Collector
 
 from glowplug import metrics as m
+from glowplug.exposition import Family, label_text, value_text
 
 PATHS = ("cold", "warm", "cache")  # cache: answered wholly from the embedding cache
 REJECT_REASONS = (
@@ -50,65 +49,50 @@ _SVC = m.SERVICE_LABELS
 NO_KEY = "none"  # the key label of requests without a valid key
 
 
-@dataclass(frozen=True)
-class Family:
-    """One per-service metric family: its name, type, help and extra labels."""
-
-    name: str
-    type: str  # "counter" or "gauge"
-    help: str
-    labels: tuple[str, ...] = ()
-
-    @property
-    def label_names(self) -> tuple[str, ...]:
-        return (*_SVC, *self.labels)
-
-    def header(self) -> bytes:
-        text = self.help.replace("\\", r"\\").replace("\n", r"\n")
-        return f"# HELP {self.name} {text}\n# TYPE {self.name} {self.type}\n".encode()
+def _family(name: str, type_: str, help_: str, *labels: str) -> Family:
+    """A per-service family: namespace and service, then ``labels``."""
+    return Family(name, type_, help_, (*_SVC, *labels))
 
 
-REQUESTS = Family(
+REQUESTS = _family(
     m.REQUESTS_TOTAL,
     "counter",
     "Requests answered, by HTTP code and path (cold: waited for a wake; warm: did not)",
-    ("code", "path"),
+    "code",
+    "path",
 )
-EMBEDDINGS = Family(m.EMBEDDINGS_TOTAL, "counter", "Inputs embedded (successful requests)")
-WAKES = Family(
+EMBEDDINGS = _family(m.EMBEDDINGS_TOTAL, "counter", "Inputs embedded (successful requests)")
+WAKES = _family(
     m.ACTIVATOR_WAKES_TOTAL,
     "counter",
     "Wakes this activator triggered, by outcome (ready, failed, error)",
-    ("outcome",),
+    "outcome",
 )
-REJECTED = Family(
-    m.REJECTED_TOTAL,
-    "counter",
-    "Requests refused or failed by the activator, by reason",
-    ("reason",),
+REJECTED = _family(
+    m.REJECTED_TOTAL, "counter", "Requests refused or failed by the activator, by reason", "reason"
 )
-QUEUED = Family(m.QUEUED_REQUESTS, "gauge", "Requests waiting in the hold queue")
-INFLIGHT = Family(m.INFLIGHT_REQUESTS, "gauge", "Requests sent to a backend and not yet answered")
-CACHE_HITS = Family(
+QUEUED = _family(m.QUEUED_REQUESTS, "gauge", "Requests waiting in the hold queue")
+INFLIGHT = _family(m.INFLIGHT_REQUESTS, "gauge", "Requests sent to a backend and not yet answered")
+CACHE_HITS = _family(
     m.CACHE_HITS_TOTAL,
     "counter",
     "Inputs answered from the embedding cache, by tier (memory, shared)",
-    ("tier",),
+    "tier",
 )
-CACHE_MISSES = Family(
+CACHE_MISSES = _family(
     m.CACHE_MISSES_TOTAL,
     "counter",
     "Inputs looked up in the embedding cache and sent to the engine",
 )
-CACHE_BYTES = Family(
+CACHE_BYTES = _family(
     m.CACHE_BYTES, "gauge", "Bytes held by this replica's in-memory embedding cache"
 )
-CACHE_SERVED_AT_ZERO = Family(
+CACHE_SERVED_AT_ZERO = _family(
     m.CACHE_SERVED_AT_ZERO_TOTAL,
     "counter",
     "Requests answered wholly from the cache while no replica was ready",
 )
-CACHE_WAKES_AVOIDED = Family(
+CACHE_WAKES_AVOIDED = _family(
     m.CACHE_WAKES_AVOIDED_TOTAL,
     "counter",
     "Wakes the requests answered from the cache at zero would have caused",
@@ -132,19 +116,6 @@ _CACHE_IDX = _INDEX[CACHE_BYTES.name]
 _WAKE_OUTCOMES = frozenset(WAKE_OUTCOMES)
 _REJECT_REASONS = frozenset(REJECT_REASONS)
 _CACHE_TIERS = frozenset(CACHE_TIERS)
-
-
-def _value(v: float) -> str:
-    """A sample value as the text format writes it (Go's float formatting)."""
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    if math.isnan(v):
-        return "NaN"
-    return repr(float(v))
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
 
 
 class Count:
@@ -263,26 +234,19 @@ class ServiceMetrics:
         gauges = list(self._gauges.items())
         values = [read() for _, read in gauges]
         lines: list[list[str]] = [[] for _ in FAMILIES]
-        base = f'namespace="{_escape(self.namespace)}",service="{_escape(self.service)}"'
+        svc = (self.namespace, self.service)
         for (idx, extra), c in list(self._counts.items()):
-            lines[idx].append(self._line(FAMILIES[idx], base, extra, c.value))
+            lines[idx].append(_line(FAMILIES[idx], (*svc, *extra), c.value))
         for (idx, _read), v in zip(gauges, values, strict=True):
-            lines[idx].append(self._line(FAMILIES[idx], base, (), v))
+            lines[idx].append(_line(FAMILIES[idx], svc, v))
         # The cache's bytes stay while its entries do; only requests keep it live.
         live = any(v for (idx, _), v in zip(gauges, values, strict=True) if idx != _CACHE_IDX)
         return ["".join(ls).encode() for ls in lines], live
 
-    @staticmethod
-    def _line(family: Family, base: str, extra: tuple[str, ...], value: float) -> str:
-        if extra:
-            # Labels sorted by name, as prometheus_client writes them.
-            cut = base.index(",")
-            extras = [(k, f'{k}="{_escape(v)}"') for k, v in zip(family.labels, extra, strict=True)]
-            pairs = sorted([("namespace", base[:cut]), ("service", base[cut + 1 :]), *extras])
-            labels = ",".join(text for _, text in pairs)
-        else:
-            labels = base
-        return f"{family.name}{{{labels}}} {_value(value)}\n"
+
+def _line(family: Family, values: tuple[str, ...], value: float) -> str:
+    labels = label_text(zip(family.labels, values, strict=True))
+    return f"{family.name}{labels} {value_text(value)}\n"
 
 
 def _zero() -> float:
@@ -496,9 +460,7 @@ class Metrics:
 
     def families(self) -> Mapping[str, tuple[str, tuple[str, ...]]]:
         """name -> (type, label names) of every family /metrics carries (tests, docs)."""
-        out: dict[str, tuple[str, tuple[str, ...]]] = {
-            f.name: (f.type, f.label_names) for f in FAMILIES
-        }
+        out: dict[str, tuple[str, tuple[str, ...]]] = {f.name: (f.type, f.labels) for f in FAMILIES}
         collectors: tuple[Counter | Histogram, ...] = (
             *self.histograms.collectors(),
             self.cache_shared_errors,

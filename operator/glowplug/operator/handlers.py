@@ -19,7 +19,6 @@ stops daemons before it lets the object go.)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import logging
 from collections.abc import Callable, Mapping
@@ -27,15 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
-from prometheus_client import Gauge
 
-from glowplug import metrics
 from glowplug.api.spec import GROUP, PLURAL, VERSION, EmbeddingService, SpecError, parse
 from glowplug.kube import labels
 from glowplug.kube.client import BOOKMARK_INTERVAL, CONNECT_TIMEOUT, READ_TIMEOUT, new_api_client
 from glowplug.operator import conditions as cond
 from glowplug.operator import render
 from glowplug.operator.kube import Kube
+from glowplug.operator.servicemetrics import REPLICAS, SERVICE_INFO
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +51,6 @@ RECONCILE_CONCURRENCY = 16
 
 Emit = Callable[[Mapping[str, Any], str, str, str], None]
 Key = tuple[str, str]
-
-REPLICAS = Gauge(
-    metrics.REPLICAS,
-    "Replicas of each EmbeddingService: desired (what the Deployment is asked for) and ready.",
-    ["namespace", "service", "state"],
-)
-SERVICE_INFO = Gauge(
-    metrics.SERVICE_INFO,
-    "One series per EmbeddingService, value 1, carrying its model, engine and GPU type.",
-    ["namespace", "service", "model", "engine", "gpu_type"],
-)
 
 
 def kopf_emit(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
@@ -153,8 +140,7 @@ class Reconciler:
         if st and st.info_labels:
             SERVICE_INFO.remove(*st.info_labels)
         for state in ("desired", "ready"):
-            with contextlib.suppress(KeyError):
-                REPLICAS.remove(key[0], key[1], state)
+            REPLICAS.remove(key[0], key[1], state)
 
     async def reconcile(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]

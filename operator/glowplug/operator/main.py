@@ -82,10 +82,10 @@ class _QuietSuccess(logging.Filter):
 def start_metrics(port: int) -> None:
     if port <= 0:
         return
-    from prometheus_client import start_http_server
+    from glowplug.operator.servicemetrics import serve
 
     try:
-        start_http_server(port)
+        serve(port)
     except OSError as err:
         # Metrics are worth a log line, not the operator: keep reconciling without them.
         log.error("metrics: cannot listen on port %d: %s", port, err)
