@@ -58,14 +58,14 @@ OPERATOR: tuple[Need, ...] = (
         "deployments",
         "get list watch create patch",
         "watched",
-        "Kube.apply / get_deployment; kopf watch of managed Deployments",
+        "Kube.apply (server-side apply); kopf watch of managed Deployments",
     ),
     _need(
         "",
         "services",
         "get list watch create patch",
         "watched",
-        "Kube.apply / get_service; kopf watch of managed Services",
+        "Kube.apply (server-side apply); kopf watch of managed Services",
     ),
     _need(
         "",

@@ -36,7 +36,7 @@ class FakeKube:
         self.rv += 1
         obj["metadata"]["resourceVersion"] = str(self.rv)
 
-    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+    async def apply(self, manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         if self.fail_next_apply:
             self.fail_next_apply = False
             raise RuntimeError("API server unavailable (simulated)")
@@ -45,16 +45,11 @@ class FakeKube:
         key = (meta["namespace"], meta["name"])
         store = self.deployments if manifest["kind"] == "Deployment" else self.services
         obj = copy.deepcopy(manifest)
+        created = key not in store
         obj["status"] = (store.get(key) or {}).get("status", {})
         self._bump(obj)
         store[key] = obj
-        return copy.deepcopy(obj)
-
-    async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return copy.deepcopy(self.deployments.get((namespace, name)))
-
-    async def get_service(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return copy.deepcopy(self.services.get((namespace, name)))
+        return copy.deepcopy(obj), created
 
     async def secret_keys(self, namespace: str, name: str) -> set[str] | None:
         return self.secrets.get((namespace, name))
@@ -366,10 +361,14 @@ async def test_a_resumed_operator_applies_nothing_that_is_already_there(
     await second.on_embsvc_event("ADDED", copy.deepcopy(kube.embsvcs[("ns", "small")]))
     assert len(kube.applied) == applied
     assert second.states[("ns", "small")].applied_generation is not None
-    # Without the watch bodies first it reads both, and still applies nothing.
+    # Without the watch bodies first it applies both (no reads: one request each, as
+    # many as reading them would cost), and says nothing: nothing was created or scaled.
     third = handlers.Reconciler(kube, emit=events)  # type: ignore[arg-type]
+    said = len(events.events)
     await third.on_embsvc_event("ADDED", copy.deepcopy(kube.embsvcs[("ns", "small")]))
-    assert len(kube.applied) == applied
+    assert len(kube.applied) == applied + 2
+    assert events.events[said:] == []
+    applied += 2
     # A spec changed while no operator ran: applied.
     fourth = handlers.Reconciler(kube, emit=events)  # type: ignore[arg-type]
     changed = kube.put(
@@ -379,6 +378,7 @@ async def test_a_resumed_operator_applies_nothing_that_is_already_there(
         }
     )
     await fourth.on_deployment_event("ADDED", dep)
+    await fourth.on_service_event("ADDED", service)
     await fourth.on_embsvc_event("MODIFIED", changed)
     assert [m["kind"] for m in kube.applied[applied:]] == ["Deployment"]
     assert kube.deployments[("ns", "small")]["spec"]["replicas"] == 1
@@ -458,7 +458,7 @@ class SlowKube(FakeKube):
         self.in_flight = 0
         self.most = 0
 
-    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+    async def apply(self, manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         self.in_flight += 1
         self.most = max(self.most, self.in_flight)
         try:

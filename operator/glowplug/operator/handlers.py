@@ -251,41 +251,35 @@ class Reconciler:
     ) -> None:
         manifest = render.render_service(svc)
         old = st.seen_service if st is not None and st.resumed else None
-        if old is None:
-            old = await self.kube.get_service(svc.namespace, svc.name)
-        existed = old is not None
-        if old is not None and st is not None and st.resumed and covers(manifest, old):
+        if old is not None and covers(manifest, old):
             return  # resumed, and the Service is what we would apply
-        await self.kube.apply(manifest)
-        if not existed:
+        _, created = await self.kube.apply(manifest)
+        if created:
             self.emit(ref_of(body), "Normal", "Created", f"created Service {svc.name}")
 
     async def _apply_deployment(
         self, svc: EmbeddingService, body: Mapping[str, Any], st: _State
     ) -> dict[str, Any]:
-        existed = st.dep_replicas is not None
+        # No read first: the apply says whether it created the Deployment, and what a
+        # resumed operator's watch already delivered (seen_deployment) can skip it.
         old = st.seen_deployment if st.resumed else None
-        if not existed or (st.resumed and old is None):
-            old = await self.kube.get_deployment(svc.namespace, svc.name)
-            if old is not None:
-                self._remember_deployment(st, old)
-                existed = True
         before, old_hash = st.dep_replicas, st.dep_hash
         manifest = render.render_deployment(svc)
-        if st.resumed and old is not None and covers(without_template(manifest), old):
+        if old is not None and covers(without_template(manifest), old):
             # Resumed, and the Deployment already holds this template (its hash) and
             # everything else we render: nothing to apply.
             return dict(old)
-        dep = await self.kube.apply(manifest)
+        dep, created = await self.kube.apply(manifest)
         self._remember_deployment(st, dep)
         want = manifest["spec"]["replicas"]
         ref = ref_of(body)
-        if not existed:
+        if created:
             self.emit(ref, "Normal", "Created", f"created Deployment {svc.name} ({want} replicas)")
             return dep
-        if before != want:
+        # Unknown before (this operator had not seen the Deployment): no event.
+        if before is not None and before != want:
             self.emit(ref, "Normal", "Scaled", f"scaled Deployment {svc.name}: {before} -> {want}")
-        if old_hash != st.dep_hash:
+        if old_hash is not None and old_hash != st.dep_hash:
             self.emit(ref, "Normal", "Updated", f"rolling out a new pod template to {svc.name}")
         return dep
 
@@ -363,11 +357,13 @@ class Reconciler:
                 st.dep_replicas = st.dep_hash = None
                 self.schedule(key, 0.0)
             return
-        if key in self.states:
-            self._remember_deployment(self.states[key], body)
-        if key in self.states and self.states[key].applied_generation is None:
-            if self.states[key].resumed:
-                self.states[key].seen_deployment = body
+        if key not in self.states and meta.get("deletionTimestamp"):
+            return  # going with its owner, which this operator has forgotten
+        st = self.state(key)  # (the watch may list the Deployment before its owner)
+        self._remember_deployment(st, body)
+        if st.applied_generation is None:
+            if st.resumed:
+                st.seen_deployment = body
             return  # not reconciled yet; the reconcile writes status itself
         state = self.states.get(key)
         rv = str(meta.get("resourceVersion") or "")

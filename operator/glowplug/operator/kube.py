@@ -44,8 +44,10 @@ class Kube:
         plain: Manifest = self.api.sanitize_for_serialization(obj)
         return plain
 
-    async def apply(self, manifest: Manifest) -> Manifest:
-        """Server-side apply of a Deployment or a Service; returns the object as stored.
+    async def apply(self, manifest: Manifest) -> tuple[Manifest, bool]:
+        """Server-side apply of a Deployment or a Service: the object as stored, and
+        whether this apply created it (201 Created, against 200 for an update: no read
+        beforehand to find out, one request per object at a cold start).
 
         force=True: the operator owns every field it renders (nobody else may scale the
         Deployment), so a conflicting manager is overridden rather than failing the wake.
@@ -56,34 +58,19 @@ class Kube:
             "force": True,
             "_content_type": APPLY,
         }
-        obj: Any
+        reply: tuple[Any, int, Any]
         if manifest["kind"] == "Deployment":
-            obj = await self.apps.patch_namespaced_deployment(
+            reply = await self.apps.patch_namespaced_deployment_with_http_info(
                 meta["name"], meta["namespace"], manifest, **kwargs
             )
         elif manifest["kind"] == "Service":
-            obj = await self.core.patch_namespaced_service(
+            reply = await self.core.patch_namespaced_service_with_http_info(
                 meta["name"], meta["namespace"], manifest, **kwargs
             )
         else:
             raise ValueError(f"cannot apply a {manifest['kind']}")
-        return self._plain(obj)
-
-    async def get_deployment(self, namespace: str, name: str) -> Manifest | None:
-        try:
-            return self._plain(await self.apps.read_namespaced_deployment(name, namespace))
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
-
-    async def get_service(self, namespace: str, name: str) -> Manifest | None:
-        try:
-            return self._plain(await self.core.read_namespaced_service(name, namespace))
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
+        obj, code, _headers = reply
+        return self._plain(obj), code == 201
 
     async def secret_keys(self, namespace: str, name: str) -> set[str] | None:
         """The keys of a Secret, or None when it does not exist (values are not kept)."""
