@@ -31,6 +31,7 @@ class FakeKube:
         self.fail_next_apply = False
         self.rv = 0
         self.status_updates = 0  # update_status calls (each a GET and maybe a PATCH)
+        self.lists = 0  # list_managed calls
 
     def _bump(self, obj: dict[str, Any]) -> None:
         self.rv += 1
@@ -50,6 +51,11 @@ class FakeKube:
         self._bump(obj)
         store[key] = obj
         return copy.deepcopy(obj), created
+
+    async def list_managed(self, kind: str, namespace: str | None) -> list[dict[str, Any]]:
+        self.lists += 1
+        store = self.deployments if kind == "Deployment" else self.services
+        return [copy.deepcopy(o) for (ns, _), o in store.items() if namespace in (None, ns)]
 
     async def secret_keys(self, namespace: str, name: str) -> set[str] | None:
         return self.secrets.get((namespace, name))
@@ -361,12 +367,18 @@ async def test_a_resumed_operator_applies_nothing_that_is_already_there(
     await second.on_embsvc_event("ADDED", copy.deepcopy(kube.embsvcs[("ns", "small")]))
     assert len(kube.applied) == applied
     assert second.states[("ns", "small")].applied_generation is not None
-    # Without the watch bodies first it applies both (no reads: one request each, as
-    # many as reading them would cost), and says nothing: nothing was created or scaled.
-    third = handlers.Reconciler(kube, emit=events)  # type: ignore[arg-type]
-    said = len(events.events)
+    # Without the watch bodies first: its one listing of each kind shows them in place.
+    third = handlers.Reconciler(kube, emit=events, namespaces=["ns"])  # type: ignore[arg-type]
+    lists = kube.lists
     await third.on_embsvc_event("ADDED", copy.deepcopy(kube.embsvcs[("ns", "small")]))
-    assert len(kube.applied) == applied + 2
+    assert len(kube.applied) == applied
+    assert kube.lists == lists + 2
+    # Globbed namespaces cannot be listed: it applies both (one request each, as many
+    # as reading them would cost), and says nothing: nothing was created or scaled.
+    globbed = handlers.Reconciler(kube, emit=events, namespaces=["n*"])  # type: ignore[arg-type]
+    said = len(events.events)
+    await globbed.on_embsvc_event("ADDED", copy.deepcopy(kube.embsvcs[("ns", "small")]))
+    assert len(kube.applied) == applied + 2 and kube.lists == lists + 2
     assert events.events[said:] == []
     applied += 2
     # A spec changed while no operator ran: applied.
@@ -382,7 +394,7 @@ async def test_a_resumed_operator_applies_nothing_that_is_already_there(
     await fourth.on_embsvc_event("MODIFIED", changed)
     assert [m["kind"] for m in kube.applied[applied:]] == ["Deployment"]
     assert kube.deployments[("ns", "small")]["spec"]["replicas"] == 1
-    for r in (first, second, third, fourth):
+    for r in (first, second, third, globbed, fourth):
         for key in list(r.states):
             r.forget(key)
 
@@ -483,3 +495,32 @@ async def test_a_start_up_reconciles_a_bounded_number_at_once() -> None:
     assert kube.most <= handlers.RECONCILE_CONCURRENCY
     for key in list(r.states):
         r.forget(key)
+
+
+async def test_a_start_up_lists_once_and_survives_a_failed_listing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Sixty reconciles at once share one listing of each kind; when the listing fails
+    the reconciles apply anyway (priming saves requests, it is not needed to be right)."""
+    kube = SlowKube()
+    r = handlers.Reconciler(kube, emit=lambda *_: None)  # type: ignore[arg-type]
+    bodies = []
+    for i in range(60):
+        body = embsvc()
+        body["metadata"] = {**body["metadata"], "name": f"s{i}", "uid": f"u{i}"}
+        bodies.append(kube.put(body))
+    await asyncio.gather(*(r.on_embsvc_event("ADDED", b) for b in bodies))
+    assert kube.lists == 2 and len(kube.applied) == 120
+
+    class BrokenListKube(FakeKube):
+        async def list_managed(self, kind: str, namespace: str | None) -> list[dict[str, Any]]:
+            raise RuntimeError("API server unavailable (simulated)")
+
+    broken = BrokenListKube()
+    broken.deployments, broken.services = kube.deployments, kube.services
+    broken.embsvcs = kube.embsvcs
+    again = handlers.Reconciler(broken, emit=lambda *_: None)  # type: ignore[arg-type]
+    with caplog.at_level("WARNING"):
+        await again.on_embsvc_event("ADDED", copy.deepcopy(kube.embsvcs[("ns", "s0")]))
+    assert "applying instead" in caplog.text
+    assert [m["kind"] for m in broken.applied] == ["Service", "Deployment"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,10 +107,12 @@ class _State:
 class Reconciler:
     """EmbeddingService -> Deployment + Service, and Deployment -> status."""
 
-    def __init__(self, kube: Kube, emit: Emit = kopf_emit) -> None:
+    def __init__(self, kube: Kube, emit: Emit = kopf_emit, namespaces: Sequence[str] = ()) -> None:
         self.kube = kube
         self.emit = emit
+        self.namespaces = tuple(namespaces)  # watched ones (empty: all)
         self.states: dict[Key, _State] = {}
+        self._primed: asyncio.Task[None] | None = None
         # At start-up (or a failover) kopf hands over every object at once; unbounded,
         # N reconciles would queue for the client's connection pool and time out there
         # (aiohttp's connect timeout covers the wait for a pooled connection).
@@ -118,6 +120,44 @@ class Reconciler:
 
     def state(self, key: Key) -> _State:
         return self.states.setdefault(key, _State())
+
+    async def prime(self) -> None:
+        """Before this process's first reconcile: one paginated LIST of the Deployments
+        and of the Services glowplug manages, as what a resumed reconcile compares with.
+        Then a reconcile needs no read: an object listed and in place is left alone (a
+        failover applies nothing), one not listed did not exist (the apply creates it).
+        kopf's watches deliver the same objects, but in no order against the
+        EmbeddingServices'. Globbed namespaces cannot be listed by name: no priming
+        there (a resumed reconcile then applies what its watch has not shown yet)."""
+        if self._primed is None:
+            self._primed = asyncio.create_task(self._prime(), name="prime")
+        await asyncio.shield(self._primed)
+
+    async def _prime(self) -> None:
+        if any(ch in ns for ns in self.namespaces for ch in "*?["):
+            return
+        try:
+            for kind in ("Deployment", "Service"):
+                for ns in self.namespaces or (None,):
+                    for obj in await self.kube.list_managed(kind, ns):
+                        self._seen(kind, obj)
+        except Exception as err:
+            log.warning("listing what glowplug manages failed (%s): applying instead", err)
+
+    def _seen(self, kind: str, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        name = (meta.get("labels") or {}).get(labels.SERVICE_LABEL)
+        if not name or meta.get("deletionTimestamp"):
+            return
+        st = self.state((str(meta.get("namespace")), str(name)))
+        if not st.resumed or st.applied_generation is not None:
+            return  # already reconciled: its watch events are newer than this list
+        if kind == "Deployment":
+            if st.seen_deployment is None:
+                st.seen_deployment = obj
+                self._remember_deployment(st, obj)
+        elif st.seen_service is None:
+            st.seen_service = obj
 
     # --- EmbeddingService events -------------------------------------------------------
     async def on_embsvc_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
@@ -143,6 +183,7 @@ class Reconciler:
             REPLICAS.remove(key[0], key[1], state)
 
     async def reconcile(self, body: dict[str, Any]) -> None:
+        await self.prime()
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         st = self.state(key)
@@ -431,8 +472,9 @@ def deployment_figures(dep: Mapping[str, Any]) -> tuple[int, int, int]:
     )
 
 
-def register() -> None:
-    """Register the handlers with kopf's default registry (called by ``main``)."""
+def register(namespaces: Sequence[str] = ()) -> None:
+    """Register the handlers with kopf's default registry (called by ``main`` with the
+    watched namespaces: empty for all)."""
 
     @kopf.on.startup()
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
@@ -459,7 +501,7 @@ def register() -> None:
         settings.watching.client_timeout = 2 * BOOKMARK_INTERVAL + 10
         api = await new_api_client("operator")
         memo.api = api
-        memo.reconciler = Reconciler(Kube(api))
+        memo.reconciler = Reconciler(Kube(api), namespaces=namespaces)
 
     @kopf.on.cleanup()
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:

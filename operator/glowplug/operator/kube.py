@@ -15,6 +15,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from glowplug.api.spec import GROUP, PLURAL, VERSION
+from glowplug.kube import labels
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 
 Manifest = dict[str, Any]
+LIST_PAGE = 500  # objects per page of a LIST (the API server's own default chunk size)
 # Given the current object, return the status fields to write (None: nothing to write).
 StatusMutation = Callable[[Mapping[str, Any]], Awaitable[Manifest | None] | Manifest | None]
 
@@ -71,6 +73,36 @@ class Kube:
             raise ValueError(f"cannot apply a {manifest['kind']}")
         obj, code, _headers = reply
         return self._plain(obj), code == 201
+
+    async def list_managed(self, kind: str, namespace: str | None) -> list[Manifest]:
+        """Every Deployment or Service glowplug manages (label ``managed-by``), in one
+        namespace or all (None), read in pages of ``LIST_PAGE``."""
+        selector = f"app.kubernetes.io/managed-by={labels.MANAGED_BY}"
+        out: list[Manifest] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"label_selector": selector, "limit": LIST_PAGE}
+            if token:
+                kwargs["_continue"] = token
+            page: Any
+            if kind == "Deployment":
+                page = await (
+                    self.apps.list_namespaced_deployment(namespace, **kwargs)
+                    if namespace
+                    else self.apps.list_deployment_for_all_namespaces(**kwargs)
+                )
+            elif kind == "Service":
+                page = await (
+                    self.core.list_namespaced_service(namespace, **kwargs)
+                    if namespace
+                    else self.core.list_service_for_all_namespaces(**kwargs)
+                )
+            else:
+                raise ValueError(f"cannot list {kind}s")
+            out.extend(self._plain(item) for item in page.items)
+            token = page.metadata._continue
+            if not token:
+                return out
 
     async def secret_keys(self, namespace: str, name: str) -> set[str] | None:
         """The keys of a Secret, or None when it does not exist (values are not kept)."""

@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     kopf.configure(verbose=args.verbose, quiet=args.quiet)
     if not args.verbose:
         logging.getLogger("kopf.objects").addFilter(_QuietSuccess())
-    handlers.register()
+    handlers.register(args.namespace)
     daemon.configure(args)
     start_metrics(args.metrics_port)
     with contextlib.suppress(KeyboardInterrupt):
