@@ -146,7 +146,9 @@ async def test_create_applies_service_and_deployment(
     await reconciler.on_embsvc_event("ADDED", body)
     assert [m["kind"] for m in kube.applied] == ["Service", "Deployment"]
     assert kube.deployments[("ns", "small")]["spec"]["replicas"] == 0
-    assert events.reasons() == ["Created", "Created"]
+    assert events.events == [
+        ("Normal", "Created", "created Deployment small (0 replicas) and Service small")
+    ]
     st = status(kube)
     assert st["phase"] == "Idle"
     assert st["selector"] == "glowplug.dev/service=small"
