@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import copy
 import sys
 import time
@@ -25,24 +24,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class StoppedDouble:
-    """A test double of kopf's daemon stopper."""
-
-    def __init__(self) -> None:
-        self.event = asyncio.Event()
-        self.reason = None
-
-    def __bool__(self) -> bool:
-        return self.event.is_set()
-
-    def wait(self, timeout: float | None = None) -> Any:
-        return self._wait(timeout)
-
-    async def _wait(self, seconds: float | None) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.event.wait(), seconds)
 
 
 class ManyServicesDouble:
@@ -70,6 +51,7 @@ async def run(n: int, state: str, seconds: float) -> dict[str, float]:
     sys.path.insert(0, str(ROOT / "operator" / "tests"))
     from prometheus_client import REGISTRY
     from test_scaling_loop import ClusterAPIDouble, a_pod, embsvc  # type: ignore[import-not-found]
+    from test_timers import StoppedDouble  # type: ignore[import-not-found]
 
     from glowplug.operator.daemon import Daemons
     from glowplug.operator.serviceloop import Options
