@@ -414,6 +414,26 @@ class DashboardRun:
     ledger: LedgerComparison
     status: dict[str, Any]
 
+    def problems(self) -> list[str]:
+        """What the run got wrong (both suites assert this is empty): a panel without
+        data, or Prometheus' ledger more than 2 % from status' as of the same instant."""
+        c, out = self.ledger, []
+        if self.empty:
+            out.append(f"panels without data: {self.empty}")
+        if self.status["gpuSeconds"] <= UP_FOR / 2:
+            out.append(f"status gpuSeconds {self.status['gpuSeconds']} after {UP_FOR} s up")
+        if c.unseen_baseline >= 0.1 * c.saved_status:
+            out.append(f"baseline before Prometheus' first scrape: {c.unseen_baseline}")
+        if c.saved_status <= AT_ZERO_FOR / 2:  # as of now, not ledgerTime
+            out.append(f"saved {c.saved_status} GPU-s after {AT_ZERO_FOR} s at zero")
+        for what, prom, status in (
+            ("used", c.used_prometheus, c.used_status),
+            ("saved", c.saved_prometheus, c.saved_status),
+        ):
+            if abs(prom - status) > 0.02 * abs(status):
+                out.append(f"{what}: Prometheus {prom} against status {status} GPU-s")
+        return out
+
 
 def run_dashboard_scenario(
     prom: Prometheus,

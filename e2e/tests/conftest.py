@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from e2e.cluster import REPO, Cluster, cached_bin_dir, ensure_binaries
-from e2e.tests.helpers import wait_for
+from e2e.tests.helpers import GLOWPLUG, ActivatorProcess, wait_for
 
 CRD_DIR = REPO / "crds"
 
@@ -191,3 +191,20 @@ def operator_process(operator_factory: OperatorFactory, namespace: str) -> Opera
     """
     extra = json.loads(os.environ.get("GLOWPLUG_TEST_OPERATOR_ARGS", "[]"))
     return operator_factory("--standalone", "--namespace", namespace, "--metrics-port", "0", *extra)
+
+
+@pytest.fixture
+def activator(
+    cluster: Cluster, namespace: str, crd_installed: Path, tmp_path: Path
+) -> Iterator[ActivatorProcess]:
+    """One activator process on the test namespace (files that need another shape of
+    activator define their own fixture of this name)."""
+    if not GLOWPLUG.exists():
+        pytest.skip(f"{GLOWPLUG} is missing: run `make install`")
+    act = ActivatorProcess(cluster, namespace, tmp_path / "activator.log")
+    act.start()
+    try:
+        yield act
+    finally:
+        act.stop()
+        print(f"\n--- activator log tail ---\n{act.log()[-1500:]}")

@@ -77,6 +77,18 @@ def endpoint_ips(cluster: Cluster, namespace: str, service: str) -> list[str]:
     )
 
 
+def replicas_and_pods(cluster: Cluster, namespace: str, name: str) -> tuple[int, int]:
+    """An EmbeddingService's spec.replicas, and how many pods it has."""
+    obj = cluster.api(
+        "GET", f"/apis/glowplug.dev/v1alpha1/namespaces/{namespace}/embeddingservices/{name}"
+    )
+    pods = cluster.api(
+        "GET",
+        f"/api/v1/namespaces/{namespace}/pods?labelSelector=glowplug.dev%2Fservice%3D{name}",
+    )["items"]
+    return int(obj["spec"].get("replicas") or 0), len(pods)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +19,7 @@ import yaml
 
 from e2e.cluster import Cluster
 from e2e.tests.conftest import OperatorFactory
-from e2e.tests.helpers import GLOWPLUG, ActivatorProcess, apply, free_port, wait_for
+from e2e.tests.helpers import ActivatorProcess, apply, free_port, replicas_and_pods, wait_for
 from glowplug.metrics import GPU_SECONDS_ATTRIBUTED_TOTAL, GPU_SECONDS_TOTAL
 from glowplug.operator.attribution import UNATTRIBUTED
 
@@ -85,32 +83,6 @@ def samples(port: int, name: str) -> dict[str, float]:
     return out
 
 
-def replicas_and_pods(cluster: Cluster, namespace: str) -> tuple[int, int]:
-    obj = cluster.api(
-        "GET", f"/apis/glowplug.dev/v1alpha1/namespaces/{namespace}/embeddingservices/{NAME}"
-    )
-    pods = cluster.api(
-        "GET",
-        f"/api/v1/namespaces/{namespace}/pods?labelSelector=glowplug.dev%2Fservice%3D{NAME}",
-    )["items"]
-    return int(obj["spec"].get("replicas") or 0), len(pods)
-
-
-@pytest.fixture
-def activator(
-    cluster: Cluster, namespace: str, crd_installed: Path, tmp_path: Path
-) -> Iterator[ActivatorProcess]:
-    if not GLOWPLUG.exists():
-        pytest.skip(f"{GLOWPLUG} is missing: run `make install`")
-    act = ActivatorProcess(cluster, namespace, tmp_path / "activator.log")
-    act.start()
-    try:
-        yield act
-    finally:
-        act.stop()
-        print(f"\n--- activator log tail ---\n{act.log()[-1500:]}")
-
-
 def test_two_keys_split_the_gpu_seconds_by_their_computed_inputs(
     cluster: Cluster, namespace: str, activator: ActivatorProcess, operator_factory: OperatorFactory
 ) -> None:
@@ -130,7 +102,9 @@ def test_two_keys_split_the_gpu_seconds_by_their_computed_inputs(
     assert embed(activator.url, KEYS["team-b"], ["b1"]) == 200
     computed = activator.stats(NAME)["computedInputs"]
     assert computed == {f"{namespace}/team-a": 3, f"{namespace}/team-b": 1}, computed
-    wait_for(lambda: replicas_and_pods(cluster, namespace) == (0, 0), 120, what="back at zero")
+    wait_for(
+        lambda: replicas_and_pods(cluster, namespace, NAME) == (0, 0), 120, what="back at zero"
+    )
 
     mine = f'namespace="{namespace}",service="{NAME}"'
 

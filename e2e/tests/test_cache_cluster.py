@@ -20,7 +20,7 @@ import pytest
 from e2e.cluster import Cluster
 from e2e.redisserver import PASSWORD, RedisServer, RedisUnavailable, redis_server_binary
 from e2e.tests.conftest import OperatorFactory
-from e2e.tests.helpers import GLOWPLUG, ActivatorProcess, apply, wait_for
+from e2e.tests.helpers import GLOWPLUG, ActivatorProcess, apply, replicas_and_pods, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -47,18 +47,6 @@ def embed(url: str, inputs: list[str]) -> tuple[int, dict[str, Any], dict[str, s
     )
     with urllib.request.urlopen(req, timeout=180) as resp:
         return int(resp.status), json.load(resp), dict(resp.headers)
-
-
-def replicas(cluster: Cluster, namespace: str) -> tuple[int, int]:
-    """(spec.replicas, pods of the Deployment)."""
-    obj = cluster.api(
-        "GET", f"/apis/glowplug.dev/v1alpha1/namespaces/{namespace}/embeddingservices/{NAME}"
-    )
-    pods = cluster.api(
-        "GET",
-        f"/api/v1/namespaces/{namespace}/pods?labelSelector=glowplug.dev%2Fservice%3D{NAME}",
-    )["items"]
-    return int(obj["spec"].get("replicas") or 0), len(pods)
 
 
 def metric(act: ActivatorProcess, name: str, **labels: str) -> float:
@@ -121,7 +109,9 @@ def wake_answer_and_wait_for_zero(
     status, first, headers = embed(act.url, ["alpha", "beta"])
     assert status == 200 and headers["X-Glowplug-Cache"] == "miss", first
     assert first["usage"]["prompt_tokens"] > 0
-    wait_for(lambda: replicas(cluster, namespace) == (0, 0), 120, what="scale to zero")
+    wait_for(
+        lambda: replicas_and_pods(cluster, namespace, NAME) == (0, 0), 120, what="scale to zero"
+    )
     return first
 
 
@@ -148,7 +138,7 @@ def test_repeats_are_answered_at_zero_without_a_wake(
         first["data"][0]["embedding"],
     ]
     assert again["usage"]["prompt_tokens"] == 0
-    assert replicas(cluster, namespace) == (0, 0)
+    assert replicas_and_pods(cluster, namespace, NAME) == (0, 0)
     assert metric(act, "glowplug_cache_served_at_zero_total", **labels) == 1
     assert metric(act, "glowplug_cache_wakes_avoided_total", **labels) == 1
     if not shared:
@@ -160,5 +150,5 @@ def test_repeats_are_answered_at_zero_without_a_wake(
     assert status == 200 and headers["X-Glowplug-Cache"] == "hit", body
     assert body["data"][0]["embedding"] == first["data"][0]["embedding"]
     assert metric(other, "glowplug_cache_hits_total", tier="shared", **labels) == 1
-    assert replicas(cluster, namespace) == (0, 0)
+    assert replicas_and_pods(cluster, namespace, NAME) == (0, 0)
     assert metric(other, "glowplug_activator_wakes_total", outcome="ready", **labels) == 0

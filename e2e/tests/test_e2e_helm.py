@@ -50,8 +50,6 @@ from e2e.helmkit import (
     wait_until,
 )
 from e2e.prometheus import (
-    AT_ZERO_FOR,
-    UP_FOR,
     PodDiscovery,
     Prometheus,
     PrometheusError,
@@ -571,13 +569,7 @@ def test_helm_prometheus_scrapes_the_chart(
 
             run = run_dashboard_scenario(prom, app_ns, send, lambda: embsvc(kube, app_ns, name))
             print(run.ledger)
-            assert not run.empty, run.empty
-            check = run.ledger
-            assert run.status["gpuSeconds"] > UP_FOR / 2
-            assert check.unseen_baseline < 0.1 * check.saved_status, check
-            assert check.saved_status > AT_ZERO_FOR / 2, check  # as of now, not ledgerTime
-            assert check.used_prometheus == pytest.approx(check.used_status, rel=0.02), check
-            assert check.saved_prometheus == pytest.approx(check.saved_status, rel=0.02), check
+            assert run.problems() == [], run.ledger
             kube.kubectl(
                 "delete", "embeddingservice", name, "-n", app_ns, "--wait", "--timeout=120s"
             )

@@ -13,15 +13,13 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from e2e.cluster import Cluster
 from e2e.tests.conftest import OperatorFactory
-from e2e.tests.helpers import GLOWPLUG, ActivatorProcess, apply, wait_for
+from e2e.tests.helpers import ActivatorProcess, apply, wait_for
 from glowplug.metrics import REQUESTS_TOTAL
 
 pytestmark = pytest.mark.cluster
@@ -85,21 +83,6 @@ def embed(url: str) -> int:
     with urllib.request.urlopen(req, timeout=180) as resp:
         json.load(resp)
         return int(resp.status)
-
-
-@pytest.fixture
-def activator(
-    cluster: Cluster, namespace: str, crd_installed: Path, tmp_path: Path
-) -> Iterator[ActivatorProcess]:
-    if not GLOWPLUG.exists():
-        pytest.skip(f"{GLOWPLUG} is missing: run `make install`")
-    act = ActivatorProcess(cluster, namespace, tmp_path / "activator.log")
-    act.start()
-    try:
-        yield act
-    finally:
-        act.stop()
-        print(f"\n--- activator log tail ---\n{act.log()[-1500:]}")
 
 
 def start_operator(factory: OperatorFactory, namespace: str, act: ActivatorProcess) -> Any:

@@ -15,7 +15,6 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,6 @@ import yaml
 
 from e2e.cluster import Cluster
 from e2e.prometheus import (
-    AT_ZERO_FOR,
-    UP_FOR,
     Prometheus,
     PrometheusError,
     install_prometheus,
@@ -33,7 +30,7 @@ from e2e.prometheus import (
     static_scrape_configs,
 )
 from e2e.tests.conftest import OperatorFactory
-from e2e.tests.helpers import GLOWPLUG, ActivatorProcess, apply, free_port, wait_for
+from e2e.tests.helpers import ActivatorProcess, apply, free_port, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -82,20 +79,6 @@ def prometheus_bin() -> str:
         return install_prometheus()
     except PrometheusError as err:
         pytest.skip(str(err))
-
-
-@pytest.fixture
-def activator(
-    cluster: Cluster, namespace: str, crd_installed: Path, tmp_path: Path
-) -> Iterator[ActivatorProcess]:
-    if not GLOWPLUG.exists():
-        pytest.skip(f"{GLOWPLUG} is missing: run `make install`")
-    act = ActivatorProcess(cluster, namespace, tmp_path / "activator.log")
-    act.start()
-    try:
-        yield act
-    finally:
-        act.stop()
 
 
 def embed(url: str, **body: Any) -> int:
@@ -148,12 +131,6 @@ def test_every_panel_returns_data_and_gpu_hours_match_status(
             lambda: cluster.api("GET", path),
         )
         print(run.ledger)
-        assert not run.empty, run.empty
-        check = run.ledger
-        assert run.status["gpuSeconds"] > UP_FOR / 2
-        assert check.unseen_baseline < 0.1 * check.saved_status, check
-        assert check.saved_status > AT_ZERO_FOR / 2, check  # as of now, not ledgerTime
-        assert check.used_prometheus == pytest.approx(check.used_status, rel=0.02), check
-        assert check.saved_prometheus == pytest.approx(check.saved_status, rel=0.02), check
+        assert run.problems() == [], run.ledger
     finally:
         prom.stop()
