@@ -521,3 +521,44 @@ async def test_a_failed_listing_at_start_up_applies_anyway(
         await again.on_embsvc_event("ADDED", copy.deepcopy(kube.embsvcs[("ns", "small")]))
     assert "applying instead" in caplog.text
     assert [m["kind"] for m in broken.applied] == ["Service", "Deployment"]
+
+
+async def test_a_reconcile_with_nothing_to_send_does_not_wait_for_busy_calls(
+    kube: FakeKube, events: Recorder
+) -> None:
+    """The bound is on API calls: while every slot is taken by calls that hang, a
+    resumed reconcile whose objects are in place finishes (a failover of 10,000 services
+    then does not hold back a wake's apply behind 10,000 reconciles)."""
+    first = handlers.Reconciler(kube, emit=events)  # type: ignore[arg-type]
+    body = kube.put(embsvc(replicas=0))
+    await first.on_embsvc_event("ADDED", body)
+    release = asyncio.Event()
+
+    class HangingKube(FakeKube):
+        async def apply(self, manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+            await release.wait()
+            return await super().apply(manifest)
+
+    hanging = HangingKube()
+    hanging.deployments, hanging.services, hanging.embsvcs = (
+        kube.deployments,
+        kube.services,
+        kube.embsvcs,
+    )
+    second = handlers.Reconciler(hanging, emit=lambda *_: None)  # type: ignore[arg-type]
+    blocked = []
+    for i in range(handlers.RECONCILE_CONCURRENCY + 2):  # new services: their applies hang
+        other = embsvc()
+        other["metadata"] = {**other["metadata"], "name": f"new{i}", "uid": f"n{i}"}
+        blocked.append(asyncio.create_task(second.on_embsvc_event("ADDED", hanging.put(other))))
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(
+        second.on_embsvc_event("ADDED", copy.deepcopy(kube.embsvcs[("ns", "small")])), 5
+    )
+    assert second.states[("ns", "small")].applied_generation is not None
+    assert not any(t.done() for t in blocked)
+    release.set()
+    await asyncio.gather(*blocked)
+    for r in (first, second):
+        for key in list(r.states):
+            r.forget(key)

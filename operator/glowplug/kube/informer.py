@@ -47,6 +47,48 @@ class _Gone(Exception):
     """The watch's resourceVersion expired: list again."""
 
 
+async def raw_get(api: Any, path: str, query: list[tuple[str, str]], limit_s: Any) -> Any:
+    """GET ``path`` with the client's auth, the response unread (the caller parses it)."""
+    return await api.call_api(
+        path,
+        "GET",
+        query_params=query,
+        header_params={"Accept": "application/json"},
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+        _request_timeout=limit_s,
+    )
+
+
+async def list_objects(
+    api: Any, path: str, query: Sequence[tuple[str, str]] = ()
+) -> tuple[list[dict[str, Any]], str]:
+    """Every object at ``path`` in pages of ``LIST_PAGE``, as raw JSON dicts (no model
+    classes: for 10,000 Deployments, deserialising into kubernetes_asyncio models and
+    back cost seconds a page), and the list's resourceVersion. A 410 (the continue token
+    expired mid-list) raises ``_Gone``; the API server unavailable, ``Unavailable``."""
+    items: list[dict[str, Any]] = []
+    cont = ""
+    while True:
+        q = [("limit", str(LIST_PAGE)), *query]
+        if cont:
+            q.append(("continue", cont))
+        resp = await raw_get(api, path, q, LIST_TIMEOUT)
+        async with resp:
+            if resp.status == 410:
+                raise _Gone()
+            if resp.status in UNAVAILABLE_STATUSES:
+                raise Unavailable(f"list {path}: HTTP {resp.status}")
+            if resp.status != 200:
+                raise RuntimeError(f"list {path}: HTTP {resp.status}")
+            doc = await resp.json()
+        items.extend(doc.get("items") or [])
+        meta = doc.get("metadata") or {}
+        cont = str(meta.get("continue") or "")
+        if not cont:
+            return items, str(meta.get("resourceVersion", ""))
+
+
 def scopes(namespaces: Sequence[str]) -> tuple[list[str | None], Callable[[str], bool]]:
     """The list/watch scopes for ``--namespace`` values and a filter for what they return.
 
@@ -139,40 +181,14 @@ class Informer:
             await asyncio.sleep(RETRY_DELAY)
 
     async def _get(self, path: str, query: list[tuple[str, str]], limit_s: Any) -> Any:
-        return await self.api.call_api(
-            path,
-            "GET",
-            query_params=query,
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-            _preload_content=False,
-            _request_timeout=limit_s,
-        )
+        return await raw_get(self.api, path, query, limit_s)
 
     async def _list(self, ns: str | None) -> str:
-        items: list[dict[str, Any]] = []
-        cont = ""
-        while True:
-            query = [("limit", str(LIST_PAGE)), *self._selector()]
-            if cont:
-                query.append(("continue", cont))
-            resp = await self._get(self.path(ns), query, LIST_TIMEOUT)
-            async with resp:
-                if resp.status == 410:
-                    raise _Gone()  # the continue token expired mid-list
-                if resp.status in UNAVAILABLE_STATUSES:
-                    raise Unavailable(f"list {self.path(ns)}: HTTP {resp.status}")
-                if resp.status != 200:
-                    raise RuntimeError(f"list {self.path(ns)}: HTTP {resp.status}")
-                doc = await resp.json()
-            items.extend(_trim(o) for o in doc.get("items") or [])
-            meta = doc.get("metadata") or {}
-            cont = str(meta.get("continue") or "")
-            if not cont:
-                break
+        items, version = await list_objects(self.api, self.path(ns), self._selector())
+        items = [trim(o) for o in items]
         self.lists += 1
         self._replace(ns, items)
-        return str(meta.get("resourceVersion", ""))
+        return version
 
     async def _watch(self, ns: str | None, rv: str) -> str:
         query = [
@@ -230,7 +246,7 @@ class Informer:
             raise RuntimeError(f"watch error: {obj.get('message')}")
         new_rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
         if typ in ("ADDED", "MODIFIED", "DELETED"):
-            self._apply(_trim(obj), deleted=typ == "DELETED")
+            self._apply(trim(obj), deleted=typ == "DELETED")
         return new_rv  # BOOKMARK: only the resourceVersion moves
 
     def _apply(self, obj: dict[str, Any], *, deleted: bool) -> None:
@@ -272,7 +288,7 @@ class Informer:
             self.on_change(*key)
 
 
-def _trim(obj: dict[str, Any]) -> dict[str, Any]:
+def trim(obj: dict[str, Any]) -> dict[str, Any]:
     """Drop ``metadata.managedFields`` (server-side apply bookkeeping, often the largest
     part of an object, read by nobody here): what client-go's informers trim with a
     transform for the same reason. Kept for thousands of objects, it is memory."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from glowplug.kube import labels
 from glowplug.kube.client import BOOKMARK_INTERVAL, CONNECT_TIMEOUT, READ_TIMEOUT, new_api_client
 from glowplug.operator import conditions as cond
 from glowplug.operator import render
-from glowplug.operator.kube import Kube
+from glowplug.operator.kube import Kube, Manifest, StatusMutation
 from glowplug.operator.servicemetrics import REPLICAS, SERVICE_INFO
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ SECRET_RECHECK_SECONDS = 5.0
 # Back-off for API errors while reconciling: 1 s doubling to 30 s.
 RETRY_MIN_SECONDS = 1.0
 RETRY_MAX_SECONDS = 30.0
-# Reconciles in flight at once (each a few API calls): below the client's connection pool.
+# The reconciler's API calls in flight at once: below the client's connection pool.
 RECONCILE_CONCURRENCY = 16
 
 Emit = Callable[[Mapping[str, Any], str, str, str], None]
@@ -104,19 +105,58 @@ class _State:
     info_labels: tuple[str, ...] | None = None
 
 
+class _GatedKube:
+    """The reconciler's API calls, at most ``limit`` at once. A start-up or a failover
+    hands kopf every object together: unbounded, their calls would queue for the
+    client's connection pool and time out there (aiohttp's connect timeout covers the
+    wait for a pooled connection). The bound is on calls, not on reconciles: a reconcile
+    with nothing to send (a failover's objects already in place) never waits, and a
+    wake's apply queues behind the calls in flight, not behind 10,000 reconciles."""
+
+    def __init__(self, kube: Kube, limit: int) -> None:
+        self._kube = kube
+        self._gate = asyncio.Semaphore(limit)
+
+    async def apply(self, manifest: Manifest) -> tuple[Manifest, bool]:
+        async with self._gate:
+            return await self._kube.apply(manifest)
+
+    async def list_managed(self, kind: str, namespace: str | None) -> list[Manifest]:
+        async with self._gate:
+            return await self._kube.list_managed(kind, namespace)
+
+    async def secret_keys(self, namespace: str, name: str) -> set[str] | None:
+        async with self._gate:
+            return await self._kube.secret_keys(namespace, name)
+
+    async def get_embsvc(self, namespace: str, name: str) -> Manifest | None:
+        async with self._gate:
+            return await self._kube.get_embsvc(namespace, name)
+
+    async def update_status(
+        self, namespace: str, name: str, mutate: StatusMutation, *, body: Mapping[str, Any] | None
+    ) -> Manifest | None:
+        if body is not None:
+            # Nothing to write against the body in hand (the mutations are pure): no
+            # call, so no slot to wait for.
+            patch = mutate(body)
+            if inspect.isawaitable(patch):
+                patch = await patch
+            if not patch:
+                return None
+        async with self._gate:
+            return await self._kube.update_status(namespace, name, mutate, body=body)
+
+
 class Reconciler:
     """EmbeddingService -> Deployment + Service, and Deployment -> status."""
 
     def __init__(self, kube: Kube, emit: Emit = kopf_emit, namespaces: Sequence[str] = ()) -> None:
-        self.kube = kube
+        self.kube = _GatedKube(kube, RECONCILE_CONCURRENCY)
         self.emit = emit
         self.namespaces = tuple(namespaces)  # watched ones (empty: all)
         self.states: dict[Key, _State] = {}
         self._primed: asyncio.Task[None] | None = None
-        # At start-up (or a failover) kopf hands over every object at once; unbounded,
-        # N reconciles would queue for the client's connection pool and time out there
-        # (aiohttp's connect timeout covers the wait for a pooled connection).
-        self.gate = asyncio.Semaphore(RECONCILE_CONCURRENCY)
 
     def state(self, key: Key) -> _State:
         return self.states.setdefault(key, _State())
@@ -187,7 +227,7 @@ class Reconciler:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         st = self.state(key)
-        async with self.gate, st.lock:
+        async with st.lock:
             try:
                 await self._reconcile(body, st)
             except Exception as err:  # API errors, timeouts: try again, never give up
@@ -430,8 +470,7 @@ class Reconciler:
             state.dep_status_rv = rv or None
             return  # a status change of the Deployment that ours does not show
         try:
-            async with self.gate:
-                await self.write_status(None, body)
+            await self.write_status(None, body)
         except Exception as err:
             log.warning("status of %s/%s: %s", *key, err)
         else:

@@ -16,6 +16,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from glowplug.api.spec import GROUP, PLURAL, VERSION
 from glowplug.kube import labels
+from glowplug.kube.informer import list_objects
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,6 @@ APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 
 Manifest = dict[str, Any]
-LIST_PAGE = 500  # objects per page of a LIST (the API server's own default chunk size)
 # Given the current object, return the status fields to write (None: nothing to write).
 StatusMutation = Callable[[Mapping[str, Any]], Awaitable[Manifest | None] | Manifest | None]
 
@@ -76,33 +76,15 @@ class Kube:
 
     async def list_managed(self, kind: str, namespace: str | None) -> list[Manifest]:
         """Every Deployment or Service glowplug manages (label ``managed-by``), in one
-        namespace or all (None), read in pages of ``LIST_PAGE``."""
+        namespace or all (None): raw JSON, in pages."""
+        group = {"Deployment": "/apis/apps/v1", "Service": "/api/v1"}.get(kind)
+        if group is None:
+            raise ValueError(f"cannot list {kind}s")
+        plural = f"{kind.lower()}s"
+        path = f"{group}/namespaces/{namespace}/{plural}" if namespace else f"{group}/{plural}"
         selector = f"app.kubernetes.io/managed-by={labels.MANAGED_BY}"
-        out: list[Manifest] = []
-        token: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"label_selector": selector, "limit": LIST_PAGE}
-            if token:
-                kwargs["_continue"] = token
-            page: Any
-            if kind == "Deployment":
-                page = await (
-                    self.apps.list_namespaced_deployment(namespace, **kwargs)
-                    if namespace
-                    else self.apps.list_deployment_for_all_namespaces(**kwargs)
-                )
-            elif kind == "Service":
-                page = await (
-                    self.core.list_namespaced_service(namespace, **kwargs)
-                    if namespace
-                    else self.core.list_service_for_all_namespaces(**kwargs)
-                )
-            else:
-                raise ValueError(f"cannot list {kind}s")
-            out.extend(self._plain(item) for item in page.items)
-            token = page.metadata._continue
-            if not token:
-                return out
+        items, _ = await list_objects(self.api, path, [("labelSelector", selector)])
+        return items
 
     async def secret_keys(self, namespace: str, name: str) -> set[str] | None:
         """The keys of a Secret, or None when it does not exist (values are not kept)."""
