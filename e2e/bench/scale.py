@@ -17,6 +17,8 @@ connections, progress lines), then reports:
 - the activator's and operator's /metrics: bytes and the time to fetch them (3 fetches);
 - a failover: a new operator process takes over; its requests, busiest second, when it
   settles, and when it has re-applied every service's Deployment (its reconcile-all);
+- the test bed's Deployment controller catching up (every Deployment synced: after a
+  cold start it works through N of them at the controller-manager's client rate);
 - a trickle: 1 % of the services (at most ``--trickle-max``: each is an engine process
   on the node agent) get a request every 5 s, so they wake and stay up; what that costs
   the node agent and its pods, glowplug and the API server;
@@ -61,6 +63,7 @@ RESULTS = ROOT / "e2e" / "bench" / "results"
 NAMESPACE = "glowplug-scale"
 GROUP_PATH = "/apis/glowplug.dev/v1alpha1"
 SERVICES_PATH = f"{GROUP_PATH}/namespaces/{NAMESPACE}/embeddingservices"
+DEPLOYMENTS_PATH = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 
 
@@ -170,23 +173,43 @@ def create_services(api: Api, names: list[str], workers: int) -> dict[str, Any]:
     return {"seconds": round(seconds, 1), "per_s": round(len(names) / seconds, 1)}
 
 
-def list_services(api: Api) -> list[dict[str, Any]]:
-    """Every EmbeddingService in the bench namespace, 500 a page (one 10,000-item page
-    would be a 30 MB answer for the API server to build at once)."""
+def list_services(api: Api, path: str = SERVICES_PATH) -> list[dict[str, Any]]:
+    """Every EmbeddingService (or the objects at ``path``) in the bench namespace, 500 a
+    page (one 10,000-item page would be a 30 MB answer for the API server to build)."""
     items: list[dict[str, Any]] = []
     token = ""
     while True:
         q = "?limit=500" + (f"&continue={urllib.parse.quote(token)}" if token else "")
-        status, out = api.request("GET", SERVICES_PATH + q)
+        status, out = api.request("GET", path + q)
         if status == 410:  # the continue token expired: start again
             items, token = [], ""
             continue
         if status != 200:
-            raise RuntimeError(f"listing EmbeddingServices: HTTP {status}")
+            raise RuntimeError(f"listing {path}: HTTP {status}")
         items.extend(out.get("items") or [])
         token = (out.get("metadata") or {}).get("continue") or ""
         if not token:
             return items
+
+
+def wait_for_deployment_controller(api: Api, n: int, timeout: float) -> dict[str, Any]:
+    """Seconds until the test bed's Deployment controller has synced every Deployment
+    (``status.observedGeneration`` = generation: its ReplicaSet exists). After a cold
+    start of N services it works through N Deployments at the kube-controller-manager's
+    client rate (``--kube-api-qps``, 20 by default); a wake meanwhile waits in its queue,
+    so the trickle starts after it (the wait is the test bed's, reported here)."""
+    t0 = time.monotonic()
+    synced = 0
+    while time.monotonic() - t0 < timeout:
+        deployments = list_services(api, DEPLOYMENTS_PATH)
+        synced = reconciled(
+            [{"status": d.get("status") or {}, "metadata": d["metadata"]} for d in deployments]
+        )
+        say(f"Deployment controller: {synced}/{n} Deployments synced")
+        if synced >= n:
+            return {"seconds": round(time.monotonic() - t0, 1), "synced": synced}
+        time.sleep(10)
+    return {"seconds": None, "synced": synced}
 
 
 def reconciled(items: list[dict[str, Any]]) -> int:
@@ -786,6 +809,11 @@ def main() -> None:
             save,
         )  # fmt: skip
 
+        phase(
+            results, "deployment_controller",
+            lambda: wait_for_deployment_controller(api, args.n, max(300.0, 0.3 * args.n)),
+            save,
+        )  # fmt: skip
         rng = random.Random(12)
         k = min(max(1, args.n // 100), args.trickle_max, max(1, gpus - 2))
         if k < min(max(1, args.n // 100), args.trickle_max):
@@ -893,6 +921,8 @@ def print_table(r: dict[str, Any]) -> None:
         f"failover: {fo.get('requests')} requests, peak {fo.get('peak_per_s')}/s, "
         f"settled after {fo.get('settled_after_s')} s, reconcile-all {fo.get('reconcile_all_s')} s"
     )
+    dc = r.get("deployment_controller") or {}
+    print(f"Deployment controller synced every Deployment after {dc.get('seconds')} s more")
     op = busy.get("operator") or {}
     print(
         f"trickle ({busy.get('services')} services): {busy.get('api_requests_per_s')} req/s, "
