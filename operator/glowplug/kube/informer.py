@@ -47,6 +47,16 @@ class _Gone(Exception):
     """The watch's resourceVersion expired: list again."""
 
 
+def _check(resp: Any, what: str) -> None:
+    """A list's or watch's answer: 410 Gone lists again, unavailable is an outage."""
+    if resp.status == 410:
+        raise _Gone()
+    if resp.status in UNAVAILABLE_STATUSES:
+        raise Unavailable(f"{what}: HTTP {resp.status}")
+    if resp.status != 200:
+        raise RuntimeError(f"{what}: HTTP {resp.status}")
+
+
 async def raw_get(api: Any, path: str, query: list[tuple[str, str]], limit_s: Any) -> Any:
     """GET ``path`` with the client's auth, the response unread (the caller parses it)."""
     return await api.call_api(
@@ -75,12 +85,7 @@ async def list_objects(
             q.append(("continue", cont))
         resp = await raw_get(api, path, q, LIST_TIMEOUT)
         async with resp:
-            if resp.status == 410:
-                raise _Gone()
-            if resp.status in UNAVAILABLE_STATUSES:
-                raise Unavailable(f"list {path}: HTTP {resp.status}")
-            if resp.status != 200:
-                raise RuntimeError(f"list {path}: HTTP {resp.status}")
+            _check(resp, f"list {path}")
             doc = await resp.json()
         items.extend(doc.get("items") or [])
         meta = doc.get("metadata") or {}
@@ -201,12 +206,7 @@ class Informer:
             query.append(("resourceVersion", rv))
         resp = await self._get(self.path(ns), query, WATCH_TIMEOUT)
         async with resp:
-            if resp.status == 410:
-                raise _Gone()
-            if resp.status in UNAVAILABLE_STATUSES:
-                raise Unavailable(f"watch {self.path(ns)}: HTTP {resp.status}")
-            if resp.status != 200:
-                raise RuntimeError(f"watch {self.path(ns)}: HTTP {resp.status}")
+            _check(resp, f"watch {self.path(ns)}")
             buf = b""
             async for chunk in resp.content.iter_any():
                 buf += chunk
