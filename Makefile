@@ -123,5 +123,5 @@ bench-operator-metrics: install ## the operator's /metrics with 1,000, 5,000 and
 bench-stats: install ## /stats as changes (long poll) vs a full read a second: bytes/s and CPU at N=$${N:-1000 5000}, idle and 1 % trickle (no cluster; reports only)
 	$(PY) -m e2e.bench.stats_feed --n $${N:-1000 5000} $${BENCH_STATS_ARGS:-}
 
-bench-scale: install binaries ## N EmbeddingServices at zero: glowplug's API requests/s, CPU, RSS, /metrics, reconcile-all (N=$${N:-300}; reports only)
-	$(PY) -m e2e.bench.scale --n $${N:-300} $${BENCH_SCALE_ARGS:-}
+bench-scale: install binaries ## N EmbeddingServices at zero: glowplug's API requests/s, CPU, RSS, /metrics, reconcile-all (N=$${N:-300}, or several: N="1000 5000 10000"; reports only)
+	for n in $${N:-300}; do $(PY) -m e2e.bench.scale --n $$n $${BENCH_SCALE_ARGS:-} || exit 1; done
