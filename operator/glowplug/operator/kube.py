@@ -16,7 +16,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from glowplug.api.spec import GROUP, PLURAL, VERSION
 from glowplug.kube import labels
-from glowplug.kube.informer import list_objects
+from glowplug.kube.informer import list_objects, trim
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class Kube:
 
     async def list_managed(self, kind: str, namespace: str | None) -> list[Manifest]:
         """Every Deployment or Service glowplug manages (label ``managed-by``), in one
-        namespace or all (None): raw JSON, in pages."""
+        namespace or all (None): raw JSON, in pages, without managedFields."""
         group = {"Deployment": "/apis/apps/v1", "Service": "/api/v1"}.get(kind)
         if group is None:
             raise ValueError(f"cannot list {kind}s")
@@ -84,7 +84,7 @@ class Kube:
         path = f"{group}/namespaces/{namespace}/{plural}" if namespace else f"{group}/{plural}"
         selector = f"app.kubernetes.io/managed-by={labels.MANAGED_BY}"
         items, _ = await list_objects(self.api, path, [("labelSelector", selector)])
-        return items
+        return [trim(o) for o in items]  # held until each service's first reconcile
 
     async def secret_keys(self, namespace: str, name: str) -> set[str] | None:
         """The keys of a Secret, or None when it does not exist (values are not kept)."""
