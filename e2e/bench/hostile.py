@@ -254,21 +254,41 @@ async def idle(t: Target, s: Scale) -> tuple[str, bool, dict[str, Any]]:
     return f"{closed}/{len(conns)} closed after {took:.1f}s, served meanwhile", ok, {}
 
 
+def tcp_autotune_max(name: str) -> int:
+    """The most TCP autotuning may grow one socket's buffer to: the third field of
+    ``net.ipv4.tcp_rmem`` or ``tcp_wmem``. It differs between hosts (6 MiB and 4 MiB by
+    default; 32 MiB of receive buffer on this test bed's VM)."""
+    try:
+        return int(Path(f"/proc/sys/net/ipv4/{name}").read_text().split()[2])
+    except (OSError, ValueError, IndexError):
+        return 32 * 1024 * 1024
+
+
 async def never_reads(t: Target, s: Scale) -> tuple[str, bool, dict[str, Any]]:
-    reader, writer = await t.open()
-    # Enough answers (about 700 bytes each) to outgrow the sockets' buffers (several MiB
-    # with TCP autotuning on loopback), so that the server's own buffer fills and it stops
-    # reading; and requests padded to 2 KiB, so that they outgrow them too and the
-    # client's sending stalls.
+    # The client's own socket buffers are fixed small (setting SO_RCVBUF and SO_SNDBUF
+    # turns autotuning off for that socket), so what backs up is the server's side. Its
+    # send buffer fills with answers (about 700 bytes each), then its own write buffer, and
+    # it stops reading; then its receive buffer fills with requests (padded to 12 KiB,
+    # under the 16 KiB head limit) and the client's sending stalls. Both server buffers
+    # may autotune to the host's maximum, so the count is sized from those, with margin.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", t.port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=64 * 1024)
     req = (
         b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
-        + b"\r\nX-Pad: " + b"p" * 2048 + b"\r\n\r\n"
+        + b"\r\nX-Pad: " + b"p" * (12 * 1024) + b"\r\n\r\n"
     )  # fmt: skip
+    answers_to_fill = 2 * tcp_autotune_max("tcp_wmem") // 700
+    requests_to_fill = 2 * tcp_autotune_max("tcp_rmem") // len(req)
+    count = max(s.pipelined, answers_to_fill + requests_to_fill)
     sent = 0
 
     async def flood() -> None:
         nonlocal sent
-        for _ in range(s.pipelined):
+        for _ in range(count):
             writer.write(req)
             sent += 1
             await writer.drain()
@@ -279,14 +299,18 @@ async def never_reads(t: Target, s: Scale) -> tuple[str, bool, dict[str, Any]]:
     served = await t.healthy()
     got = 0
     with contextlib.suppress(asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-        for _ in range(s.pipelined):
+        for _ in range(count):
             await asyncio.wait_for(read_one(reader), 30)
             got += 1
     with contextlib.suppress(Exception):
         await asyncio.wait_for(task, 30)
     writer.close()
-    ok = stuck and served and got == s.pipelined
-    return f"sending stalled ({at} written); all {got} answered once read", ok, {"at": at}
+    ok = stuck and served and got == count
+    return (
+        f"sending stalled ({at} of {count} written); all {got} answered once read",
+        ok,
+        {"at": at, "count": count},
+    )
 
 
 async def held_budget(t: Target, s: Scale) -> tuple[str, bool, dict[str, Any]]:

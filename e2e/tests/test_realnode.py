@@ -34,6 +34,8 @@ from e2e.cluster.realnode import HostSnapshot
 from e2e.helmkit import REAL_NODE_SCHEDULING, example_service, standin_image
 from e2e.tests.conftest import OperatorProcess
 from e2e.tests.helpers import wait_for
+from glowplug import engines
+from glowplug.api.spec import parse
 
 pytestmark = [pytest.mark.cluster]
 REAL = "glowplug-realnode"
@@ -44,6 +46,11 @@ def real(cluster: Cluster) -> Cluster:
     if not cluster.has_real_node():
         pytest.skip("the test bed runs without its real node (GLOWPLUG_REAL_NODE=0)")
     return cluster
+
+
+def sglang_readiness_probe() -> dict[str, Any]:
+    svc = parse(example_service("probe", "default", real_node=True))
+    return engines.get("sglang").probes(svc).readiness.manifest()
 
 
 def standin_pod(name: str, memory: str = "256Mi", **extra: Any) -> dict[str, Any]:
@@ -58,7 +65,10 @@ def standin_pod(name: str, memory: str = "256Mi", **extra: Any) -> dict[str, Any
             "requests": {"cpu": "100m", "memory": memory},
             "limits": {"cpu": "500m", "memory": memory},
         },
-        "readinessProbe": {"httpGet": {"path": "/health", "port": 30000}, "periodSeconds": 1},
+        # The readiness probe glowplug renders for SGLang (/ready, 2 s timeout). The
+        # stand-in's /health takes a second by design, as SGLang's one-token forward does:
+        # under a 1 s probe timeout it times out, and the pod is Ready only by luck.
+        "readinessProbe": sglang_readiness_probe(),
     }
     container.update(extra.pop("container", {}))
     return {
