@@ -54,6 +54,31 @@ def test_a_changed_value_is_written_again_and_a_removed_child_is_gone() -> None:
     assert render([table]) == b""  # no children: not even the header
 
 
+def test_a_family_is_written_again_only_after_a_child_changes() -> None:
+    """An unchanged family's text is the last scrape's (the same object); a set to a new
+    value, an increment, an observation, a new child or a removal is written next time."""
+    from glowplug.exposition import HistogramTable
+
+    table = FamilyTable(Family("t_idle", "gauge", "h", ("svc",)))
+    child = table.labels("a")
+    first = table.render()
+    child.set(0.0)  # the value it has: nothing to write
+    child.inc(0)
+    assert table.render() is first
+    child.set(4.0)
+    assert parsed(table.render())["t_idle"] == [({"svc": "a"}, 4.0)]
+    table.labels("b")
+    assert len(parsed(table.render())["t_idle"]) == 2
+    table.remove("b")
+    assert parsed(table.render())["t_idle"] == [({"svc": "a"}, 4.0)]
+    hist = HistogramTable(Family("t_wait_seconds", "histogram", "h", ("svc",)), (1.0,))
+    hist.labels("a")
+    before = hist.render()
+    assert hist.render() is before
+    hist.labels("a").observe(0.5)
+    assert ({"svc": "a"}, 1.0) in parsed(hist.render())["t_wait_seconds_count"]
+
+
 def test_bad_input_is_refused() -> None:
     table = FamilyTable(Family("t_total", "counter", "h", ("a", "b")))
     with pytest.raises(ValueError, match="labels"):

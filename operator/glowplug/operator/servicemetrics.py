@@ -233,9 +233,9 @@ class ServiceSeries:
         # Only ever up: a ledger that accounts less than was extrapolated (the baseline
         # lowered by a spec edit) is caught up with, not subtracted.
         if gpu > self.gpu.value:
-            self.gpu.value = gpu
+            self.gpu.set(gpu)
         if base > self.baseline.value:
-            self.baseline.value = base
+            self.baseline.set(base)
 
     def price(self, dollars_per_gpu_hour: float) -> None:
         GPU_PRICE.labels(self.namespace, self.name, self.gpu_type).set(dollars_per_gpu_hour)
