@@ -82,7 +82,7 @@ class EngineDouble:
 class ScalerDouble:
     """TEST DOUBLE of the scale subresource: the write succeeds at once."""
 
-    async def raise_from_zero(self, namespace: str, name: str) -> bool:
+    async def raise_from_zero(self, namespace: str, name: str, seen_version: str = "") -> bool:
         return True
 
 

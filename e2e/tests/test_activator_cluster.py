@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster import Cluster
+from e2e.cluster import Cluster, audit
 from e2e.tests.conftest import OperatorProcess
 from e2e.tests.helpers import GLOWPLUG, ActivatorProcess, apply, is_ready, wait_for
 
@@ -106,11 +106,22 @@ def test_first_request_at_zero_wakes_and_succeeds(
     apply(cluster, namespace, service("cold"))
     wait_routed(activator, "cold")
     assert spec_replicas(cluster, namespace, "cold") == 0
+    tail = audit.AuditTail(cluster.audit_log)
     status, body = embed(activator.url, "cold")
     assert status == 200, body
     assert body["model"] == "cold" and len(body["data"][0]["embedding"]) > 0
     assert spec_replicas(cluster, namespace, "cold") == 1
     assert wakes(activator, namespace, "cold", "ready") == 1
+    # The wake's first request is the scale write itself, preconditioned on the version
+    # the activator's watch saw (no read first). Only if the object changed since (a
+    # status write by the operator) does a 409 send it to read and write again.
+    scale_calls = [
+        (r.verb, r.code)
+        for r in tail.read()
+        if r.resource == "embeddingservices/scale" and r.user_agent.startswith("glowplug-activator")
+    ]
+    assert scale_calls and scale_calls[0][0] == "patch", scale_calls
+    assert scale_calls in ([("patch", 200)], [("patch", 409), ("get", 200), ("patch", 200)])
     # the unambiguous name works too
     status, body = embed(activator.url, f"{namespace}/cold")
     assert status == 200, body

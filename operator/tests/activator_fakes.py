@@ -193,9 +193,11 @@ class FakeScaler:
         self.services: Services | None = None
         self.wake_delay = 0.0
         self.fail_with: Exception | None = None
+        self.seen_versions: list[str] = []  # what each call was told the watch saw
 
-    async def raise_from_zero(self, namespace: str, name: str) -> bool:
+    async def raise_from_zero(self, namespace: str, name: str, seen_version: str = "") -> bool:
         self.calls += 1
+        self.seen_versions.append(seen_version)
         await asyncio.sleep(0.01)  # an API round trip: lets more requests pile up
         if self.fail_with is not None:
             raise self.fail_with

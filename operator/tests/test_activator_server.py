@@ -51,6 +51,7 @@ async def test_hold_wake_and_release() -> None:
         results = await asyncio.gather(*(post(s, h.url, emb()) for _ in range(30)))
         assert [r[0] for r in results] == [200] * 30
         assert h.scaler.writes == 1
+        assert h.scaler.seen_versions == ["1"]  # the watched object's, for the first write
         assert h.state().inflight == 0 and h.state().queued == 0
         metrics = h.metrics.render().decode()
         assert (

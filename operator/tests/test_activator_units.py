@@ -314,9 +314,11 @@ class FakeCustomObjectsApi:
         self.rv = 1
         self.conflicts = conflicts  # next N writes lose a race to someone else
         self.writes: list[dict[str, Any]] = []
+        self.reads = 0
         self.status_patches: list[dict[str, Any]] = []
 
     async def get_namespaced_custom_object_scale(self, *args: Any) -> dict[str, Any]:
+        self.reads += 1
         return {"metadata": {"resourceVersion": str(self.rv)}, "spec": {"replicas": self.replicas}}
 
     async def patch_namespaced_custom_object_scale(self, *args: Any, **kw: Any) -> None:
@@ -348,3 +350,18 @@ async def test_kube_scaler_compare_and_swap() -> None:
     # already up (someone else woke it): no write
     assert await KubeScaler(api).raise_from_zero("ns1", "emb") is False
     assert len(api.writes) == 1
+
+
+async def test_a_wake_writes_with_the_watched_version_before_it_reads() -> None:
+    """The watch's resourceVersion, still current: one write and no read. Stale (the
+    object changed since): the write's 409 falls back to read, then write."""
+    api = FakeCustomObjectsApi()
+    assert await KubeScaler(api).raise_from_zero("ns1", "emb", seen_version="1") is True
+    assert (api.reads, len(api.writes), api.replicas) == (0, 1, 1)
+    api.replicas = 0  # scaled to zero again: now at version 2
+    assert await KubeScaler(api).raise_from_zero("ns1", "emb", seen_version="1") is True
+    assert (api.reads, len(api.writes), api.writes[-1]["metadata"]["resourceVersion"]) == (
+        1,
+        2,
+        "2",
+    )

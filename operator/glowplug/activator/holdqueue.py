@@ -69,6 +69,7 @@ class ServiceState:
         limit: int,
         max_queue: int,
         replicas: int,
+        seen_version: str = "",
         on_wake: Callable[[ServiceState], None] | None = None,
         on_ready: Callable[[ServiceState, float], None] | None = None,
     ) -> None:
@@ -77,6 +78,9 @@ class ServiceState:
         self.limit = max(1, limit)
         self.max_queue = max(0, max_queue)
         self.replicas = replicas  # spec.replicas as last seen (or raised by our own wake)
+        # The resourceVersion of the object the watch last delivered, with ``replicas``:
+        # the wake writes with it as its precondition before it reads (kube.scale).
+        self.seen_version = seen_version
         self._on_wake = on_wake
         self._on_ready = on_ready
         self.backends: dict[str, Backend] = {}  # includes not-ready ones still serving
@@ -222,10 +226,13 @@ class ServiceState:
         self._dispatch()
         self.maybe_wake()
 
-    def configure(self, *, limit: int, max_queue: int, replicas: int) -> None:
+    def configure(
+        self, *, limit: int, max_queue: int, replicas: int, seen_version: str = ""
+    ) -> None:
         self.limit = max(1, limit)
         self.max_queue = max(0, max_queue)
         self.replicas = replicas
+        self.seen_version = seen_version
         self.epoch += 1
         self._dispatch()
         self.maybe_wake()

@@ -114,6 +114,7 @@ class Services:
                 limit=s.target_concurrency,
                 max_queue=s.max_queued_requests,
                 replicas=svc.replicas,
+                seen_version=svc.resource_version,
                 on_wake=self._on_wake,
                 on_ready=self._on_ready,
             )
@@ -138,7 +139,10 @@ class Services:
         route.condition = condition_failure(obj)
         route.wake = wake_info(obj)
         route.state.configure(
-            limit=s.target_concurrency, max_queue=s.max_queued_requests, replicas=svc.replicas
+            limit=s.target_concurrency,
+            max_queue=s.max_queued_requests,
+            replicas=svc.replicas,
+            seen_version=svc.resource_version,
         )
         self._update_failure(ref)
 

@@ -39,7 +39,7 @@ class StaticScaler:
         self.wake_delay: dict[str, float] = {}
         self.writes = 0
 
-    async def raise_from_zero(self, namespace: str, name: str) -> bool:
+    async def raise_from_zero(self, namespace: str, name: str, seen_version: str = "") -> bool:
         ref = f"{namespace}/{name}"
         self.writes += 1
         addresses = self.wake_endpoints.get(ref)

@@ -25,8 +25,9 @@ MAX_CAS_ATTEMPTS = 10
 
 
 class Scaler(Protocol):
-    async def raise_from_zero(self, namespace: str, name: str) -> bool:
-        """Make ``spec.replicas`` at least 1; return True when this call wrote it."""
+    async def raise_from_zero(self, namespace: str, name: str, seen_version: str = "") -> bool:
+        """Make ``spec.replicas`` at least 1; return True when this call wrote it.
+        ``seen_version``: the resourceVersion at which the watch saw it at zero."""
         ...
 
 
@@ -36,8 +37,10 @@ class KubeScaler:
     def __init__(self, api: Any) -> None:
         self.api = api  # kubernetes_asyncio.client.CustomObjectsApi
 
-    async def raise_from_zero(self, namespace: str, name: str) -> bool:
-        wrote = await scale.raise_from_zero(self.api, namespace, name, MAX_CAS_ATTEMPTS)
+    async def raise_from_zero(self, namespace: str, name: str, seen_version: str = "") -> bool:
+        wrote = await scale.raise_from_zero(
+            self.api, namespace, name, MAX_CAS_ATTEMPTS, seen_version
+        )
         if wrote:
             await self._mark_wake_started(namespace, name)
         return wrote
@@ -79,13 +82,18 @@ class Waker:
         delay = 0.2
         raised = False
         first = True  # the first attempt runs even if its requester already left
+        attempted = False
         try:
             while first or (state.waiters and not state.has_ready and state.failure is None):
                 first = False
                 if state.gone:
                     break
                 try:
-                    wrote = await self.scaler.raise_from_zero(state.namespace, state.name)
+                    # The watch's version on the first try only: a retry after an
+                    # error reads first (the error may have been a write that landed).
+                    seen = state.seen_version if not attempted else ""
+                    attempted = True
+                    wrote = await self.scaler.raise_from_zero(state.namespace, state.name, seen)
                 except asyncio.CancelledError:
                     raise
                 except Exception as err:

@@ -55,12 +55,22 @@ class ConflictingWrites(RuntimeError):
     pass
 
 
-async def raise_from_zero(custom: Any, namespace: str, name: str, attempts: int = 10) -> bool:
+async def raise_from_zero(
+    custom: Any, namespace: str, name: str, attempts: int = 10, seen_version: str = ""
+) -> bool:
     """Make replicas at least 1: True when this call wrote it, False when it already was.
+
+    ``seen_version`` is the resourceVersion at which the caller's watch saw the service
+    at zero replicas. The first write is tried with it, without a read: one round trip to
+    the API server instead of two when the watch is current (a CRD's scale carries the
+    custom resource's own resourceVersion, so the precondition is the same). A 409 means
+    the object changed since; the loop below reads and decides again.
 
     Raises ``ConflictingWrites`` after ``attempts`` lost races, LookupError when the
     EmbeddingService is gone.
     """
+    if seen_version and await write_scale(custom, namespace, name, 1, seen_version):
+        return True
     for _ in range(attempts):
         scale = await read_scale(custom, namespace, name)
         if scale is None:
