@@ -23,7 +23,8 @@ connections, progress lines), then reports:
   on the node agent) get a request every 5 s, so they wake and stay up; what that costs
   the node agent and its pods, glowplug and the API server;
 - for a sample of other services at zero, the time from a request to the scale write in
-  the audit log (p50/p99).
+  the audit log (p50/p99): once at idle, before the trickle (the issue's target is for
+  idle services), and once more while the trickle runs.
 
 Writes ``e2e/bench/results/scale-<N>-<UTC time>.json`` and prints a table. Reports
 only: it never fails on a number. Every phase has a time limit; a phase that runs out
@@ -64,6 +65,7 @@ NAMESPACE = "glowplug-scale"
 GROUP_PATH = "/apis/glowplug.dev/v1alpha1"
 SERVICES_PATH = f"{GROUP_PATH}/namespaces/{NAMESPACE}/embeddingservices"
 DEPLOYMENTS_PATH = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
+PODS_PATH = f"/api/v1/namespaces/{NAMESPACE}/pods"
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 
 
@@ -592,28 +594,28 @@ def follow_startup(
 
 
 def scale_write_latency(
-    cluster: Cluster, tail: audit.AuditTail, act_url: str, names: list[str]
+    tail: audit.AuditTail, act_url: str, names: list[str], every: float = 3.0
 ) -> dict[str, Any]:
-    """Request at zero -> the scale subresource write for that service (audit time)."""
+    """Request at zero -> the scale subresource write for that service (audit time), one
+    service every ``every`` seconds. Each then lives as a user's would: it wakes, and the
+    operator scales it back to zero after its idle timeout (20 s). Forcing it to zero at
+    once instead fights the wake that the held request keeps going (the autoscaler raises
+    it again) and leaves a storm of writes behind for the next phase to count."""
     lat: list[float] = []
     tail.read()
     for name in names:
+        t0 = time.monotonic()
         sent = time.time()
         threading.Thread(target=embed, args=(act_url, name, 2.0), daemon=True).start()
-        deadline = time.monotonic() + 30
         found = None
-        while found is None and time.monotonic() < deadline:
+        while found is None and time.monotonic() < t0 + 30:
             time.sleep(0.2)
             for r in tail.read():
                 if r.resource.endswith("/scale") and r.verb == "patch" and r.name == name:
                     found = r.at
         if found is not None:
             lat.append(found - sent)
-        # back to zero so the pod goes (and the next sample is another service at zero)
-        cluster.kubectl(
-            "patch", "embeddingservice", name, "-n", NAMESPACE, "--type=merge",
-            "-p", '{"spec":{"replicas":0}}', check=False,
-        )  # fmt: skip
+        time.sleep(max(0.0, every - (time.monotonic() - t0)))
     return {
         "samples": len(lat),
         "missed": len(names) - len(lat),
@@ -622,6 +624,17 @@ def scale_write_latency(
         "max_s": round(max(lat), 3) if lat else None,
         "mean_s": round(statistics.mean(lat), 3) if lat else None,
     }
+
+
+def wait_for_no_pods(api: Api, timeout: float) -> float | None:
+    """Seconds until the bench namespace has no pods (woken services back at zero)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        status, out = api.request("GET", PODS_PATH)
+        if status == 200 and not out.get("items"):
+            return round(time.monotonic() - t0, 1)
+        time.sleep(2)
+    return None
 
 
 class Trickle:
@@ -672,7 +685,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=300, help="EmbeddingServices (default 300)")
     ap.add_argument("--window", type=float, default=60.0, help="idle window seconds")
-    ap.add_argument("--samples", type=int, default=30, help="request-to-scale samples")
+    ap.add_argument(
+        "--samples", type=int, default=60, help="request-to-scale samples (at idle, then again)"
+    )
     ap.add_argument("--trickle-max", type=int, default=100, help="most trickling services")
     ap.add_argument("--create-workers", type=int, default=16, help="concurrent creates")
     ap.add_argument(
@@ -707,9 +722,9 @@ def main() -> None:
     trickle: Trickle | None = None
     try:
         # The process node's fake GPU capacity (8 by default) would cap the trickle at 8
-        # engine pods: a test bed this run starts gets room for all of them (its pod
-        # limit, 110, stays).
-        os.environ.setdefault("GLOWPLUG_NODE_GPUS", str(args.trickle_max + 8))
+        # engine pods: a test bed this run starts gets room for all of them and for the
+        # services the request-to-scale samples wake meanwhile (its pod limit, 110, stays).
+        os.environ.setdefault("GLOWPLUG_NODE_GPUS", str(args.trickle_max + 10))
         started = cluster.up(started_by="bench-scale")
         api = Api(cluster)
         gpus = node_gpus(api)
@@ -816,9 +831,22 @@ def main() -> None:
         )  # fmt: skip
         rng = random.Random(12)
         k = min(max(1, args.n // 100), args.trickle_max, max(1, gpus - 2))
+        trickle_names = rng.sample(names, k)
+        samples = min(args.samples, (len(names) - k) // 2)
+        at_idle = rng.sample([n for n in names if n not in set(trickle_names)], samples)
+        say(f"request-to-scale-write at idle: {samples} services, one every 3 s")
+        phase(
+            results, "request_to_scale_write_idle",
+            lambda: scale_write_latency(tail, act_url, at_idle),
+            save,
+        )  # fmt: skip
+        settled = wait_for_no_pods(api, 180.0)
+        say(f"the woken services are back at zero after {settled} s more")
+        results["request_to_scale_write_idle"]["back_at_zero_s"] = settled
+        save()
         if k < min(max(1, args.n // 100), args.trickle_max):
             say(f"trickle: {k} services only (the node has {gpus} GPUs; a reused test bed?)")
-        trickle_names = rng.sample(names, k)
+        rest = [n for n in names if n not in set(trickle_names) | set(at_idle)]
         before = {k2: (s.rss_mib(), s.processes()) for k2, s in testbed.items() if s.tree}
         trickle = Trickle(act_url, trickle_names)
         wake_limit = max(120.0, 3.0 * k)
@@ -852,12 +880,10 @@ def main() -> None:
                 codes={str(c): v for c, v in trickle.codes.items()},
             )
             save()
-        rest = [n for n in names if n not in set(trickle_names)]
-        samples = min(args.samples, len(rest))
-        say(f"request-to-scale-write: {samples} services")
+        say(f"request-to-scale-write while the trickle runs: {samples} services")
         phase(
             results, "request_to_scale_write",
-            lambda: scale_write_latency(cluster, tail, act_url, rng.sample(rest, samples)),
+            lambda: scale_write_latency(tail, act_url, rng.sample(rest, samples)),
             save,
         )  # fmt: skip
         trickle.stop.set()
@@ -929,11 +955,12 @@ def print_table(r: dict[str, Any]) -> None:
         f"operator {(op.get('cpu_core_share') or 0) * 100:.1f} % core; "
         f"node agent+pods {_get(busy, 'testbed', 'node-agent+pods')}"
     )
-    lat = r.get("request_to_scale_write") or {}
-    print(
-        f"request-to-scale-write p50 {lat.get('p50_s')} s p99 {lat.get('p99_s')} s "
-        f"({lat.get('samples')})"
-    )
+    for key, when in (("_idle", "at idle"), ("", "trickle on")):
+        lat = r.get(f"request_to_scale_write{key}") or {}
+        print(
+            f"request-to-scale-write {when:<10} p50 {lat.get('p50_s')} s p99 {lat.get('p99_s')} s"
+            f" max {lat.get('max_s')} s ({lat.get('samples')} samples)"
+        )
 
 
 def _ok(url: str) -> bool:
