@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster import Cluster
+from e2e.cluster import Cluster, audit
 from e2e.tests.conftest import OperatorProcess
 from e2e.tests.helpers import apply, get, wait_for
 
@@ -245,6 +245,72 @@ def test_defaults_and_scale_subresource(
         ).stdout
     )
     assert scale["kind"] == "Scale" and scale["spec"]["replicas"] == 2
+
+
+def test_concurrent_status_writes_to_one_object_do_not_conflict(
+    cluster: Cluster, crd_installed: Path, namespace: str
+) -> None:
+    """Eight of the operator's writers write one EmbeddingService's status at once, all
+    from the same (soon stale) body, as its reconciler, ticks and ledger do: every write
+    lands, none is answered 409 (each is given the object the previous write returned),
+    and the scale subresource's resourceVersion is the object's own (the activator's
+    wake writes with the version its watch saw)."""
+    import asyncio
+
+    from kubernetes_asyncio import config
+
+    from glowplug.kube.client import TimeoutApiClient, user_agent
+    from glowplug.operator.kube import Kube
+
+    apply(cluster, namespace, embsvc("writers"))
+    body = get(cluster, "embsvc", "writers", namespace)
+    tail = audit.AuditTail(cluster.audit_log)
+
+    async def write_all() -> list[Any]:
+        await config.load_kube_config(config_file=str(cluster.kubeconfig))
+        api = TimeoutApiClient()
+        api.user_agent = user_agent("status-test")
+        try:
+            kube = Kube(api)
+
+            def mutate(i: int) -> Any:
+                def patch(current: Any) -> dict[str, Any]:
+                    seen = dict((current.get("status") or {}).get("idlePolicy") or {})
+                    return {"idlePolicy": {**seen, f"w{i}": i}}
+
+                return patch
+
+            return await asyncio.gather(
+                *(kube.update_status(namespace, "writers", mutate(i), body=body) for i in range(8))
+            )
+        finally:
+            await api.close()
+
+    written = asyncio.run(write_all())
+    assert all(written), written
+    status = get(cluster, "embsvc", "writers", namespace)["status"]
+    assert status["idlePolicy"] == {f"w{i}": i for i in range(8)}, status
+    mine: list[audit.Request] = []
+
+    def logged() -> bool:
+        mine.extend(r for r in tail.read() if r.user_agent.startswith("glowplug-status-test"))
+        return len(mine) >= 8
+
+    wait_for(logged, 30, what="the eight writes in the audit log")
+    assert [(r.verb, r.resource, r.code) for r in mine] == [
+        ("patch", "embeddingservices/status", 200)
+    ] * 8
+    scale = json.loads(
+        cluster.kubectl(
+            "get",
+            "--raw",
+            f"/apis/glowplug.dev/v1alpha1/namespaces/{namespace}/embeddingservices/writers/scale",
+        ).stdout
+    )
+    assert (
+        scale["metadata"]["resourceVersion"]
+        == get(cluster, "embsvc", "writers", namespace)["metadata"]["resourceVersion"]
+    )
 
 
 def test_operator_renders_owned_deployment_and_service_and_follows_replicas(

@@ -7,7 +7,10 @@ watching; this module does the writing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -33,6 +36,64 @@ def is_status(err: BaseException, *codes: int) -> bool:
     return isinstance(err, ApiException) and err.status in codes
 
 
+# How long the object a status write returned is kept to stand in for the body it
+# replaced (kopf's watch delivers the new one well within it).
+SUPERSEDED_FOR = 60.0
+
+
+class _StatusWrites:
+    """One status write at a time per EmbeddingService, and what the last ones returned.
+
+    Several of the operator's own writers (the reconciler, the service loop's ticks and
+    wake tracking, the ledger checkpoint) may write one object's status at once, each
+    from the body kopf last delivered. Unserialized, they conflict with each other (a
+    wake on the test bed: about 40 % of its status writes answered 409, each followed by
+    a GET). Serialized, a later writer's body is often a version an earlier write
+    replaced: it is given the object that write returned instead, and needs no read.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+        # (namespace, name) -> (when, the versions our writes replaced, the last returned)
+        self._after: OrderedDict[tuple[str, str], tuple[float, tuple[str, ...], Manifest]]
+        self._after = OrderedDict()
+
+    def lock(self, key: tuple[str, str]) -> asyncio.Lock:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        return lock
+
+    def unlock(self, key: tuple[str, str]) -> None:
+        lock, users = self._locks[key]
+        if users <= 1:
+            del self._locks[key]
+        else:
+            self._locks[key] = (lock, users - 1)
+
+    def freshest(self, key: tuple[str, str], body: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``body``, or the object our last write returned where one of our writes
+        replaced ``body``'s version (that object is then the newer of the two; the
+        write's precondition still catches anyone else's write since)."""
+        after = self._after.get(key)
+        if after is not None and _rv(body) in after[1]:
+            return after[2]
+        return body
+
+    def wrote(self, key: tuple[str, str], replaced: str, returned: Manifest) -> None:
+        now = time.monotonic()
+        _, versions, _ = self._after.pop(key, (0.0, (), {}))
+        self._after[key] = (now, (*versions[-15:], replaced), returned)
+        while self._after:  # oldest first: drop what kopf's watch has long delivered
+            when = next(iter(self._after.values()))[0]
+            if now - when <= SUPERSEDED_FOR:
+                break
+            self._after.popitem(last=False)
+
+
+def _rv(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+
 class Kube:
     """The handful of API calls the reconciler makes."""
 
@@ -41,6 +102,7 @@ class Kube:
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self._status = _StatusWrites()
 
     def _plain(self, obj: Any) -> Manifest:
         plain: Manifest = self.api.sanitize_for_serialization(obj)
@@ -121,8 +183,25 @@ class Kube:
         ``mutate`` gets the current object and returns the status keys to merge (a
         merge patch: lists such as conditions are replaced whole, which is why the write
         is conditional). A 409 re-reads and retries. Returns the patch written, or None.
+        Writes to one object are made one at a time (``_StatusWrites``).
         """
-        current: Mapping[str, Any] | None = body
+        key = (namespace, name)
+        lock = self._status.lock(key)
+        try:
+            async with lock:
+                return await self._update_status(key, mutate, body, attempts)
+        finally:
+            self._status.unlock(key)
+
+    async def _update_status(
+        self,
+        key: tuple[str, str],
+        mutate: StatusMutation,
+        body: Mapping[str, Any] | None,
+        attempts: int,
+    ) -> Manifest | None:
+        namespace, name = key
+        current = None if body is None else self._status.freshest(key, body)
         for _ in range(attempts):
             if current is None:
                 current = await self.get_embsvc(namespace, name)
@@ -133,9 +212,9 @@ class Kube:
                 patch = await patch
             if not patch:
                 return None
-            rv = current.get("metadata", {}).get("resourceVersion")
+            rv = _rv(current)
             try:
-                await self.custom.patch_namespaced_custom_object_status(  # type: ignore[call-arg]
+                returned = await self.custom.patch_namespaced_custom_object_status(  # type: ignore[call-arg]
                     GROUP,
                     VERSION,
                     namespace,
@@ -152,6 +231,8 @@ class Kube:
                 if err.status == 404:
                     return None
                 raise
+            if isinstance(returned, dict):
+                self._status.wrote(key, rv, trim(returned))
             return patch
         log.warning("status of %s/%s: gave up after %d conflicts", namespace, name, attempts)
         return None
