@@ -8,7 +8,7 @@ formatted once, when it is created, and a scrape writes ``prefix + value`` per l
 line itself is kept while the value does not change); a histogram's lines are written
 again only after it observes; and a family none of whose children changed since the last
 scrape is not written at all (its last text is reused). At zero and idle only the
-baseline counters move: the same 10,000 services in about 40 ms.
+baseline counters move: the same 10,000 services in about 55 ms over HTTP.
 
 A ``FamilyTable`` is written by the event loop and read by the thread that serves
 /metrics: adding or removing a child takes the table's lock; setting a value is two
