@@ -175,7 +175,7 @@ def create_services(api: Api, names: list[str], workers: int) -> dict[str, Any]:
     return {"seconds": round(seconds, 1), "per_s": round(len(names) / seconds, 1)}
 
 
-def list_services(api: Api, path: str = SERVICES_PATH) -> list[dict[str, Any]]:
+def list_paged(api: Api, path: str = SERVICES_PATH) -> list[dict[str, Any]]:
     """Every EmbeddingService (or the objects at ``path``) in the bench namespace, 500 a
     page (one 10,000-item page would be a 30 MB answer for the API server to build)."""
     items: list[dict[str, Any]] = []
@@ -203,10 +203,7 @@ def wait_for_deployment_controller(api: Api, n: int, timeout: float) -> dict[str
     t0 = time.monotonic()
     synced = 0
     while time.monotonic() - t0 < timeout:
-        deployments = list_services(api, DEPLOYMENTS_PATH)
-        synced = reconciled(
-            [{"status": d.get("status") or {}, "metadata": d["metadata"]} for d in deployments]
-        )
+        synced = reconciled(list_paged(api, DEPLOYMENTS_PATH))
         say(f"Deployment controller: {synced}/{n} Deployments synced")
         if synced >= n:
             return {"seconds": round(time.monotonic() - t0, 1), "synced": synced}
@@ -337,7 +334,7 @@ def remove_namespace(cluster: Cluster, api: Api, wait: bool) -> None:
     if cluster.kubectl("get", "namespace", NAMESPACE, check=False).returncode != 0:
         return
     with contextlib.suppress(Exception):
-        todo = [o for o in list_services(api) if o["metadata"].get("finalizers")]
+        todo = [o for o in list_paged(api) if o["metadata"].get("finalizers")]
 
         def strip(o: dict[str, Any]) -> None:
             with contextlib.suppress(Exception):
@@ -514,7 +511,7 @@ def wait_reconciled(api: Api, n: int, t_start: float, timeout: float) -> float |
     last = -1
     while time.monotonic() - t_start < timeout:
         try:
-            done = reconciled(list_services(api))
+            done = reconciled(list_paged(api))
         except RuntimeError as err:
             say(f"listing EmbeddingServices failed ({err}); again")
             done = last

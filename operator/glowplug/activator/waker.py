@@ -82,21 +82,18 @@ class Waker:
         delay = 0.2
         raised = False
         first = True  # the first attempt runs even if its requester already left
-        attempted = False
+        seen = state.seen_version  # the first try writes with the watch's version, unread
         try:
             while first or (state.waiters and not state.has_ready and state.failure is None):
                 first = False
                 if state.gone:
                     break
                 try:
-                    # The watch's version on the first try only: a retry after an
-                    # error reads first (the error may have been a write that landed).
-                    seen = state.seen_version if not attempted else ""
-                    attempted = True
                     wrote = await self.scaler.raise_from_zero(state.namespace, state.name, seen)
                 except asyncio.CancelledError:
                     raise
                 except Exception as err:
+                    seen = ""  # a retry reads first: the failed call may have written
                     log.warning("wake of %s failed, retrying: %s", state.ref, err)
                     self._count(state, "error")
                     await asyncio.sleep(delay)
